@@ -1,0 +1,492 @@
+//! Porthole wire protocol, version 1 (see `docs/protocol.md`).
+//!
+//! Socket.IO v5 over Engine.IO v4 on namespace `/`, plus a small JSON REST API. Event names, REST paths,
+//! payload structs, error codes and limits are defined here once; nobody spells them elsewhere.
+//! All JSON field names are camelCase. Unknown fields are ignored so newer clients can talk to older servers.
+
+use std::fmt;
+
+use bytes::Bytes;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Version of this protocol. Sent to every client in the `hello` event and by `GET /healthz`.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Socket.IO namespace every event travels on.
+pub const NAMESPACE: &str = "/";
+
+/// Socket.IO event names.
+pub mod event {
+    /// Client -> server, with ack: open a terminal ([`super::StartTerminal`] -> [`super::TerminalStarted`]).
+    pub const START_TERMINAL: &str = "start-terminal";
+    /// Client -> server: keystrokes or pasted bytes for a terminal ([`super::Input`]).
+    pub const INPUT: &str = "input";
+    /// Client -> server: new tty size ([`super::Resize`]).
+    pub const RESIZE: &str = "resize";
+    /// Client -> server, with ack: end a terminal ([`super::CloseTerminal`] -> [`super::TerminalClosed`]).
+    pub const CLOSE_TERMINAL: &str = "close-terminal";
+    /// Server -> client: bytes the terminal produced ([`super::Output`], `data` is a binary attachment).
+    pub const OUTPUT: &str = "output";
+    /// Server -> client: the terminal ended ([`super::Exit`]).
+    pub const EXIT: &str = "exit";
+    /// Server -> client: a request that carried no ack failed ([`super::ErrorEvent`]).
+    pub const ERROR: &str = "error";
+    /// Server -> client, once on connect: protocol version and limits ([`super::Hello`]).
+    pub const HELLO: &str = "hello";
+}
+
+/// REST paths.
+pub mod rest {
+    /// `GET`: 200 when the Docker daemon answers ([`super::Health`]), 503 with an [`super::ErrorReply`] when not.
+    pub const HEALTHZ: &str = "/healthz";
+    /// `GET`: every container the daemon knows ([`super::ContainerSummary`] list).
+    pub const CONTAINERS: &str = "/api/v1/containers";
+    /// `GET`: every open terminal ([`super::TerminalInfo`] list).
+    pub const TERMINALS: &str = "/api/v1/terminals";
+    /// `GET` one terminal, `DELETE` (204) closes it. `{id}` is a [`super::TerminalId`].
+    pub const TERMINAL: &str = "/api/v1/terminals/{id}";
+
+    /// The concrete path of one terminal.
+    pub fn terminal(id: &super::TerminalId) -> String {
+        format!("{TERMINALS}/{}", id.0)
+    }
+}
+
+/// Smallest accepted `cols`/`rows`.
+pub const MIN_DIMENSION: u16 = 1;
+/// Largest accepted `cols`/`rows`.
+pub const MAX_DIMENSION: u16 = 1000;
+/// Size used when `start-terminal` leaves `cols` out.
+pub const DEFAULT_COLS: u16 = 80;
+/// Size used when `start-terminal` leaves `rows` out.
+pub const DEFAULT_ROWS: u16 = 24;
+/// Longest accepted `containerId`, in bytes (a full id is 64 hex digits; names are shorter in practice).
+pub const MAX_CONTAINER_REF_LEN: usize = 256;
+/// Most arguments a `command` may have.
+pub const MAX_COMMAND_ARGS: usize = 256;
+/// Longest single `command` argument, in bytes.
+pub const MAX_COMMAND_ARG_LEN: usize = 4096;
+/// Largest `data` of one `input` event, in bytes. Larger pastes must be split by the client.
+pub const MAX_INPUT_BYTES: usize = 64 * 1024;
+
+/// Identifies one terminal session; opaque to clients (currently `t-` and 32 hex digits).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct TerminalId(pub String);
+
+impl fmt::Display for TerminalId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Terminal bytes. Serialized as raw bytes (a Socket.IO binary attachment); deserialized from either a
+/// binary attachment or a string (taken as its UTF-8 bytes), so clients may send keystrokes either way.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TerminalBytes(pub Bytes);
+
+impl Serialize for TerminalBytes {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for TerminalBytes {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct BytesOrString;
+        impl<'de> serde::de::Visitor<'de> for BytesOrString {
+            type Value = TerminalBytes;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string or binary data")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(TerminalBytes(Bytes::copy_from_slice(v.as_bytes())))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(TerminalBytes(Bytes::from(v.into_bytes())))
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Self::Value, E> {
+                Ok(TerminalBytes(Bytes::copy_from_slice(v)))
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Self::Value, E> {
+                Ok(TerminalBytes(Bytes::from(v)))
+            }
+        }
+        // `deserialize_any` lets Socket.IO parsers hand over a binary attachment, and JSON a string.
+        deserializer.deserialize_any(BytesOrString)
+    }
+}
+
+/// `start-terminal` request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StartTerminal {
+    /// Container id, unique id prefix, or name.
+    pub container_id: String,
+    /// Columns, [`MIN_DIMENSION`]..=[`MAX_DIMENSION`]; [`DEFAULT_COLS`] when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cols: Option<u16>,
+    /// Rows, [`MIN_DIMENSION`]..=[`MAX_DIMENSION`]; [`DEFAULT_ROWS`] when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<u16>,
+    /// Program and arguments (no shell involved). Absent: the container's login shell, bash else sh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+}
+
+/// Successful `start-terminal` ack. The process is running in the container when this is sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TerminalStarted {
+    pub terminal_id: TerminalId,
+    /// The container's full id.
+    pub container_id: String,
+    /// The container's name, without Docker's leading `/`.
+    pub container_name: String,
+    /// The argv actually started (for the default shell: `["bash", "-l"]` or `["sh", "-l"]`).
+    pub command: Vec<String>,
+    pub cols: u16,
+    pub rows: u16,
+}
+
+/// `input` event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Input {
+    pub terminal_id: TerminalId,
+    /// At most [`MAX_INPUT_BYTES`].
+    pub data: TerminalBytes,
+}
+
+/// `resize` event. Both dimensions in [`MIN_DIMENSION`]..=[`MAX_DIMENSION`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Resize {
+    pub terminal_id: TerminalId,
+    pub cols: u16,
+    pub rows: u16,
+}
+
+/// `close-terminal` request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CloseTerminal {
+    pub terminal_id: TerminalId,
+}
+
+/// Successful `close-terminal` ack (and `input`/`resize` acks, when a client asks for one).
+/// For `close-terminal` it is sent once no process of the terminal is left in the container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TerminalAck {
+    pub terminal_id: TerminalId,
+}
+
+/// `output` event: bytes exactly as the tty produced them, never re-encoded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Output {
+    pub terminal_id: TerminalId,
+    /// A Socket.IO binary attachment.
+    pub data: TerminalBytes,
+}
+
+/// Why a terminal ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExitReason {
+    /// The process ended by itself; `exitCode` is its status.
+    Exited,
+    /// The container stopped (or was killed, paused or removed) under the terminal.
+    ContainerStopped,
+    /// A client closed it (`close-terminal` or `DELETE /api/v1/terminals/{id}`).
+    Closed,
+    /// The Docker daemon stopped answering; the process is ended as soon as it is back.
+    DockerUnavailable,
+    /// The server is shutting down.
+    ServerShutdown,
+    /// The owning socket disconnected (only seen through the REST API's history, never by that socket).
+    Disconnected,
+}
+
+impl ExitReason {
+    /// The wire spelling, e.g. `container_stopped`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExitReason::Exited => "exited",
+            ExitReason::ContainerStopped => "container_stopped",
+            ExitReason::Closed => "closed",
+            ExitReason::DockerUnavailable => "docker_unavailable",
+            ExitReason::ServerShutdown => "server_shutdown",
+            ExitReason::Disconnected => "disconnected",
+        }
+    }
+}
+
+impl fmt::Display for ExitReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `exit` event. Sent once per terminal, after its last `output`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Exit {
+    pub terminal_id: TerminalId,
+    /// The process's exit status when Docker reports one, else `null`.
+    pub exit_code: Option<i64>,
+    pub reason: ExitReason,
+}
+
+/// Machine-readable error codes. Clients must treat unknown codes like `internal`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The payload is malformed: wrong types, missing fields, out-of-range values, too large.
+    InvalidPayload,
+    /// No container matches `containerId`.
+    ContainerNotFound,
+    /// The container exists but is not running (stopped, paused, restarting).
+    ContainerNotRunning,
+    /// The requested program (or, without `command`, any shell) does not exist in the container.
+    CommandNotFound,
+    /// No terminal with this id belongs to this client.
+    UnknownTerminal,
+    /// The per-socket or server-wide terminal limit is reached.
+    TooManyTerminals,
+    /// The Docker daemon does not answer.
+    DockerUnavailable,
+    /// The terminal's input queue is full (the process is not reading); the input was dropped.
+    InputOverflow,
+    /// No such REST route.
+    NotFound,
+    /// Anything else; the message says what.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The wire spelling, e.g. `container_not_found`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidPayload => "invalid_payload",
+            ErrorCode::ContainerNotFound => "container_not_found",
+            ErrorCode::ContainerNotRunning => "container_not_running",
+            ErrorCode::CommandNotFound => "command_not_found",
+            ErrorCode::UnknownTerminal => "unknown_terminal",
+            ErrorCode::TooManyTerminals => "too_many_terminals",
+            ErrorCode::DockerUnavailable => "docker_unavailable",
+            ErrorCode::InputOverflow => "input_overflow",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The `{code, message}` inside every error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub code: ErrorCode,
+    /// Human-readable; safe to show to the user.
+    pub message: String,
+}
+
+/// `{"error": {code, message}}`: a failed ack, and the body of every REST error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorReply {
+    pub error: ErrorBody,
+}
+
+impl ErrorReply {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ErrorReply { error: ErrorBody { code, message: message.into() } }
+    }
+}
+
+/// An ack is either the success payload or an [`ErrorReply`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Reply<T> {
+    Err(ErrorReply),
+    Ok(T),
+}
+
+impl<T> Reply<T> {
+    pub fn into_result(self) -> Result<T, ErrorBody> {
+        match self {
+            Reply::Ok(v) => Ok(v),
+            Reply::Err(e) => Err(e.error),
+        }
+    }
+}
+
+impl<T> From<Result<T, ErrorBody>> for Reply<T> {
+    fn from(r: Result<T, ErrorBody>) -> Self {
+        match r {
+            Ok(v) => Reply::Ok(v),
+            Err(error) => Reply::Err(ErrorReply { error }),
+        }
+    }
+}
+
+/// `error` event: a request without an ack failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorEvent {
+    /// The event that failed, e.g. `input`.
+    pub event: String,
+    /// The terminal concerned, when the payload named one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub terminal_id: Option<TerminalId>,
+    pub error: ErrorBody,
+}
+
+/// `hello` event, sent once right after the connection is made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Hello {
+    pub protocol_version: u32,
+    /// The server's version, e.g. `0.1.0`.
+    pub server_version: String,
+    /// How many terminals this socket may hold at once.
+    pub max_terminals_per_socket: usize,
+    /// Largest `input` `data`, in bytes.
+    pub max_input_bytes: usize,
+}
+
+/// One container, as `GET /api/v1/containers` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerSummary {
+    /// Full id.
+    pub id: String,
+    /// Name without Docker's leading `/`.
+    pub name: String,
+    pub image: String,
+    /// Docker's state word: `running`, `exited`, `paused`, `created`, `restarting`, `removing`, `dead`.
+    pub state: String,
+    /// Docker's human status, e.g. `Up 5 minutes`.
+    pub status: String,
+    /// Creation time, seconds since the Unix epoch.
+    pub created: i64,
+}
+
+/// One open terminal, as `GET /api/v1/terminals` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TerminalInfo {
+    pub terminal_id: TerminalId,
+    pub container_id: String,
+    pub container_name: String,
+    pub command: Vec<String>,
+    pub cols: u16,
+    pub rows: u16,
+    /// When it started, milliseconds since the Unix epoch.
+    pub started_at_ms: u64,
+    /// Bytes the terminal has produced so far.
+    pub bytes_out: u64,
+}
+
+/// `GET /healthz` body when healthy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Health {
+    /// Always `ok`.
+    pub status: String,
+    pub protocol_version: u32,
+    /// The Docker Engine API version in use, e.g. `1.41`.
+    pub docker_api_version: String,
+}
+
+/// Whether a `cols`/`rows` value is accepted.
+pub fn dimension_ok(v: u16) -> bool {
+    (MIN_DIMENSION..=MAX_DIMENSION).contains(&v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_terminal_is_camel_case_and_optional_fields_may_be_absent() {
+        let v: StartTerminal = serde_json::from_str(r#"{"containerId":"web"}"#).unwrap();
+        assert_eq!(v, StartTerminal { container_id: "web".into(), cols: None, rows: None, command: None });
+        let v: StartTerminal =
+            serde_json::from_str(r#"{"containerId":"web","cols":120,"rows":40,"command":["ls","-l"],"x":1}"#)
+                .unwrap();
+        assert_eq!(v.cols, Some(120));
+        assert_eq!(v.command.as_deref(), Some(&["ls".to_string(), "-l".to_string()][..]));
+    }
+
+    #[test]
+    fn wrong_types_and_out_of_range_numbers_are_rejected() {
+        assert!(serde_json::from_str::<StartTerminal>(r#"{"containerId":5}"#).is_err());
+        assert!(serde_json::from_str::<StartTerminal>(r#"{}"#).is_err());
+        assert!(serde_json::from_str::<Resize>(r#"{"terminalId":"t","cols":-1,"rows":2}"#).is_err());
+        assert!(serde_json::from_str::<Resize>(r#"{"terminalId":"t","cols":70000,"rows":2}"#).is_err());
+        assert!(!dimension_ok(0));
+        assert!(dimension_ok(1));
+        assert!(dimension_ok(1000));
+        assert!(!dimension_ok(1001));
+    }
+
+    #[test]
+    fn input_data_accepts_a_string_as_its_utf8_bytes() {
+        let v: Input = serde_json::from_str(r#"{"terminalId":"t-1","data":"hé"}"#).unwrap();
+        assert_eq!(v.data.0.as_ref(), "hé".as_bytes());
+        assert!(serde_json::from_str::<Input>(r#"{"terminalId":"t-1","data":5}"#).is_err());
+    }
+
+    #[test]
+    fn replies_are_either_the_value_or_an_error_object() {
+        let err = serde_json::to_value(Reply::<TerminalAck>::Err(ErrorReply::new(
+            ErrorCode::UnknownTerminal,
+            "no such terminal",
+        )))
+        .unwrap();
+        assert_eq!(err, serde_json::json!({"error": {"code": "unknown_terminal", "message": "no such terminal"}}));
+        let ok: Reply<TerminalAck> = serde_json::from_str(r#"{"terminalId":"t-1"}"#).unwrap();
+        assert_eq!(ok.into_result().unwrap().terminal_id, TerminalId("t-1".into()));
+        let back: Reply<TerminalAck> = serde_json::from_value(err).unwrap();
+        assert_eq!(back.into_result().unwrap_err().code, ErrorCode::UnknownTerminal);
+    }
+
+    #[test]
+    fn exit_reasons_and_error_codes_serialize_as_documented() {
+        for code in [
+            ErrorCode::InvalidPayload,
+            ErrorCode::ContainerNotFound,
+            ErrorCode::ContainerNotRunning,
+            ErrorCode::CommandNotFound,
+            ErrorCode::UnknownTerminal,
+            ErrorCode::TooManyTerminals,
+            ErrorCode::DockerUnavailable,
+            ErrorCode::InputOverflow,
+            ErrorCode::NotFound,
+            ErrorCode::Internal,
+        ] {
+            assert_eq!(serde_json::to_value(code).unwrap(), serde_json::json!(code.as_str()));
+        }
+        for reason in [
+            ExitReason::Exited,
+            ExitReason::ContainerStopped,
+            ExitReason::Closed,
+            ExitReason::DockerUnavailable,
+            ExitReason::ServerShutdown,
+            ExitReason::Disconnected,
+        ] {
+            assert_eq!(serde_json::to_value(reason).unwrap(), serde_json::json!(reason.as_str()));
+        }
+        let exit = Exit { terminal_id: TerminalId("t-1".into()), exit_code: None, reason: ExitReason::Closed };
+        assert_eq!(
+            serde_json::to_value(exit).unwrap(),
+            serde_json::json!({"terminalId": "t-1", "exitCode": null, "reason": "closed"})
+        );
+    }
+}

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Brings up Porthole's test bed on a Debian machine, idempotently:
+#   - Debian packages: docker.io (the engine), busybox-static and bash-static (image contents), procps
+#   - a running dockerd (started here when none answers)
+#   - the local test images, built with `docker import` because no registry is reachable:
+#       porthole-test/bash:$IMAGE_TAG  busybox applets + /bin/bash
+#       porthole-test/sh:$IMAGE_TAG    busybox applets only (exercises the sh fallback)
+# Safe to run any number of times; it only does what is missing.
+set -euo pipefail
+
+IMAGE_TAG=2
+export PORTHOLE_TEST_IMAGE_BASH="porthole-test/bash:${IMAGE_TAG}"
+export PORTHOLE_TEST_IMAGE_SH="porthole-test/sh:${IMAGE_TAG}"
+DOCKERD_LOG=${DOCKERD_LOG:-/tmp/porthole-dockerd.log}
+
+log() { printf '[testbed] %s\n' "$*" >&2; }
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+install_packages() {
+  local missing=()
+  for pkg in docker.io busybox-static bash-static procps; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "installing ${missing[*]}"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+}
+
+start_dockerd() {
+  if docker info >/dev/null 2>&1; then return; fi
+  log "starting dockerd (log: $DOCKERD_LOG)"
+  as_root setsid dockerd >"$DOCKERD_LOG" 2>&1 < /dev/null &
+  for _ in $(seq 1 120); do
+    if docker info >/dev/null 2>&1; then return; fi
+    sleep 0.5
+  done
+  log "dockerd did not answer within 60 s; last lines of $DOCKERD_LOG:"
+  tail -n 20 "$DOCKERD_LOG" >&2 || true
+  exit 1
+}
+
+# build_image NAME WITH_BASH
+build_image() {
+  local name=$1 with_bash=$2
+  if docker image inspect "$name" >/dev/null 2>&1; then return; fi
+  log "building $name"
+  local root
+  root=$(mktemp -d)
+  mkdir -p "$root"/{bin,etc,tmp,root,proc,sys,dev,usr/bin}
+  chmod 1777 "$root/tmp"
+  cp /bin/busybox "$root/bin/busybox"
+  for applet in $(/bin/busybox --list); do
+    [ "$applet" = busybox ] && continue
+    [ -e "$root/bin/$applet" ] || ln -s busybox "$root/bin/$applet"
+  done
+  if [ "$with_bash" = yes ]; then
+    rm -f "$root/bin/bash"
+    cp /bin/bash-static "$root/bin/bash"
+  else
+    rm -f "$root/bin/bash"
+  fi
+  printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' >"$root/etc/passwd"
+  printf 'root:x:0:\nnogroup:x:65534:\n' >"$root/etc/group"
+  tar -C "$root" -c . | docker import \
+    --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+    --change 'WORKDIR /root' \
+    --change 'CMD ["sleep", "infinity"]' \
+    - "$name" >/dev/null
+  rm -rf "$root"
+}
+
+install_packages
+start_dockerd
+build_image "$PORTHOLE_TEST_IMAGE_BASH" yes
+build_image "$PORTHOLE_TEST_IMAGE_SH" no
+log "ready: $PORTHOLE_TEST_IMAGE_BASH $PORTHOLE_TEST_IMAGE_SH"

@@ -1,0 +1,93 @@
+//! The container runtime seam: what Porthole needs from Docker, behind a small trait.
+//!
+//! [`engine::Engine`] implements it over the Docker Engine API (bollard for requests, a raw hijacked connection
+//! for exec streams). Pure unit tests may implement [`ContainerRuntime`] with a fake; integration tests use the
+//! real daemon.
+
+pub mod engine;
+
+use std::pin::Pin;
+
+use app::protocol::ContainerSummary;
+use async_trait::async_trait;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// Failures of the container runtime, already sorted by what the user should be told.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The daemon cannot be reached (socket missing, connection refused, timed out, went away).
+    #[error("the Docker daemon is unavailable: {0}")]
+    Unavailable(String),
+    /// The daemon says the object does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The daemon refused because of the object's state (e.g. container not running).
+    #[error("{0}")]
+    Conflict(String),
+    /// Any other answer from the daemon.
+    #[error("Docker error ({status}): {message}")]
+    Api { status: u16, message: String },
+}
+
+/// A container an exec can target, resolved from an id, id prefix or name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerTarget {
+    /// Full id.
+    pub id: String,
+    /// Name without the leading `/`.
+    pub name: String,
+    /// Docker's state word (`running`, `exited`, `paused`, ...).
+    pub state: String,
+    /// Running and not paused: an exec can start.
+    pub accepts_exec: bool,
+}
+
+/// What to run in a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecSpec {
+    pub cmd: Vec<String>,
+    /// `NAME=value` entries added to the container's environment.
+    pub env: Vec<String>,
+    /// `user`, `uid` or `uid:gid`; `None` is the container's default user.
+    pub user: Option<String>,
+    /// Allocate a tty (and merge stdout/stderr into it).
+    pub tty: bool,
+}
+
+/// Raw byte streams of a started exec: the tty output and its input.
+pub struct ExecStream {
+    /// Docker's exec id.
+    pub exec_id: String,
+    pub output: Pin<Box<dyn AsyncRead + Send>>,
+    pub input: Pin<Box<dyn AsyncWrite + Send>>,
+}
+
+impl std::fmt::Debug for ExecStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExecStream").field("exec_id", &self.exec_id).finish_non_exhaustive()
+    }
+}
+
+/// State of an exec process as the daemon reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExecStatus {
+    pub running: bool,
+    pub exit_code: Option<i64>,
+    /// Host pid; 0 when the process never started.
+    pub pid: i64,
+}
+
+/// What Porthole needs from a container engine.
+#[async_trait]
+pub trait ContainerRuntime: Send + Sync + 'static {
+    /// Checks the daemon answers; returns the API version in use.
+    async fn ping(&self) -> Result<String, RuntimeError>;
+    /// Every container, running or not.
+    async fn list_containers(&self) -> Result<Vec<ContainerSummary>, RuntimeError>;
+    /// Resolves an id, unique id prefix or name.
+    async fn resolve(&self, container_ref: &str) -> Result<ContainerTarget, RuntimeError>;
+    /// Creates and starts an exec, returning its streams as soon as the daemon accepted it.
+    async fn start_exec(&self, container_id: &str, spec: &ExecSpec) -> Result<ExecStream, RuntimeError>;
+    async fn inspect_exec(&self, exec_id: &str) -> Result<ExecStatus, RuntimeError>;
+    async fn resize_exec(&self, exec_id: &str, cols: u16, rows: u16) -> Result<(), RuntimeError>;
+}

@@ -1,0 +1,756 @@
+//! Terminal sessions: a process in a container with a tty, its byte pumps, and the registry of open ones.
+//!
+//! Nothing here knows about Socket.IO or HTTP. A session's output goes to a [`TerminalSink`] the transport
+//! attaches; its input and resizes arrive through [`Terminal::send_input`] / [`Terminal::send_resize`] in the
+//! order they are called and are applied by one task per terminal, so bytes reach the tty in the order sent.
+
+pub mod reaper;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use app::protocol::{
+    self, ErrorCode, Exit, ExitReason, StartTerminal, TerminalId, TerminalInfo, TerminalStarted,
+};
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::docker::{ContainerRuntime, ContainerTarget, ExecSpec, ExecStream, RuntimeError};
+use crate::error::ServiceError;
+use reaper::PendingReaps;
+
+/// Bytes read from an exec stream at once; a flood leaves in chunks up to this size.
+pub const READ_CHUNK_BYTES: usize = 64 * 1024;
+/// Input/resize commands queued per terminal before `input_overflow` is reported.
+pub const COMMAND_QUEUE_LEN: usize = 256;
+/// How long `close` waits for the process to end before cutting the stream loose.
+const CLOSE_WAIT: Duration = Duration::from_secs(10);
+/// How long a started exec may take to be reported running by the daemon.
+const START_WAIT: Duration = Duration::from_secs(15);
+/// Longest pause between retries when the sink is full (backpressure).
+const MAX_SINK_BACKOFF: Duration = Duration::from_millis(20);
+/// The login shells tried, in order, when `start-terminal` has no `command`.
+const DEFAULT_SHELLS: [&[&str]; 2] = [&["bash", "-l"], &["sh", "-l"]];
+
+/// Who owns a terminal (for now: the socket that opened it).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct OwnerId(pub String);
+
+/// Outcome of offering output to a sink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offer {
+    /// Taken.
+    Delivered,
+    /// The receiver is congested; offer the same bytes again later. Reading from the container pauses meanwhile.
+    Full,
+    /// The receiver is gone; the bytes are dropped.
+    Gone,
+}
+
+/// Where a terminal's output and exit go. Implemented by the transport.
+pub trait TerminalSink: Send + Sync + 'static {
+    fn output(&self, id: &TerminalId, data: &Bytes) -> Offer;
+    fn exit(&self, exit: &Exit);
+}
+
+/// Limits on open terminals.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Terminals one owner (socket) may hold at once.
+    pub per_owner: usize,
+    /// Terminals the whole server may hold at once.
+    pub total: usize,
+}
+
+enum Command {
+    Input(Bytes),
+    Resize(u16, u16),
+}
+
+/// One open terminal.
+pub struct Terminal {
+    id: TerminalId,
+    owner: OwnerId,
+    container_id: String,
+    container_name: String,
+    command: Vec<String>,
+    exec_id: String,
+    started_at_ms: u64,
+    size: Mutex<(u16, u16)>,
+    bytes_out: AtomicU64,
+    commands: mpsc::Sender<Command>,
+    sink: watch::Sender<Option<Arc<dyn TerminalSink>>>,
+    /// Set once, by whoever decides why the terminal ends before its process does.
+    close_reason: Mutex<Option<ExitReason>>,
+    /// Cancelled to stop both pumps (after the process is gone, or when the stream hangs).
+    stop: CancellationToken,
+    /// Cancelled when the exit has been delivered and the terminal left the registry.
+    finished: CancellationToken,
+}
+
+impl std::fmt::Debug for Terminal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Terminal").field("id", &self.id).field("container", &self.container_name).finish()
+    }
+}
+
+impl Terminal {
+    pub fn id(&self) -> &TerminalId {
+        &self.id
+    }
+
+    pub fn owner(&self) -> &OwnerId {
+        &self.owner
+    }
+
+    /// Starts delivering output to `sink`. Output is held back until a sink is attached.
+    pub fn attach(&self, sink: Arc<dyn TerminalSink>) {
+        self.sink.send_replace(Some(sink));
+    }
+
+    /// Queues bytes for the tty. Never waits: ordering is the order of calls.
+    pub fn send_input(&self, data: Bytes) -> Result<(), ServiceError> {
+        if data.len() > protocol::MAX_INPUT_BYTES {
+            return Err(ServiceError::invalid(format!(
+                "input data is {} bytes; the limit is {} per event",
+                data.len(),
+                protocol::MAX_INPUT_BYTES
+            )));
+        }
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.queue(Command::Input(data))
+    }
+
+    /// Queues a tty resize, applied in order with input.
+    pub fn send_resize(&self, cols: u16, rows: u16) -> Result<(), ServiceError> {
+        check_size(cols, rows)?;
+        *self.size.lock().unwrap_or_else(|e| e.into_inner()) = (cols, rows);
+        self.queue(Command::Resize(cols, rows))
+    }
+
+    fn queue(&self, command: Command) -> Result<(), ServiceError> {
+        self.commands.try_send(command).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => ServiceError::new(
+                ErrorCode::InputOverflow,
+                format!("terminal {} is not reading its input; {COMMAND_QUEUE_LEN} events are queued", self.id),
+            ),
+            mpsc::error::TrySendError::Closed(_) => ServiceError::unknown_terminal(&self.id),
+        })
+    }
+
+    pub fn info(&self) -> TerminalInfo {
+        let (cols, rows) = *self.size.lock().unwrap_or_else(|e| e.into_inner());
+        TerminalInfo {
+            terminal_id: self.id.clone(),
+            container_id: self.container_id.clone(),
+            container_name: self.container_name.clone(),
+            command: self.command.clone(),
+            cols,
+            rows,
+            started_at_ms: self.started_at_ms,
+            bytes_out: self.bytes_out.load(Ordering::Relaxed),
+        }
+    }
+
+    fn started(&self) -> TerminalStarted {
+        let (cols, rows) = *self.size.lock().unwrap_or_else(|e| e.into_inner());
+        TerminalStarted {
+            terminal_id: self.id.clone(),
+            container_id: self.container_id.clone(),
+            container_name: self.container_name.clone(),
+            command: self.command.clone(),
+            cols,
+            rows,
+        }
+    }
+
+    /// Records why the terminal is ending; false when a reason was already set.
+    fn mark_closing(&self, reason: ExitReason) -> bool {
+        let mut r = self.close_reason.lock().unwrap_or_else(|e| e.into_inner());
+        if r.is_some() {
+            return false;
+        }
+        *r = Some(reason);
+        true
+    }
+
+    fn close_reason(&self) -> Option<ExitReason> {
+        *self.close_reason.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn check_size(cols: u16, rows: u16) -> Result<(), ServiceError> {
+    if protocol::dimension_ok(cols) && protocol::dimension_ok(rows) {
+        Ok(())
+    } else {
+        Err(ServiceError::invalid(format!(
+            "cols and rows must be {}..={}, got {cols}x{rows}",
+            protocol::MIN_DIMENSION,
+            protocol::MAX_DIMENSION
+        )))
+    }
+}
+
+/// Checks a container reference before it goes into an Engine API URL path.
+fn check_container_ref(r: &str) -> Result<(), ServiceError> {
+    let name = r.strip_prefix('/').unwrap_or(r);
+    let valid = !name.is_empty()
+        && r.len() <= protocol::MAX_CONTAINER_REF_LEN
+        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if valid {
+        Ok(())
+    } else {
+        Err(ServiceError::invalid(format!(
+            "containerId must be a container id, id prefix or name ([a-zA-Z0-9][a-zA-Z0-9_.-]*, at most {} bytes)",
+            protocol::MAX_CONTAINER_REF_LEN
+        )))
+    }
+}
+
+fn check_command(cmd: &[String]) -> Result<(), ServiceError> {
+    if cmd.is_empty() || cmd[0].is_empty() {
+        return Err(ServiceError::invalid("command must name a program: a non-empty array of strings"));
+    }
+    if cmd.len() > protocol::MAX_COMMAND_ARGS {
+        return Err(ServiceError::invalid(format!("command has more than {} arguments", protocol::MAX_COMMAND_ARGS)));
+    }
+    if cmd.iter().any(|a| a.len() > protocol::MAX_COMMAND_ARG_LEN || a.contains('\0')) {
+        return Err(ServiceError::invalid(format!(
+            "command arguments must be at most {} bytes and contain no NUL",
+            protocol::MAX_COMMAND_ARG_LEN
+        )));
+    }
+    Ok(())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+#[derive(Default)]
+struct Registry {
+    terminals: HashMap<TerminalId, Arc<Terminal>>,
+    /// Open plus starting terminals per owner.
+    per_owner: HashMap<OwnerId, usize>,
+    /// Open plus starting terminals in all.
+    total: usize,
+}
+
+/// A slot counted against the limits while a terminal starts; given back on drop unless kept.
+struct Reservation<'a> {
+    sessions: &'a Sessions,
+    owner: OwnerId,
+    kept: bool,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if !self.kept {
+            self.sessions.release(&self.owner);
+        }
+    }
+}
+
+/// All open terminals, the limits on them, and the runtime they run on.
+pub struct Sessions {
+    runtime: Arc<dyn ContainerRuntime>,
+    limits: Limits,
+    registry: Mutex<Registry>,
+    pending_reaps: PendingReaps,
+    shutting_down: AtomicBool,
+}
+
+impl std::fmt::Debug for Sessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sessions").field("limits", &self.limits).finish_non_exhaustive()
+    }
+}
+
+/// How a started exec turned out.
+enum Launch {
+    Running(ExecStream),
+    NotFound(String),
+}
+
+impl Sessions {
+    pub fn new(runtime: Arc<dyn ContainerRuntime>, limits: Limits) -> Arc<Sessions> {
+        let sessions = Arc::new(Sessions {
+            runtime,
+            limits,
+            registry: Mutex::new(Registry::default()),
+            pending_reaps: PendingReaps::default(),
+            shutting_down: AtomicBool::new(false),
+        });
+        // Retries reaps that failed while the daemon was away. Holds only a weak reference.
+        let weak = Arc::downgrade(&sessions);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(reaper::RETRY_INTERVAL).await;
+                let Some(s) = weak.upgrade() else { break };
+                if !s.pending_reaps.is_empty() {
+                    s.pending_reaps.retry(s.runtime.as_ref()).await;
+                }
+            }
+        });
+        sessions
+    }
+
+    pub fn runtime(&self) -> &Arc<dyn ContainerRuntime> {
+        &self.runtime
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Reaps waiting for the daemon to come back.
+    pub fn pending_reaps(&self) -> usize {
+        self.pending_reaps.len()
+    }
+
+    fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
+        self.registry.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn reserve(&self, owner: &OwnerId) -> Result<Reservation<'_>, ServiceError> {
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return Err(ServiceError::new(ErrorCode::Internal, "the server is shutting down"));
+        }
+        let mut reg = self.registry();
+        let mine = reg.per_owner.get(owner).copied().unwrap_or(0);
+        if mine >= self.limits.per_owner {
+            return Err(ServiceError::new(
+                ErrorCode::TooManyTerminals,
+                format!("this connection already has {mine} terminals open (limit {})", self.limits.per_owner),
+            ));
+        }
+        if reg.total >= self.limits.total {
+            return Err(ServiceError::new(
+                ErrorCode::TooManyTerminals,
+                format!("the server has {} terminals open (limit {})", reg.total, self.limits.total),
+            ));
+        }
+        *reg.per_owner.entry(owner.clone()).or_default() += 1;
+        reg.total += 1;
+        Ok(Reservation { sessions: self, owner: owner.clone(), kept: false })
+    }
+
+    fn release(&self, owner: &OwnerId) {
+        let mut reg = self.registry();
+        if let Some(n) = reg.per_owner.get_mut(owner) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                reg.per_owner.remove(owner);
+            }
+        }
+        reg.total = reg.total.saturating_sub(1);
+    }
+
+    /// Opens a terminal. Output is held until [`Terminal::attach`] is called.
+    pub async fn start(
+        self: &Arc<Self>,
+        owner: &OwnerId,
+        req: StartTerminal,
+    ) -> Result<(Arc<Terminal>, TerminalStarted), ServiceError> {
+        check_container_ref(&req.container_id)?;
+        let cols = req.cols.unwrap_or(protocol::DEFAULT_COLS);
+        let rows = req.rows.unwrap_or(protocol::DEFAULT_ROWS);
+        check_size(cols, rows)?;
+        let candidates: Vec<Vec<String>> = match req.command {
+            Some(cmd) => {
+                check_command(&cmd)?;
+                vec![cmd]
+            }
+            None => DEFAULT_SHELLS.iter().map(|c| c.iter().map(|s| s.to_string()).collect()).collect(),
+        };
+        let mut reservation = self.reserve(owner)?;
+
+        let target = self.runtime.resolve(&req.container_id).await.map_err(|e| match e {
+            RuntimeError::NotFound(_) => ServiceError::new(
+                ErrorCode::ContainerNotFound,
+                format!("no container matches {:?}", req.container_id),
+            ),
+            other => ServiceError::from_runtime(other),
+        })?;
+        if !target.accepts_exec {
+            return Err(not_running(&target));
+        }
+
+        let id = TerminalId(format!("t-{}", uuid::Uuid::new_v4().simple()));
+        let mut tried = Vec::new();
+        for cmd in candidates {
+            let spec = ExecSpec {
+                cmd: cmd.clone(),
+                env: vec![reaper::marker(&id), "TERM=xterm-256color".into(), "COLORTERM=truecolor".into()],
+                user: None,
+                tty: true,
+            };
+            match self.launch(&target, &spec).await? {
+                Launch::NotFound(why) => {
+                    tracing::debug!(container = %target.name, command = ?cmd, %why, "command not found");
+                    tried.push(cmd[0].clone());
+                }
+                Launch::Running(stream) => {
+                    reservation.kept = true;
+                    let terminal = self.open(id, owner.clone(), target, cmd, stream, (cols, rows));
+                    let started = terminal.started();
+                    return Ok((terminal, started));
+                }
+            }
+        }
+        Err(ServiceError::new(
+            ErrorCode::CommandNotFound,
+            format!("{} not found in container {}", tried.join(", no "), target.name),
+        ))
+    }
+
+    /// Starts an exec and waits until the daemon reports its process started (or could not).
+    async fn launch(&self, target: &ContainerTarget, spec: &ExecSpec) -> Result<Launch, ServiceError> {
+        let stream = self.runtime.start_exec(&target.id, spec).await.map_err(|e| self.start_error(target, e))?;
+        let deadline = tokio::time::Instant::now() + START_WAIT;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            let status = self.runtime.inspect_exec(&stream.exec_id).await.map_err(|e| self.start_error(target, e))?;
+            if status.running || status.pid > 0 {
+                return Ok(Launch::Running(stream));
+            }
+            if let Some(code) = status.exit_code {
+                // The runtime could not start the process at all (no pid): 126/127 mean not found / not executable.
+                let mut out = Vec::new();
+                let mut output = stream.output;
+                let _ = tokio::time::timeout(Duration::from_secs(1), (&mut output).take(4096).read_to_end(&mut out)).await;
+                let why = String::from_utf8_lossy(&out).trim().to_string();
+                if code == 126 || code == 127 {
+                    return Ok(Launch::NotFound(why));
+                }
+                return Err(ServiceError::new(ErrorCode::Internal, format!("the process did not start: {why}")));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ServiceError::new(ErrorCode::Internal, "the daemon did not start the process in time"));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+    }
+
+    fn start_error(&self, target: &ContainerTarget, e: RuntimeError) -> ServiceError {
+        match e {
+            // The container stopped between inspect and exec.
+            RuntimeError::Conflict(m) => ServiceError::new(
+                ErrorCode::ContainerNotRunning,
+                format!("container {} is not running: {m}", target.name),
+            ),
+            RuntimeError::NotFound(_) => {
+                ServiceError::new(ErrorCode::ContainerNotFound, format!("container {} no longer exists", target.name))
+            }
+            other => ServiceError::from_runtime(other),
+        }
+    }
+
+    fn open(
+        self: &Arc<Self>,
+        id: TerminalId,
+        owner: OwnerId,
+        target: ContainerTarget,
+        command: Vec<String>,
+        stream: ExecStream,
+        (cols, rows): (u16, u16),
+    ) -> Arc<Terminal> {
+        let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE_LEN);
+        let (sink, sink_rx) = watch::channel(None);
+        let terminal = Arc::new(Terminal {
+            id: id.clone(),
+            owner,
+            container_id: target.id.clone(),
+            container_name: target.name.clone(),
+            command,
+            exec_id: stream.exec_id.clone(),
+            started_at_ms: now_ms(),
+            size: Mutex::new((cols, rows)),
+            bytes_out: AtomicU64::new(0),
+            commands,
+            sink,
+            close_reason: Mutex::new(None),
+            stop: CancellationToken::new(),
+            finished: CancellationToken::new(),
+        });
+        self.registry().terminals.insert(id.clone(), terminal.clone());
+        let span = tracing::info_span!("terminal", terminal = %id, container = %target.name, exec = %stream.exec_id);
+        tracing::info!(parent: &span, command = ?terminal.command, cols, rows, "terminal started");
+        // The first command applies the requested size; input and later resizes queue behind it.
+        let _ = terminal.commands.try_send(Command::Resize(cols, rows));
+        let ExecStream { output, input, .. } = stream;
+        tokio::spawn(
+            write_pump(self.runtime.clone(), terminal.clone(), input, command_rx).instrument(span.clone()),
+        );
+        tokio::spawn(self.clone().read_pump(terminal.clone(), output, sink_rx).instrument(span));
+        terminal
+    }
+
+    /// Moves output from the exec stream to the sink; when the stream ends, works out why and reports the exit.
+    async fn read_pump(
+        self: Arc<Self>,
+        terminal: Arc<Terminal>,
+        mut output: std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>>,
+        mut sink_rx: watch::Receiver<Option<Arc<dyn TerminalSink>>>,
+    ) {
+        // Hold output until someone listens.
+        let waited = tokio::select! {
+            r = sink_rx.wait_for(|s| s.is_some()) => r.is_ok(),
+            _ = terminal.stop.cancelled() => false,
+        };
+        let mut stream_error = None;
+        if waited {
+            let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+            loop {
+                buf.reserve(READ_CHUNK_BYTES);
+                let n = tokio::select! {
+                    r = output.read_buf(&mut buf) => match r {
+                        Ok(n) => n,
+                        Err(e) => { stream_error = Some(e.to_string()); 0 }
+                    },
+                    _ = terminal.stop.cancelled() => 0,
+                };
+                if n == 0 {
+                    break;
+                }
+                let chunk = buf.split().freeze();
+                terminal.bytes_out.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                if !deliver(&terminal, &sink_rx, &chunk).await {
+                    break;
+                }
+            }
+        }
+        drop(output);
+        let (exit_code, reason) = self.exit_cause(&terminal, stream_error).await;
+        terminal.stop.cancel();
+        self.forget(&terminal);
+        let exit = Exit { terminal_id: terminal.id.clone(), exit_code, reason };
+        tracing::info!(?exit_code, %reason, bytes_out = terminal.bytes_out.load(Ordering::Relaxed), "terminal ended");
+        if let Some(sink) = sink_rx.borrow().clone() {
+            sink.exit(&exit);
+        }
+        terminal.finished.cancel();
+    }
+
+    /// Decides the exit code and reason once the stream has ended.
+    async fn exit_cause(&self, terminal: &Terminal, stream_error: Option<String>) -> (Option<i64>, ExitReason) {
+        if let Some(e) = &stream_error {
+            tracing::debug!(error = %e, "exec stream failed");
+        }
+        // The stream can end a moment before the daemon records the exit status.
+        let mut status = None;
+        for _ in 0..40 {
+            match self.runtime.inspect_exec(&terminal.exec_id).await {
+                Ok(s) if s.running && terminal.close_reason().is_none() && !terminal.stop.is_cancelled() => {
+                    status = Some(Ok(s));
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                }
+                other => {
+                    status = Some(other);
+                    break;
+                }
+            }
+        }
+        let exit_code = match &status {
+            Some(Ok(s)) if !s.running => s.exit_code,
+            _ => None,
+        };
+        if let Some(reason) = terminal.close_reason() {
+            return (exit_code, reason);
+        }
+        match status {
+            Some(Err(RuntimeError::Unavailable(_))) => {
+                self.pending_reaps.push(terminal.container_id.clone(), terminal.id.clone());
+                (None, ExitReason::DockerUnavailable)
+            }
+            // The exec is gone with its container.
+            Some(Err(RuntimeError::NotFound(_))) => (None, ExitReason::ContainerStopped),
+            _ => match self.runtime.resolve(&terminal.container_id).await {
+                Ok(t) if t.accepts_exec => {
+                    if status.as_ref().is_some_and(|s| s.as_ref().is_ok_and(|s| s.running)) {
+                        // The stream broke while the process still runs: make sure it does not linger.
+                        let _ = reaper::reap(self.runtime.as_ref(), &terminal.container_id, &terminal.id).await;
+                    }
+                    (exit_code, ExitReason::Exited)
+                }
+                Ok(_) | Err(RuntimeError::NotFound(_)) => (exit_code, ExitReason::ContainerStopped),
+                Err(RuntimeError::Unavailable(_)) => {
+                    self.pending_reaps.push(terminal.container_id.clone(), terminal.id.clone());
+                    (exit_code, ExitReason::DockerUnavailable)
+                }
+                Err(_) => (exit_code, ExitReason::Exited),
+            },
+        }
+    }
+
+    fn forget(&self, terminal: &Terminal) {
+        let removed = self.registry().terminals.remove(&terminal.id).is_some();
+        if removed {
+            self.release(&terminal.owner);
+        }
+    }
+
+    /// The terminal with this id, if `owner` may use it (`None` as owner: any, for the REST API).
+    pub fn get(&self, id: &TerminalId, owner: Option<&OwnerId>) -> Result<Arc<Terminal>, ServiceError> {
+        let reg = self.registry();
+        match reg.terminals.get(id) {
+            Some(t) if owner.is_none_or(|o| *o == t.owner) => Ok(t.clone()),
+            _ => Err(ServiceError::unknown_terminal(id)),
+        }
+    }
+
+    pub fn list(&self) -> Vec<TerminalInfo> {
+        let mut list: Vec<_> = self.registry().terminals.values().map(|t| t.info()).collect();
+        list.sort_by(|a, b| a.started_at_ms.cmp(&b.started_at_ms).then(a.terminal_id.cmp(&b.terminal_id)));
+        list
+    }
+
+    /// Ends a terminal: no process of it is left in the container when this returns (unless the daemon is
+    /// unreachable, in which case the reap is queued). Idempotent; waits for the exit to be delivered.
+    pub async fn close(&self, terminal: &Arc<Terminal>, reason: ExitReason) {
+        if terminal.mark_closing(reason) {
+            tracing::info!(terminal = %terminal.id, %reason, "closing terminal");
+            match reaper::reap(self.runtime.as_ref(), &terminal.container_id, &terminal.id).await {
+                Ok(()) => {}
+                Err(RuntimeError::Unavailable(_)) => {
+                    self.pending_reaps.push(terminal.container_id.clone(), terminal.id.clone());
+                    terminal.stop.cancel();
+                }
+                Err(e) => {
+                    tracing::warn!(terminal = %terminal.id, error = %e, "could not end the terminal's processes");
+                    terminal.stop.cancel();
+                }
+            }
+        }
+        if tokio::time::timeout(CLOSE_WAIT, terminal.finished.cancelled()).await.is_err() {
+            tracing::warn!(terminal = %terminal.id, "exec stream did not end after its processes were killed; dropping it");
+            terminal.stop.cancel();
+            terminal.finished.cancelled().await;
+        }
+    }
+
+    /// Closes every terminal `owner` holds, concurrently.
+    pub async fn close_owned_by(&self, owner: &OwnerId, reason: ExitReason) {
+        let mine: Vec<_> =
+            self.registry().terminals.values().filter(|t| t.owner == *owner).cloned().collect();
+        futures_util::future::join_all(mine.iter().map(|t| self.close(t, reason))).await;
+    }
+
+    /// Refuses new terminals and closes every open one, concurrently.
+    pub async fn shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        let all: Vec<_> = self.registry().terminals.values().cloned().collect();
+        tracing::info!(terminals = all.len(), "closing every terminal for shutdown");
+        futures_util::future::join_all(all.iter().map(|t| self.close(t, ExitReason::ServerShutdown))).await;
+    }
+}
+
+fn not_running(target: &ContainerTarget) -> ServiceError {
+    ServiceError::new(
+        ErrorCode::ContainerNotRunning,
+        format!("container {} is {}; start it to open a terminal", target.name, if target.state.is_empty() { "not running" } else { &target.state }),
+    )
+}
+
+/// Offers a chunk until taken. Returns false when the terminal is being stopped.
+async fn deliver(
+    terminal: &Terminal,
+    sink_rx: &watch::Receiver<Option<Arc<dyn TerminalSink>>>,
+    chunk: &Bytes,
+) -> bool {
+    let mut pause = Duration::from_millis(1);
+    loop {
+        let sink = sink_rx.borrow().clone();
+        let Some(sink) = sink else { return true };
+        match sink.output(&terminal.id, chunk) {
+            Offer::Delivered | Offer::Gone => return true,
+            Offer::Full => {
+                // Backpressure: while the client is behind, the container's writer blocks on the tty.
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = terminal.stop.cancelled() => return false,
+                }
+                pause = (pause * 2).min(MAX_SINK_BACKOFF);
+            }
+        }
+    }
+}
+
+/// Applies input and resizes in arrival order.
+async fn write_pump(
+    runtime: Arc<dyn ContainerRuntime>,
+    terminal: Arc<Terminal>,
+    mut input: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
+    mut commands: mpsc::Receiver<Command>,
+) {
+    let mut input_open = true;
+    loop {
+        let command = tokio::select! {
+            c = commands.recv() => c,
+            _ = terminal.stop.cancelled() => None,
+        };
+        let Some(command) = command else { break };
+        match command {
+            Command::Input(data) if input_open => {
+                if let Err(e) = async {
+                    input.write_all(&data).await?;
+                    input.flush().await
+                }
+                .await
+                {
+                    tracing::debug!(error = %e, "tty input closed");
+                    input_open = false;
+                }
+            }
+            Command::Input(_) => {}
+            Command::Resize(cols, rows) => {
+                if let Err(e) = runtime.resize_exec(&terminal.exec_id, cols, rows).await {
+                    tracing::debug!(error = %e, cols, rows, "resize failed");
+                }
+            }
+        }
+    }
+    let _ = input.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn container_refs_cannot_escape_the_api_path() {
+        for ok in ["web", "/web", "a1b2c3", "my_app.db-1", &"f".repeat(64)] {
+            assert!(check_container_ref(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "/", "../info", "a/b", "a?b=1", "-x", ".x", "a b", "web%2F..", &"a".repeat(300)] {
+            assert_eq!(check_container_ref(bad).map_err(|e| e.code), Err(ErrorCode::InvalidPayload), "{bad}");
+        }
+    }
+
+    #[test]
+    fn commands_are_bounded() {
+        assert!(check_command(&["ls".into()]).is_ok());
+        assert!(check_command(&[]).is_err());
+        assert!(check_command(&["".into()]).is_err());
+        assert!(check_command(&["a\0b".into()]).is_err());
+        assert!(check_command(&vec!["x".to_string(); protocol::MAX_COMMAND_ARGS + 1]).is_err());
+        assert!(check_command(&["x".repeat(protocol::MAX_COMMAND_ARG_LEN + 1)]).is_err());
+    }
+
+    #[test]
+    fn sizes_are_checked() {
+        assert!(check_size(1, 1).is_ok());
+        assert!(check_size(1000, 1000).is_ok());
+        assert!(check_size(0, 24).is_err());
+        assert!(check_size(80, 1001).is_err());
+    }
+}

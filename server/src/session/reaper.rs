@@ -1,0 +1,133 @@
+//! Ends every process a terminal started in its container.
+//!
+//! Docker has no "kill exec" call, and closing an exec's stream leaves its process running. Every terminal's
+//! process is started with `PORTHOLE_TERMINAL=<terminal id>` in its environment; children inherit it. To close
+//! a terminal, a short `sh` script is exec'd in the container (as root) that signals every process carrying that
+//! marker: SIGHUP first (what a closed terminal means; shells pass it on to their jobs), SIGKILL for whatever is
+//! left after half a second. A process that scrubs its own environment escapes; that is documented.
+//!
+//! When the daemon cannot be reached, the work is queued (bounded by [`MAX_PENDING_REAPS`]) and retried every
+//! [`RETRY_INTERVAL`] until the daemon answers, so a daemon outage does not leak shells either.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use app::protocol::TerminalId;
+use tokio::io::AsyncReadExt;
+
+use crate::docker::{ContainerRuntime, ExecSpec, RuntimeError};
+
+/// Environment variable that marks a terminal's processes.
+pub const MARKER_ENV: &str = "PORTHOLE_TERMINAL";
+/// Most queued reaps waiting for the daemon to return; the oldest is dropped (and logged) beyond it.
+pub const MAX_PENDING_REAPS: usize = 4096;
+/// How often queued reaps are retried.
+pub const RETRY_INTERVAL: Duration = Duration::from_secs(2);
+/// Upper bound on one reap, including the daemon round trips.
+const REAP_TIMEOUT: Duration = Duration::from_secs(15);
+/// Output of the reaper script that is read (and discarded) at most.
+const MAX_REAPER_OUTPUT: u64 = 64 * 1024;
+
+/// `$1` is the marker value. Exits 0 when no marked process is left, 1 when some survived SIGKILL rounds.
+const SCRIPT: &str = r#"target="PORTHOLE_TERMINAL=$1"
+signal=HUP
+round=0
+while [ "$round" -lt 30 ]; do
+  found=
+  for env in /proc/[0-9]*/environ; do
+    pid=${env#/proc/}
+    pid=${pid%/environ}
+    [ "$pid" = "$$" ] && continue
+    if tr '\000' '\n' < "$env" 2>/dev/null | grep -qxF "$target"; then
+      kill -s "$signal" "$pid" 2>/dev/null && found=1
+    fi
+  done
+  [ -z "$found" ] && exit 0
+  round=$((round + 1))
+  [ "$round" -ge 5 ] && signal=KILL
+  sleep 0.1 2>/dev/null || sleep 1
+done
+exit 1
+"#;
+
+/// The marker entry for a terminal's environment.
+pub fn marker(id: &TerminalId) -> String {
+    format!("{MARKER_ENV}={id}")
+}
+
+/// Kills the marked processes of one terminal now.
+pub async fn reap(runtime: &dyn ContainerRuntime, container_id: &str, id: &TerminalId) -> Result<(), RuntimeError> {
+    let work = async {
+        let spec = ExecSpec {
+            cmd: vec!["sh".into(), "-c".into(), SCRIPT.into(), "porthole-reaper".into(), id.0.clone()],
+            env: vec![],
+            user: Some("0".into()),
+            tty: false,
+        };
+        let mut stream = runtime.start_exec(container_id, &spec).await?;
+        drop(stream.input);
+        let mut sink = Vec::new();
+        // Reading to the end waits for the script to finish; its output only matters for the log.
+        let _ = (&mut stream.output).take(MAX_REAPER_OUTPUT).read_to_end(&mut sink).await;
+        let status = runtime.inspect_exec(&stream.exec_id).await?;
+        match status.exit_code {
+            Some(0) => Ok(()),
+            code => Err(RuntimeError::Api {
+                status: 0,
+                message: format!(
+                    "ending the processes of {id} failed (exit {code:?}): {}",
+                    String::from_utf8_lossy(&sink).trim()
+                ),
+            }),
+        }
+    };
+    match tokio::time::timeout(REAP_TIMEOUT, work).await {
+        Ok(r) => r,
+        Err(_) => Err(RuntimeError::Unavailable(format!("ending the processes of {id} timed out"))),
+    }
+}
+
+/// Reaps that must wait for the daemon.
+#[derive(Debug, Default, Clone)]
+pub struct PendingReaps {
+    queue: Arc<Mutex<VecDeque<(String, TerminalId)>>>,
+}
+
+impl PendingReaps {
+    pub fn push(&self, container_id: String, id: TerminalId) {
+        tracing::warn!(container = %container_id, terminal = %id, "daemon unreachable; will end the terminal's processes when it returns");
+        self.requeue(container_id, id);
+    }
+
+    fn requeue(&self, container_id: String, id: TerminalId) {
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        if q.len() >= MAX_PENDING_REAPS
+            && let Some((c, t)) = q.pop_front()
+        {
+            tracing::error!(container = %c, terminal = %t, "pending reap queue full; giving up on the oldest");
+        }
+        q.push_back((container_id, id));
+    }
+
+    pub fn len(&self) -> usize {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Tries every queued reap once; keeps those that still cannot reach the daemon.
+    pub async fn retry(&self, runtime: &dyn ContainerRuntime) {
+        let batch: Vec<_> = self.queue.lock().unwrap_or_else(|e| e.into_inner()).drain(..).collect();
+        for (container_id, id) in batch {
+            match reap(runtime, &container_id, &id).await {
+                Ok(()) => tracing::info!(container = %container_id, terminal = %id, "ended processes left from a daemon outage"),
+                Err(RuntimeError::Unavailable(_)) => self.requeue(container_id, id),
+                // The container is gone or the reap itself failed for good: nothing more to do.
+                Err(e) => tracing::warn!(container = %container_id, terminal = %id, error = %e, "dropping pending reap"),
+            }
+        }
+    }
+}

@@ -1,0 +1,55 @@
+//! The service layer shared by the socket and HTTP transports: one cloneable handle, methods named for intent.
+
+use std::sync::Arc;
+
+use app::protocol::{ContainerSummary, ErrorCode, ExitReason, Health, PROTOCOL_VERSION, TerminalId, TerminalInfo};
+
+use crate::docker::ContainerRuntime;
+use crate::error::ServiceError;
+use crate::session::{Limits, Sessions};
+
+/// Everything a request handler needs.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    sessions: Arc<Sessions>,
+}
+
+impl AppState {
+    pub fn new(runtime: Arc<dyn ContainerRuntime>, limits: Limits) -> AppState {
+        AppState { sessions: Sessions::new(runtime, limits) }
+    }
+
+    pub fn sessions(&self) -> &Arc<Sessions> {
+        &self.sessions
+    }
+
+    /// Whether the daemon answers.
+    pub async fn health(&self) -> Result<Health, ServiceError> {
+        match self.sessions.runtime().ping().await {
+            Ok(api) => Ok(Health { status: "ok".into(), protocol_version: PROTOCOL_VERSION, docker_api_version: api }),
+            Err(e) => Err(ServiceError::new(ErrorCode::DockerUnavailable, e.to_string())),
+        }
+    }
+
+    /// Every container, running ones first, then by name.
+    pub async fn containers(&self) -> Result<Vec<ContainerSummary>, ServiceError> {
+        let mut list = self.sessions.runtime().list_containers().await.map_err(ServiceError::from_runtime)?;
+        list.sort_by(|a, b| (a.state != "running").cmp(&(b.state != "running")).then_with(|| a.name.cmp(&b.name)));
+        Ok(list)
+    }
+
+    pub fn terminals(&self) -> Vec<TerminalInfo> {
+        self.sessions.list()
+    }
+
+    pub fn terminal(&self, id: &TerminalId) -> Result<TerminalInfo, ServiceError> {
+        self.sessions.get(id, None).map(|t| t.info())
+    }
+
+    /// Closes any terminal (REST has no owner yet; access control comes with authentication).
+    pub async fn close_terminal(&self, id: &TerminalId) -> Result<(), ServiceError> {
+        let t = self.sessions.get(id, None)?;
+        self.sessions.close(&t, ExitReason::Closed).await;
+        Ok(())
+    }
+}

@@ -1,0 +1,444 @@
+//! Test harness: a real Porthole server on port 0, a typed Socket.IO client (rust_socketio speaking
+//! `app::protocol`), and throwaway containers on the real Docker daemon, removed even when a test fails.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+pub mod proxy;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use app::protocol::{
+    self, CloseTerminal, ErrorBody, ErrorEvent, Exit, Hello, Input, Resize, StartTerminal, TerminalAck, TerminalId,
+    TerminalStarted, event,
+};
+use bollard::Docker;
+use bollard::exec::{CreateExecOptions, StartExecResults};
+use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::query_parameters::{CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder};
+use futures_util::{FutureExt, StreamExt};
+use porthole_server::{Config, RunningServer};
+use rust_socketio::asynchronous::{Client, ClientBuilder};
+use rust_socketio::{Payload, TransportType};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use tokio::sync::Notify;
+
+/// How long a test waits for something a user would see before failing. Generous: CI machines are slow;
+/// this is a bound on a hang, not a performance assertion.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// The test image with bash, built by scripts/testbed.sh.
+pub fn bash_image() -> String {
+    std::env::var("PORTHOLE_TEST_IMAGE_BASH").unwrap_or_else(|_| "porthole-test/bash:2".into())
+}
+
+/// The busybox-only test image (no bash).
+pub fn sh_image() -> String {
+    std::env::var("PORTHOLE_TEST_IMAGE_SH").unwrap_or_else(|_| "porthole-test/sh:2".into())
+}
+
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "porthole_server=debug".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+pub async fn docker() -> Docker {
+    Docker::connect_with_local_defaults().unwrap().negotiate_version().await.expect("Docker daemon must answer; run scripts/testbed.sh")
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Containers
+
+/// A container that exists for one test and is removed (forcefully) when dropped.
+pub struct TestContainer {
+    pub name: String,
+    pub id: String,
+    docker: Docker,
+}
+
+impl TestContainer {
+    /// Starts a container of `image` running `sleep infinity` under docker-init (so orphans get reaped).
+    pub async fn start(test: &str, image: &str) -> TestContainer {
+        let docker = docker().await;
+        let name = format!("porthole-it-{test}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let body = ContainerCreateBody {
+            image: Some(image.to_string()),
+            cmd: Some(vec!["sleep".into(), "infinity".into()]),
+            labels: Some(HashMap::from([("porthole.test".to_string(), test.to_string())])),
+            host_config: Some(HostConfig { init: Some(true), ..Default::default() }),
+            ..Default::default()
+        };
+        let options = CreateContainerOptionsBuilder::new().name(&name).build();
+        let created = docker.create_container(Some(options), body).await.expect("create test container");
+        let guard = TestContainer { name, id: created.id, docker };
+        guard.docker.start_container(&guard.id, None).await.expect("start test container");
+        guard
+    }
+
+    /// A container that exists but is stopped.
+    pub async fn stopped(test: &str, image: &str) -> TestContainer {
+        let c = TestContainer::start(test, image).await;
+        c.stop().await;
+        c
+    }
+
+    pub async fn stop(&self) {
+        let options = bollard::query_parameters::StopContainerOptionsBuilder::new().t(1).build();
+        self.docker.stop_container(&self.id, Some(options)).await.expect("stop container");
+    }
+
+    /// Runs a command (no tty) and returns its exit code and stdout+stderr.
+    pub async fn exec(&self, cmd: &[&str]) -> (i64, String) {
+        let options = CreateExecOptions {
+            cmd: Some(cmd.iter().map(|s| s.to_string()).collect::<Vec<_>>()),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            ..Default::default()
+        };
+        let exec = self.docker.create_exec(&self.id, options).await.expect("create exec");
+        let mut out = String::new();
+        if let StartExecResults::Attached { mut output, .. } = self.docker.start_exec(&exec.id, None).await.unwrap() {
+            while let Some(Ok(chunk)) = output.next().await {
+                out.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+            }
+        }
+        let code = self.docker.inspect_exec(&exec.id).await.unwrap().exit_code.unwrap_or(-1);
+        (code, out)
+    }
+
+    /// Live processes in the container other than its init, its `sleep infinity` and the `ps` itself, as
+    /// `ps` prints them. Zombies are not counted: they are not running, and init reaps them.
+    pub async fn stray_processes(&self) -> Vec<String> {
+        let (code, out) = self.exec(&["ps", "-o", "pid,stat,args"]).await;
+        assert_eq!(code, 0, "ps failed: {out}");
+        out.lines()
+            .skip(1)
+            .filter(|l| {
+                let cols: Vec<&str> = l.split_whitespace().collect();
+                let (pid, stat, args) = (cols[0], cols.get(1).copied().unwrap_or(""), cols[2..].join(" "));
+                pid != "1" && !stat.starts_with('Z') && args != "sleep infinity" && !args.starts_with("ps -o")
+            })
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Waits until no stray process is left; returns what was left at the deadline otherwise.
+    pub async fn wait_no_strays(&self, within: Duration) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let strays = self.stray_processes().await;
+            if strays.is_empty() || tokio::time::Instant::now() >= deadline {
+                return strays;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+impl Drop for TestContainer {
+    fn drop(&mut self) {
+        let (docker, id) = (self.docker.clone(), self.id.clone());
+        // Drop cannot await; remove on a helper thread with its own runtime, and wait for it.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let options = RemoveContainerOptionsBuilder::new().force(true).build();
+                let _ = docker.remove_container(&id, Some(options)).await;
+            });
+        })
+        .join();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Server
+
+pub fn test_config() -> Config {
+    let mut c = Config::defaults();
+    c.listen = "127.0.0.1:0".parse().unwrap();
+    c
+}
+
+pub async fn start_server(config: Config) -> RunningServer {
+    init_tracing();
+    porthole_server::start(&config).await.expect("server starts")
+}
+
+pub fn base_url(server: &RunningServer) -> String {
+    format!("http://{}", server.addr())
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Socket.IO client
+
+/// What the server sent, by terminal.
+#[derive(Default)]
+struct Inbox {
+    output: HashMap<TerminalId, Vec<u8>>,
+    exits: HashMap<TerminalId, Exit>,
+    errors: Vec<ErrorEvent>,
+    hello: Option<Hello>,
+    /// Every output event in arrival order, for ordering checks.
+    order: Vec<TerminalId>,
+}
+
+/// A typed Socket.IO client over rust_socketio.
+pub struct TestClient {
+    client: Client,
+    inbox: Arc<Mutex<Inbox>>,
+    changed: Arc<Notify>,
+}
+
+/// rust_socketio's parser only understands binary events of the form `["event", <attachment>]`. For
+/// `["output", {"terminalId": …, "data": <attachment>}]` it hands over the attachment as `Payload::Binary` and,
+/// as the event name, the JSON text with quotes stripped: `output,{terminalId:t-…,data:}`. Recover the
+/// terminal id from that.
+fn binary_event_terminal(mangled: &str) -> Option<(String, TerminalId)> {
+    let (name, rest) = mangled.split_once(',')?;
+    let start = rest.find("terminalId:")? + "terminalId:".len();
+    let id: String = rest[start..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
+    Some((name.to_string(), TerminalId(id)))
+}
+
+/// Acks arrive as `Text([Array([value])])` from rust_socketio; events as `Text([value])`.
+fn first_value(payload: Payload) -> Value {
+    match payload {
+        #[allow(deprecated)]
+        Payload::Text(mut values) if !values.is_empty() => match values.remove(0) {
+            Value::Array(mut inner) if !inner.is_empty() => inner.remove(0),
+            v => v,
+        },
+        #[allow(deprecated)]
+        Payload::String(s) => serde_json::from_str(&s).unwrap_or(Value::Null),
+        _ => Value::Null,
+    }
+}
+
+impl TestClient {
+    pub async fn connect(server: &RunningServer) -> TestClient {
+        Self::connect_with(server, TransportType::Websocket).await
+    }
+
+    pub async fn connect_with(server: &RunningServer, transport: TransportType) -> TestClient {
+        Self::connect_url(&base_url(server), transport).await
+    }
+
+    pub async fn connect_url(url: &str, transport: TransportType) -> TestClient {
+        let inbox = Arc::new(Mutex::new(Inbox::default()));
+        let changed = Arc::new(Notify::new());
+        let (i, n) = (inbox.clone(), changed.clone());
+        let client = ClientBuilder::new(url)
+            .transport_type(transport)
+            .reconnect(false)
+            .on_any(move |event, payload, _| {
+                let (inbox, changed) = (i.clone(), n.clone());
+                async move {
+                    let name = String::from(event);
+                    {
+                        let mut inbox = inbox.lock().unwrap();
+                        match payload {
+                            Payload::Binary(bytes) => {
+                                if let Some((ev, id)) = binary_event_terminal(&name)
+                                    && ev == event::OUTPUT
+                                {
+                                    inbox.output.entry(id.clone()).or_default().extend_from_slice(&bytes);
+                                    inbox.order.push(id);
+                                }
+                            }
+                            other => {
+                                let v = first_value(other);
+                                match name.as_str() {
+                                    event::EXIT => {
+                                        let exit: Exit = serde_json::from_value(v).expect("exit payload");
+                                        inbox.exits.insert(exit.terminal_id.clone(), exit);
+                                    }
+                                    event::ERROR => inbox.errors.push(serde_json::from_value(v).expect("error payload")),
+                                    event::HELLO => inbox.hello = Some(serde_json::from_value(v).expect("hello payload")),
+                                    _ => {}
+                                }
+                            }
+                        }
+                    }
+                    changed.notify_waiters();
+                }
+                .boxed()
+            })
+            .connect()
+            .await
+            .expect("socket.io connect");
+        let client = TestClient { client, inbox, changed };
+        client.wait_until("hello", |i| i.hello.clone()).await;
+        client
+    }
+
+    async fn wait_until<T>(&self, what: &str, mut f: impl FnMut(&Inbox) -> Option<T>) -> T
+    where
+        T: Sized,
+    {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let notified = self.changed.notified();
+            if let Some(v) = f(&self.inbox.lock().unwrap()) {
+                return v;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                // One last look: notify_waiters does not store a permit.
+                if let Some(v) = f(&self.inbox.lock().unwrap()) {
+                    return v;
+                }
+                let inbox = self.inbox.lock().unwrap();
+                let outputs: HashMap<_, _> =
+                    inbox.output.iter().map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned())).collect();
+                panic!("timed out waiting for {what}; outputs: {outputs:#?}; exits: {:?}; errors: {:?}", inbox.exits, inbox.errors);
+            }
+        }
+    }
+
+    pub fn hello(&self) -> Hello {
+        self.inbox.lock().unwrap().hello.clone().unwrap()
+    }
+
+    /// Emits `payload` with an ack and returns the ack's JSON value.
+    pub async fn request_raw(&self, name: &str, payload: Value) -> Value {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let tx = Arc::new(Mutex::new(Some(tx)));
+        self.client
+            .emit_with_ack(name, payload, PATIENCE, move |p: Payload, _| {
+                let tx = tx.clone();
+                async move {
+                    if let Some(tx) = tx.lock().unwrap().take() {
+                        let _ = tx.send(first_value(p));
+                    }
+                }
+                .boxed()
+            })
+            .await
+            .expect("emit");
+        tokio::time::timeout(PATIENCE, rx).await.expect("ack in time").expect("ack")
+    }
+
+    pub async fn request<Req: Serialize, Res: DeserializeOwned>(&self, name: &str, req: &Req) -> Result<Res, ErrorBody> {
+        let v = self.request_raw(name, serde_json::to_value(req).unwrap()).await;
+        let reply: protocol::Reply<Res> =
+            serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("ack {v} does not parse: {e}"));
+        reply.into_result()
+    }
+
+    pub async fn emit_raw(&self, name: &str, payload: Value) {
+        self.client.emit(name, payload).await.expect("emit");
+    }
+
+    pub async fn start(&self, req: StartTerminal) -> Result<TerminalStarted, ErrorBody> {
+        self.request(event::START_TERMINAL, &req).await
+    }
+
+    /// Opens the default shell in `container`.
+    pub async fn shell(&self, container: &str) -> TerminalStarted {
+        self.start(StartTerminal { container_id: container.into(), cols: None, rows: None, command: None })
+            .await
+            .expect("start-terminal")
+    }
+
+    pub async fn input(&self, id: &TerminalId, data: &str) {
+        let msg = Input { terminal_id: id.clone(), data: protocol::TerminalBytes(data.as_bytes().to_vec().into()) };
+        // Sent as a string: rust_socketio cannot put a binary attachment inside an object.
+        let v = serde_json::json!({ "terminalId": msg.terminal_id, "data": data });
+        self.emit_raw(event::INPUT, v).await;
+    }
+
+    pub async fn resize(&self, id: &TerminalId, cols: u16, rows: u16) {
+        let v = serde_json::to_value(Resize { terminal_id: id.clone(), cols, rows }).unwrap();
+        self.emit_raw(event::RESIZE, v).await;
+    }
+
+    pub async fn close(&self, id: &TerminalId) -> Result<TerminalAck, ErrorBody> {
+        self.request(event::CLOSE_TERMINAL, &CloseTerminal { terminal_id: id.clone() }).await
+    }
+
+    /// Everything `id` has printed so far, lossily decoded.
+    pub fn screen(&self, id: &TerminalId) -> String {
+        String::from_utf8_lossy(&self.bytes(id)).into_owned()
+    }
+
+    pub fn bytes(&self, id: &TerminalId) -> Vec<u8> {
+        self.inbox.lock().unwrap().output.get(id).cloned().unwrap_or_default()
+    }
+
+    pub fn errors(&self) -> Vec<ErrorEvent> {
+        self.inbox.lock().unwrap().errors.clone()
+    }
+
+    pub fn exit_of(&self, id: &TerminalId) -> Option<Exit> {
+        self.inbox.lock().unwrap().exits.get(id).cloned()
+    }
+
+    /// Waits until `id`'s output contains `needle`; returns the whole output.
+    pub async fn wait_for(&self, id: &TerminalId, needle: &str) -> String {
+        let needle_bytes = needle.as_bytes().to_vec();
+        let id2 = id.clone();
+        let bytes = self
+            .wait_until(&format!("{needle:?} on {id}"), move |i| {
+                let out = i.output.get(&id2)?;
+                out.windows(needle_bytes.len()).any(|w| w == needle_bytes).then(|| out.clone())
+            })
+            .await;
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// Waits until `id` has produced at least `n` bytes.
+    pub async fn wait_for_bytes(&self, id: &TerminalId, n: usize) -> Vec<u8> {
+        let id2 = id.clone();
+        self.wait_until(&format!("{n} bytes on {id}"), move |i| {
+            let out = i.output.get(&id2)?;
+            (out.len() >= n).then(|| out.clone())
+        })
+        .await
+    }
+
+    pub async fn wait_exit(&self, id: &TerminalId) -> Exit {
+        let id2 = id.clone();
+        self.wait_until(&format!("exit of {id}"), move |i| i.exits.get(&id2).cloned()).await
+    }
+
+    pub async fn wait_error(&self, n: usize) -> Vec<ErrorEvent> {
+        self.wait_until(&format!("{n} error events"), move |i| (i.errors.len() >= n).then(|| i.errors.clone())).await
+    }
+
+    /// Types `command` and a newline, and waits for `expect` to appear after it.
+    pub async fn run(&self, id: &TerminalId, command: &str, expect: &str) -> String {
+        self.input(id, &format!("{command}\n")).await;
+        self.wait_for(id, expect).await
+    }
+
+    pub async fn disconnect(self) {
+        let _ = self.client.disconnect().await;
+    }
+}
+
+/// Blocks until `f` holds or the deadline passes; for REST-side conditions.
+pub async fn eventually<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !f().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[test]
+fn mangled_binary_event_names_are_recovered() {
+    assert_eq!(
+        binary_event_terminal("output,{terminalId:t-0123abcd,data:}"),
+        Some(("output".to_string(), TerminalId("t-0123abcd".into())))
+    );
+    assert_eq!(binary_event_terminal("hello"), None);
+}
