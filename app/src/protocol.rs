@@ -29,8 +29,9 @@ pub mod event {
     pub const OUTPUT: &str = "output";
     /// Server -> client: the terminal ended ([`super::Exit`]).
     pub const EXIT: &str = "exit";
-    /// Server -> client: a request that carried no ack failed ([`super::ErrorEvent`]).
-    pub const ERROR: &str = "error";
+    /// Server -> client: an `input` or `resize` failed ([`super::ErrorEvent`]). Not named `error`: several
+    /// Socket.IO clients reserve that name for their own transport errors.
+    pub const REQUEST_ERROR: &str = "request-error";
     /// Server -> client, once on connect: protocol version and limits ([`super::Hello`]).
     pub const HELLO: &str = "hello";
 }
@@ -335,7 +336,7 @@ impl<T> From<Result<T, ErrorBody>> for Reply<T> {
     }
 }
 
-/// `error` event: a request without an ack failed.
+/// `request-error` event: an `input` or `resize` failed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ErrorEvent {

@@ -7,7 +7,7 @@
 pub mod reaper;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -26,14 +26,20 @@ use reaper::PendingReaps;
 
 /// Bytes read from an exec stream at once; a flood leaves in chunks up to this size.
 pub const READ_CHUNK_BYTES: usize = 64 * 1024;
-/// Input/resize commands queued per terminal before `input_overflow` is reported.
-pub const COMMAND_QUEUE_LEN: usize = 256;
+/// Input/resize events queued per terminal (not yet written to the tty) before `input_overflow` is reported.
+pub const COMMAND_QUEUE_EVENTS: usize = 16 * 1024;
+/// Input bytes queued per terminal before `input_overflow` is reported (a process that does not read).
+pub const INPUT_QUEUE_BYTES: usize = 1024 * 1024;
+/// Most queued input bytes joined into one write to the tty.
+const INPUT_BATCH_BYTES: usize = 64 * 1024;
 /// How long `close` waits for the process to end before cutting the stream loose.
 const CLOSE_WAIT: Duration = Duration::from_secs(10);
 /// How long a started exec may take to be reported running by the daemon.
 const START_WAIT: Duration = Duration::from_secs(15);
 /// Longest pause between retries when the sink is full (backpressure).
 const MAX_SINK_BACKOFF: Duration = Duration::from_millis(20);
+/// Container state checks (100 ms apart) after an exec ended as if killed, to tell a stopping container.
+const CONTAINER_STOP_CHECKS: usize = 30;
 /// The login shells tried, in order, when `start-terminal` has no `command`.
 const DEFAULT_SHELLS: [&[&str]; 2] = [&["bash", "-l"], &["sh", "-l"]];
 
@@ -72,6 +78,15 @@ enum Command {
     Resize(u16, u16),
 }
 
+impl Command {
+    fn bytes(&self) -> usize {
+        match self {
+            Command::Input(b) => b.len(),
+            Command::Resize(..) => 0,
+        }
+    }
+}
+
 /// One open terminal.
 pub struct Terminal {
     id: TerminalId,
@@ -83,7 +98,10 @@ pub struct Terminal {
     started_at_ms: u64,
     size: Mutex<(u16, u16)>,
     bytes_out: AtomicU64,
-    commands: mpsc::Sender<Command>,
+    commands: mpsc::UnboundedSender<Command>,
+    /// Events and input bytes in `commands`, bounded by [`COMMAND_QUEUE_EVENTS`] and [`INPUT_QUEUE_BYTES`].
+    queued_events: AtomicUsize,
+    queued_bytes: AtomicUsize,
     sink: watch::Sender<Option<Arc<dyn TerminalSink>>>,
     /// Set once, by whoever decides why the terminal ends before its process does.
     close_reason: Mutex<Option<ExitReason>>,
@@ -136,13 +154,30 @@ impl Terminal {
     }
 
     fn queue(&self, command: Command) -> Result<(), ServiceError> {
-        self.commands.try_send(command).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => ServiceError::new(
+        let bytes = command.bytes();
+        // Only this socket's handler adds to a terminal's queue, and it does so synchronously, so the check
+        // and the add cannot interleave with another add.
+        if self.queued_events.load(Ordering::SeqCst) >= COMMAND_QUEUE_EVENTS
+            || self.queued_bytes.load(Ordering::SeqCst) + bytes > INPUT_QUEUE_BYTES
+        {
+            return Err(ServiceError::new(
                 ErrorCode::InputOverflow,
-                format!("terminal {} is not reading its input; {COMMAND_QUEUE_LEN} events are queued", self.id),
-            ),
-            mpsc::error::TrySendError::Closed(_) => ServiceError::unknown_terminal(&self.id),
-        })
+                format!(
+                    "terminal {} is not reading its input ({} bytes queued, limit {INPUT_QUEUE_BYTES}); input dropped",
+                    self.id,
+                    self.queued_bytes.load(Ordering::SeqCst)
+                ),
+            ));
+        }
+        self.queued_events.fetch_add(1, Ordering::SeqCst);
+        self.queued_bytes.fetch_add(bytes, Ordering::SeqCst);
+        self.commands.send(command).map_err(|_| ServiceError::unknown_terminal(&self.id))
+    }
+
+    /// Called by the write pump once a command left the queue.
+    fn dequeued(&self, events: usize, bytes: usize) {
+        self.queued_events.fetch_sub(events, Ordering::SeqCst);
+        self.queued_bytes.fetch_sub(bytes, Ordering::SeqCst);
     }
 
     pub fn info(&self) -> TerminalInfo {
@@ -373,7 +408,8 @@ impl Sessions {
         };
         let mut reservation = self.reserve(owner)?;
 
-        let target = self.runtime.resolve(&req.container_id).await.map_err(|e| match e {
+        let container_ref = req.container_id.strip_prefix('/').unwrap_or(&req.container_id);
+        let target = self.runtime.resolve(container_ref).await.map_err(|e| match e {
             RuntimeError::NotFound(_) => ServiceError::new(
                 ErrorCode::ContainerNotFound,
                 format!("no container matches {:?}", req.container_id),
@@ -419,7 +455,8 @@ impl Sessions {
         let mut pause = Duration::from_millis(1);
         loop {
             let status = self.runtime.inspect_exec(&stream.exec_id).await.map_err(|e| self.start_error(target, e))?;
-            if status.running || status.pid > 0 {
+            // The daemon marks an exec running before the runtime has started it; only a pid proves it started.
+            if status.pid > 0 {
                 return Ok(Launch::Running(stream));
             }
             if let Some(code) = status.exit_code {
@@ -464,7 +501,7 @@ impl Sessions {
         stream: ExecStream,
         (cols, rows): (u16, u16),
     ) -> Arc<Terminal> {
-        let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE_LEN);
+        let (commands, command_rx) = mpsc::unbounded_channel();
         let (sink, sink_rx) = watch::channel(None);
         let terminal = Arc::new(Terminal {
             id: id.clone(),
@@ -477,6 +514,8 @@ impl Sessions {
             size: Mutex::new((cols, rows)),
             bytes_out: AtomicU64::new(0),
             commands,
+            queued_events: AtomicUsize::new(0),
+            queued_bytes: AtomicUsize::new(0),
             sink,
             close_reason: Mutex::new(None),
             stop: CancellationToken::new(),
@@ -486,7 +525,7 @@ impl Sessions {
         let span = tracing::info_span!("terminal", terminal = %id, container = %target.name, exec = %stream.exec_id);
         tracing::info!(parent: &span, command = ?terminal.command, cols, rows, "terminal started");
         // The first command applies the requested size; input and later resizes queue behind it.
-        let _ = terminal.commands.try_send(Command::Resize(cols, rows));
+        let _ = terminal.queue(Command::Resize(cols, rows));
         let ExecStream { output, input, .. } = stream;
         tokio::spawn(
             write_pump(self.runtime.clone(), terminal.clone(), input, command_rx).instrument(span.clone()),
@@ -574,7 +613,7 @@ impl Sessions {
             }
             // The exec is gone with its container.
             Some(Err(RuntimeError::NotFound(_))) => (None, ExitReason::ContainerStopped),
-            _ => match self.runtime.resolve(&terminal.container_id).await {
+            _ => match self.container_after_exit(&terminal.container_id, exit_code).await {
                 Ok(t) if t.accepts_exec => {
                     if status.as_ref().is_some_and(|s| s.as_ref().is_ok_and(|s| s.running)) {
                         // The stream broke while the process still runs: make sure it does not linger.
@@ -590,6 +629,24 @@ impl Sessions {
                 Err(_) => (exit_code, ExitReason::Exited),
             },
         }
+    }
+
+    /// The container's state after an exec ended. A container being stopped kills its processes before the
+    /// daemon reports it stopped, so when the exit looks like a kill (no code, or 128+signal) the state is
+    /// watched for a moment before concluding it is still running.
+    async fn container_after_exit(&self, container_id: &str, exit_code: Option<i64>) -> Result<ContainerTarget, RuntimeError> {
+        let looks_killed = exit_code.is_none_or(|c| c > 128);
+        let checks = if looks_killed { CONTAINER_STOP_CHECKS } else { 1 };
+        let mut last = self.runtime.resolve(container_id).await;
+        for _ in 1..checks {
+            match &last {
+                Ok(t) if t.accepts_exec => {}
+                _ => break,
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            last = self.runtime.resolve(container_id).await;
+        }
+        last
     }
 
     fn forget(&self, terminal: &Terminal) {
@@ -685,37 +742,60 @@ async fn deliver(
     }
 }
 
-/// Applies input and resizes in arrival order.
+/// Applies input and resizes in arrival order. Consecutive inputs are joined into one write.
 async fn write_pump(
     runtime: Arc<dyn ContainerRuntime>,
     terminal: Arc<Terminal>,
     mut input: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
-    mut commands: mpsc::Receiver<Command>,
+    mut commands: mpsc::UnboundedReceiver<Command>,
 ) {
     let mut input_open = true;
+    let mut held: Option<Command> = None;
     loop {
-        let command = tokio::select! {
-            c = commands.recv() => c,
-            _ = terminal.stop.cancelled() => None,
+        let command = match held.take() {
+            Some(c) => c,
+            None => {
+                let next = tokio::select! {
+                    c = commands.recv() => c,
+                    _ = terminal.stop.cancelled() => None,
+                };
+                let Some(c) = next else { break };
+                c
+            }
         };
-        let Some(command) = command else { break };
         match command {
-            Command::Input(data) if input_open => {
-                if let Err(e) = async {
-                    input.write_all(&data).await?;
-                    input.flush().await
+            Command::Input(first) => {
+                let (mut events, mut batch) = (1, BytesMut::from(&first[..]));
+                while batch.len() < INPUT_BATCH_BYTES {
+                    match commands.try_recv() {
+                        Ok(Command::Input(more)) => {
+                            events += 1;
+                            batch.extend_from_slice(&more);
+                        }
+                        Ok(other) => {
+                            held = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
                 }
-                .await
+                if input_open
+                    && let Err(e) = async {
+                        input.write_all(&batch).await?;
+                        input.flush().await
+                    }
+                    .await
                 {
                     tracing::debug!(error = %e, "tty input closed");
                     input_open = false;
                 }
+                terminal.dequeued(events, batch.len());
             }
-            Command::Input(_) => {}
             Command::Resize(cols, rows) => {
                 if let Err(e) = runtime.resize_exec(&terminal.exec_id, cols, rows).await {
                     tracing::debug!(error = %e, cols, rows, "resize failed");
                 }
+                terminal.dequeued(1, 0);
             }
         }
     }

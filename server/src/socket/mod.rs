@@ -221,7 +221,7 @@ fn send_ack<T: serde::Serialize>(ack: AckSender, reply: &T, _priority: &AckPrior
     }
 }
 
-/// Answers `input`/`resize`: an ack when the client asked for one, and an `error` event on failure.
+/// Answers `input`/`resize`: an ack when the client asked for one, and a `request-error` event on failure.
 fn answer(
     socket: &SocketRef,
     ack: AckSender,
@@ -239,7 +239,7 @@ fn answer(
             tracing::info!(event = name, code = %e.code, message = %e.message, "request refused");
             let _ = ack.send(&e.reply());
             let payload = ErrorEvent { event: name.to_string(), terminal_id, error: e.body() };
-            emit_reliably(socket.clone(), event::ERROR, payload);
+            emit_reliably(socket.clone(), event::REQUEST_ERROR, payload);
         }
     }
 }

@@ -258,7 +258,7 @@ impl TestClient {
                                         let exit: Exit = serde_json::from_value(v).expect("exit payload");
                                         inbox.exits.insert(exit.terminal_id.clone(), exit);
                                     }
-                                    event::ERROR => inbox.errors.push(serde_json::from_value(v).expect("error payload")),
+                                    event::REQUEST_ERROR => inbox.errors.push(serde_json::from_value(v).expect("error payload")),
                                     event::HELLO => inbox.hello = Some(serde_json::from_value(v).expect("hello payload")),
                                     _ => {}
                                 }
@@ -343,6 +343,13 @@ impl TestClient {
         self.start(StartTerminal { container_id: container.into(), cols: None, rows: None, command: None })
             .await
             .expect("start-terminal")
+    }
+
+    /// `start-terminal` for the default shell, expecting a refusal.
+    pub async fn shell_err(&self, container: &str) -> ErrorBody {
+        self.start(StartTerminal { container_id: container.into(), cols: None, rows: None, command: None })
+            .await
+            .expect_err("start-terminal should be refused")
     }
 
     pub async fn input(&self, id: &TerminalId, data: &str) {
