@@ -17,6 +17,7 @@ use app::protocol::{
 };
 use bytes::Bytes;
 use socketioxide::extract::{AckSender, SocketRef, TryData};
+use socketioxide::handler::FromMessageParts;
 use socketioxide::socket::DisconnectReason;
 use socketioxide::{SendError, SocketError};
 use tracing::Instrument;
@@ -31,6 +32,20 @@ pub fn register(io: &socketioxide::SocketIo, state: AppState) {
         on_connect(socket, state.clone());
         ready(())
     });
+}
+
+/// Whether the client asked for an ack (socketioxide's `AckSender` does not say).
+struct WantsAck(bool);
+
+impl<A: socketioxide::adapter::Adapter> FromMessageParts<A> for WantsAck {
+    type Error = std::convert::Infallible;
+    fn from_message_parts(
+        _: &Arc<socketioxide::socket::Socket<A>>,
+        _: &mut socketioxide::handler::Value,
+        ack_id: &Option<i64>,
+    ) -> Result<Self, Self::Error> {
+        Ok(WantsAck(ack_id.is_some()))
+    }
 }
 
 /// Per-socket state shared by its handlers and sinks.
@@ -139,7 +154,7 @@ fn on_connect(socket: SocketRef, state: AppState) {
     }
     {
         let (state, owner, span) = (state.clone(), owner.clone(), span.clone());
-        socket.on(event::INPUT, move |socket: SocketRef, TryData(req): TryData<Input>, ack: AckSender| -> Ready<()> {
+        socket.on(event::INPUT, move |socket: SocketRef, wants: WantsAck, TryData(req): TryData<Input>, ack: AckSender| -> Ready<()> {
             let _g = span.enter();
             let (id, result) = match req {
                 Err(e) => (None, Err(ServiceError::invalid(format!("input payload: {e}")))),
@@ -148,13 +163,13 @@ fn on_connect(socket: SocketRef, state: AppState) {
                     (Some(terminal_id), r)
                 }
             };
-            answer(&socket, ack, event::INPUT, id, result);
+            answer(&socket, (wants, ack), event::INPUT, id, result);
             ready(())
         });
     }
     {
         let (state, owner, span) = (state.clone(), owner.clone(), span.clone());
-        socket.on(event::RESIZE, move |socket: SocketRef, TryData(req): TryData<Resize>, ack: AckSender| -> Ready<()> {
+        socket.on(event::RESIZE, move |socket: SocketRef, wants: WantsAck, TryData(req): TryData<Resize>, ack: AckSender| -> Ready<()> {
             let _g = span.enter();
             let (id, result) = match req {
                 Err(e) => (None, Err(ServiceError::invalid(format!("resize payload: {e}")))),
@@ -166,7 +181,7 @@ fn on_connect(socket: SocketRef, state: AppState) {
                     (Some(terminal_id), r)
                 }
             };
-            answer(&socket, ack, event::RESIZE, id, result);
+            answer(&socket, (wants, ack), event::RESIZE, id, result);
             ready(())
         });
     }
@@ -221,10 +236,10 @@ fn send_ack<T: serde::Serialize>(ack: AckSender, reply: &T, _priority: &AckPrior
     }
 }
 
-/// Answers `input`/`resize`: an ack when the client asked for one, and a `request-error` event on failure.
+/// Answers `input`/`resize`: with an ack when the client asked for one, else failures as a `request-error` event.
 fn answer(
     socket: &SocketRef,
-    ack: AckSender,
+    (wants, ack): (WantsAck, AckSender),
     name: &'static str,
     terminal_id: Option<TerminalId>,
     result: Result<(), ServiceError>,
@@ -237,9 +252,12 @@ fn answer(
         }
         Err(e) => {
             tracing::info!(event = name, code = %e.code, message = %e.message, "request refused");
-            let _ = ack.send(&e.reply());
-            let payload = ErrorEvent { event: name.to_string(), terminal_id, error: e.body() };
-            emit_reliably(socket.clone(), event::REQUEST_ERROR, payload);
+            if wants.0 {
+                let _ = ack.send(&e.reply());
+            } else {
+                let payload = ErrorEvent { event: name.to_string(), terminal_id, error: e.body() };
+                emit_reliably(socket.clone(), event::REQUEST_ERROR, payload);
+            }
         }
     }
 }
