@@ -18,7 +18,10 @@ pub struct ServiceError {
 
 impl ServiceError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        ServiceError { code, message: message.into() }
+        ServiceError {
+            code,
+            message: message.into(),
+        }
     }
 
     pub fn invalid(message: impl Into<String>) -> Self {
@@ -26,7 +29,10 @@ impl ServiceError {
     }
 
     pub fn unknown_terminal(id: &impl std::fmt::Display) -> Self {
-        ServiceError::new(ErrorCode::UnknownTerminal, format!("no terminal {id} is open for this client"))
+        ServiceError::new(
+            ErrorCode::UnknownTerminal,
+            format!("no terminal {id} is open for this client"),
+        )
     }
 
     /// The HTTP status that fits the code.
@@ -43,7 +49,10 @@ impl ServiceError {
     }
 
     pub fn body(&self) -> ErrorBody {
-        ErrorBody { code: self.code, message: self.message.clone() }
+        ErrorBody {
+            code: self.code,
+            message: self.message.clone(),
+        }
     }
 
     pub fn reply(&self) -> ErrorReply {
@@ -55,7 +64,10 @@ impl ServiceError {
         match e {
             RuntimeError::Unavailable(m) => {
                 tracing::warn!(error = %m, "Docker daemon unavailable");
-                ServiceError::new(ErrorCode::DockerUnavailable, "the Docker daemon is not answering; try again shortly")
+                ServiceError::new(
+                    ErrorCode::DockerUnavailable,
+                    "the Docker daemon is not answering; try again shortly",
+                )
             }
             other => {
                 tracing::error!(error = %other, "Docker request failed");

@@ -47,7 +47,9 @@ pub fn router(config: &Config, runtime: Arc<dyn ContainerRuntime>) -> (axum::Rou
         .max_buffer_size(SOCKET_QUEUE_PACKETS)
         .build_layer();
     socket::register(&io, state.clone());
-    let router = http::router(state.clone()).layer(layer).layer(TraceLayer::new_for_http());
+    let router = http::router(state.clone())
+        .layer(layer)
+        .layer(TraceLayer::new_for_http());
     (router, state, io)
 }
 
@@ -96,8 +98,9 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
 /// Like [`start`], with a given runtime.
 pub async fn start_with_runtime(config: &Config, runtime: Arc<dyn ContainerRuntime>) -> anyhow::Result<RunningServer> {
     let (router, state, io) = router(config, runtime);
-    let listener =
-        tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
     let stop = CancellationToken::new();
     let shutdown = {
@@ -109,7 +112,15 @@ pub async fn start_with_runtime(config: &Config, runtime: Arc<dyn ContainerRunti
         }
     };
     let task = tokio::spawn(async move {
-        axum::serve(listener, router).with_graceful_shutdown(shutdown).await.context("serving HTTP")
+        axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .context("serving HTTP")
     });
-    Ok(RunningServer { addr, state, stop, task })
+    Ok(RunningServer {
+        addr,
+        state,
+        stop,
+        task,
+    })
 }

@@ -68,7 +68,9 @@ impl Endpoint {
             }
             Ok(Endpoint::Tcp(addr.to_string()))
         } else {
-            Err(format!("unsupported docker host {s:?}: use unix://PATH or tcp://HOST:PORT (TLS and ssh are not supported)"))
+            Err(format!(
+                "unsupported docker host {s:?}: use unix://PATH or tcp://HOST:PORT (TLS and ssh are not supported)"
+            ))
         }
     }
 }
@@ -95,7 +97,10 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(endpoint: Endpoint) -> Engine {
-        Engine { endpoint, client: Mutex::new(None) }
+        Engine {
+            endpoint,
+            client: Mutex::new(None),
+        }
     }
 
     pub fn endpoint(&self) -> &Endpoint {
@@ -184,11 +189,16 @@ impl Engine {
                 .await
                 .map_err(|e| RuntimeError::Unavailable(format!("reading exec start response: {e}")))?;
             if n == 0 {
-                return Err(RuntimeError::Unavailable("the daemon closed the exec stream before answering".into()));
+                return Err(RuntimeError::Unavailable(
+                    "the daemon closed the exec stream before answering".into(),
+                ));
             }
             head_bytes += n;
             if head_bytes >= MAX_UPGRADE_HEAD_BYTES {
-                return Err(RuntimeError::Api { status: 0, message: "oversized exec start response".into() });
+                return Err(RuntimeError::Api {
+                    status: 0,
+                    message: "oversized exec start response".into(),
+                });
             }
             if status_line.is_empty() {
                 status_line = line.trim_end().to_string();
@@ -204,12 +214,23 @@ impl Engine {
                 content_length = value.trim().parse().unwrap_or(0);
             }
         }
-        let status: u16 = status_line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let status: u16 = status_line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
         if status == 101 || status == 200 {
-            return Ok(ExecStream { exec_id: exec_id.to_string(), output: Box::pin(reader), input: Box::pin(write) });
+            return Ok(ExecStream {
+                exec_id: exec_id.to_string(),
+                output: Box::pin(reader),
+                input: Box::pin(write),
+            });
         }
         let mut body = Vec::new();
-        let _ = (&mut reader).take(content_length.min(MAX_UPGRADE_ERROR_BODY)).read_to_end(&mut body).await;
+        let _ = (&mut reader)
+            .take(content_length.min(MAX_UPGRADE_ERROR_BODY))
+            .read_to_end(&mut body)
+            .await;
         let message = serde_json::from_slice::<serde_json::Value>(&body)
             .ok()
             .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_string))
@@ -241,7 +262,10 @@ fn classify(e: BollardError) -> RuntimeError {
         | BollardError::HyperLegacyError { .. }
         | BollardError::RequestTimeoutError
         | BollardError::HttpClientError { .. } => RuntimeError::Unavailable(e.to_string()),
-        other => RuntimeError::Api { status: 0, message: other.to_string() },
+        other => RuntimeError::Api {
+            status: 0,
+            message: other.to_string(),
+        },
     }
 }
 
@@ -253,17 +277,24 @@ fn strip_slash(name: &str) -> String {
 #[async_trait]
 impl ContainerRuntime for Engine {
     async fn ping(&self) -> Result<String, RuntimeError> {
-        self.with_client(|d| async move { d.ping().await.map(|_| api_version(&d)) }).await
+        self.with_client(|d| async move { d.ping().await.map(|_| api_version(&d)) })
+            .await
     }
 
     async fn list_containers(&self) -> Result<Vec<ContainerSummary>, RuntimeError> {
         let options = ListContainersOptionsBuilder::new().all(true).build();
-        let list = self.with_client(|d| async move { d.list_containers(Some(options)).await }).await?;
+        let list = self
+            .with_client(|d| async move { d.list_containers(Some(options)).await })
+            .await?;
         Ok(list
             .into_iter()
             .map(|c| ContainerSummary {
                 id: c.id.unwrap_or_default(),
-                name: c.names.and_then(|n| n.into_iter().next()).map(|n| strip_slash(&n)).unwrap_or_default(),
+                name: c
+                    .names
+                    .and_then(|n| n.into_iter().next())
+                    .map(|n| strip_slash(&n))
+                    .unwrap_or_default(),
                 image: c.image.unwrap_or_default(),
                 state: c.state.map(|s| s.to_string()).unwrap_or_default(),
                 status: c.status.unwrap_or_default(),
@@ -273,7 +304,9 @@ impl ContainerRuntime for Engine {
     }
 
     async fn resolve(&self, container_ref: &str) -> Result<ContainerTarget, RuntimeError> {
-        let c = self.with_client(|d| async move { d.inspect_container(container_ref, None).await }).await?;
+        let c = self
+            .with_client(|d| async move { d.inspect_container(container_ref, None).await })
+            .await?;
         let state = c.state.unwrap_or_default();
         let running = state.running.unwrap_or(false);
         let paused = state.paused.unwrap_or(false);
@@ -299,14 +332,18 @@ impl ContainerRuntime for Engine {
         };
         let client = self.client().await?;
         let version = api_version(&client);
-        let created = self.with_client(|d| async move { d.create_exec(container_id, options).await }).await?;
+        let created = self
+            .with_client(|d| async move { d.create_exec(container_id, options).await })
+            .await?;
         tokio::time::timeout(EXEC_UPGRADE_TIMEOUT, self.upgrade_exec(&version, &created.id, spec.tty))
             .await
             .map_err(|_| RuntimeError::Unavailable("timed out starting the exec".into()))?
     }
 
     async fn inspect_exec(&self, exec_id: &str) -> Result<ExecStatus, RuntimeError> {
-        let r = self.with_client(|d| async move { d.inspect_exec(exec_id).await }).await?;
+        let r = self
+            .with_client(|d| async move { d.inspect_exec(exec_id).await })
+            .await?;
         Ok(ExecStatus {
             running: r.running.unwrap_or(false),
             exit_code: r.exit_code,
@@ -315,8 +352,12 @@ impl ContainerRuntime for Engine {
     }
 
     async fn resize_exec(&self, exec_id: &str, cols: u16, rows: u16) -> Result<(), RuntimeError> {
-        let options = ResizeExecOptions { h: i32::from(rows), w: i32::from(cols) };
-        self.with_client(|d| async move { d.resize_exec(exec_id, options).await }).await
+        let options = ResizeExecOptions {
+            h: i32::from(rows),
+            w: i32::from(cols),
+        };
+        self.with_client(|d| async move { d.resize_exec(exec_id, options).await })
+            .await
     }
 }
 
@@ -326,9 +367,15 @@ mod tests {
 
     #[test]
     fn docker_hosts_parse() {
-        assert_eq!(Endpoint::parse("unix:///run/d.sock"), Ok(Endpoint::Unix("/run/d.sock".into())));
+        assert_eq!(
+            Endpoint::parse("unix:///run/d.sock"),
+            Ok(Endpoint::Unix("/run/d.sock".into()))
+        );
         assert_eq!(Endpoint::parse("/run/d.sock"), Ok(Endpoint::Unix("/run/d.sock".into())));
-        assert_eq!(Endpoint::parse("tcp://127.0.0.1:2375"), Ok(Endpoint::Tcp("127.0.0.1:2375".into())));
+        assert_eq!(
+            Endpoint::parse("tcp://127.0.0.1:2375"),
+            Ok(Endpoint::Tcp("127.0.0.1:2375".into()))
+        );
         assert!(Endpoint::parse("ssh://me@host").is_err());
         assert!(Endpoint::parse("unix://").is_err());
         assert!(Endpoint::parse("tcp://nohostport").is_err());
@@ -336,11 +383,23 @@ mod tests {
 
     #[test]
     fn daemon_errors_are_sorted_for_the_user() {
-        let e = classify(BollardError::DockerResponseServerError { status_code: 404, message: "No such".into() });
+        let e = classify(BollardError::DockerResponseServerError {
+            status_code: 404,
+            message: "No such".into(),
+        });
         assert!(matches!(e, RuntimeError::NotFound(_)));
-        let e = classify(BollardError::DockerResponseServerError { status_code: 409, message: "stopped".into() });
+        let e = classify(BollardError::DockerResponseServerError {
+            status_code: 409,
+            message: "stopped".into(),
+        });
         assert!(matches!(e, RuntimeError::Conflict(_)));
-        assert!(matches!(classify(BollardError::RequestTimeoutError), RuntimeError::Unavailable(_)));
-        assert!(matches!(classify(BollardError::SocketNotFoundError("/x".into())), RuntimeError::Unavailable(_)));
+        assert!(matches!(
+            classify(BollardError::RequestTimeoutError),
+            RuntimeError::Unavailable(_)
+        ));
+        assert!(matches!(
+            classify(BollardError::SocketNotFoundError("/x".into())),
+            RuntimeError::Unavailable(_)
+        ));
     }
 }

@@ -11,9 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use app::protocol::{
-    self, ErrorCode, Exit, ExitReason, StartTerminal, TerminalId, TerminalInfo, TerminalStarted,
-};
+use app::protocol::{self, ErrorCode, Exit, ExitReason, StartTerminal, TerminalId, TerminalInfo, TerminalStarted};
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
@@ -113,7 +111,10 @@ pub struct Terminal {
 
 impl std::fmt::Debug for Terminal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Terminal").field("id", &self.id).field("container", &self.container_name).finish()
+        f.debug_struct("Terminal")
+            .field("id", &self.id)
+            .field("container", &self.container_name)
+            .finish()
     }
 }
 
@@ -171,7 +172,9 @@ impl Terminal {
         }
         self.queued_events.fetch_add(1, Ordering::SeqCst);
         self.queued_bytes.fetch_add(bytes, Ordering::SeqCst);
-        self.commands.send(command).map_err(|_| ServiceError::unknown_terminal(&self.id))
+        self.commands
+            .send(command)
+            .map_err(|_| ServiceError::unknown_terminal(&self.id))
     }
 
     /// Called by the write pump once a command left the queue.
@@ -239,7 +242,9 @@ fn check_container_ref(r: &str) -> Result<(), ServiceError> {
     let valid = !name.is_empty()
         && r.len() <= protocol::MAX_CONTAINER_REF_LEN
         && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
     if valid {
         Ok(())
     } else {
@@ -252,12 +257,20 @@ fn check_container_ref(r: &str) -> Result<(), ServiceError> {
 
 fn check_command(cmd: &[String]) -> Result<(), ServiceError> {
     if cmd.is_empty() || cmd[0].is_empty() {
-        return Err(ServiceError::invalid("command must name a program: a non-empty array of strings"));
+        return Err(ServiceError::invalid(
+            "command must name a program: a non-empty array of strings",
+        ));
     }
     if cmd.len() > protocol::MAX_COMMAND_ARGS {
-        return Err(ServiceError::invalid(format!("command has more than {} arguments", protocol::MAX_COMMAND_ARGS)));
+        return Err(ServiceError::invalid(format!(
+            "command has more than {} arguments",
+            protocol::MAX_COMMAND_ARGS
+        )));
     }
-    if cmd.iter().any(|a| a.len() > protocol::MAX_COMMAND_ARG_LEN || a.contains('\0')) {
+    if cmd
+        .iter()
+        .any(|a| a.len() > protocol::MAX_COMMAND_ARG_LEN || a.contains('\0'))
+    {
         return Err(ServiceError::invalid(format!(
             "command arguments must be at most {} bytes and contain no NUL",
             protocol::MAX_COMMAND_ARG_LEN
@@ -267,7 +280,10 @@ fn check_command(cmd: &[String]) -> Result<(), ServiceError> {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 #[derive(Default)]
@@ -305,7 +321,9 @@ pub struct Sessions {
 
 impl std::fmt::Debug for Sessions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Sessions").field("limits", &self.limits).finish_non_exhaustive()
+        f.debug_struct("Sessions")
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
     }
 }
 
@@ -364,18 +382,28 @@ impl Sessions {
         if mine >= self.limits.per_owner {
             return Err(ServiceError::new(
                 ErrorCode::TooManyTerminals,
-                format!("this connection already has {mine} terminals open (limit {})", self.limits.per_owner),
+                format!(
+                    "this connection already has {mine} terminals open (limit {})",
+                    self.limits.per_owner
+                ),
             ));
         }
         if reg.total >= self.limits.total {
             return Err(ServiceError::new(
                 ErrorCode::TooManyTerminals,
-                format!("the server has {} terminals open (limit {})", reg.total, self.limits.total),
+                format!(
+                    "the server has {} terminals open (limit {})",
+                    reg.total, self.limits.total
+                ),
             ));
         }
         *reg.per_owner.entry(owner.clone()).or_default() += 1;
         reg.total += 1;
-        Ok(Reservation { sessions: self, owner: owner.clone(), kept: false })
+        Ok(Reservation {
+            sessions: self,
+            owner: owner.clone(),
+            kept: false,
+        })
     }
 
     fn release(&self, owner: &OwnerId) {
@@ -404,7 +432,10 @@ impl Sessions {
                 check_command(&cmd)?;
                 vec![cmd]
             }
-            None => DEFAULT_SHELLS.iter().map(|c| c.iter().map(|s| s.to_string()).collect()).collect(),
+            None => DEFAULT_SHELLS
+                .iter()
+                .map(|c| c.iter().map(|s| s.to_string()).collect())
+                .collect(),
         };
         let mut reservation = self.reserve(owner)?;
 
@@ -425,7 +456,11 @@ impl Sessions {
         for cmd in candidates {
             let spec = ExecSpec {
                 cmd: cmd.clone(),
-                env: vec![reaper::marker(&id), "TERM=xterm-256color".into(), "COLORTERM=truecolor".into()],
+                env: vec![
+                    reaper::marker(&id),
+                    "TERM=xterm-256color".into(),
+                    "COLORTERM=truecolor".into(),
+                ],
                 user: None,
                 tty: true,
             };
@@ -450,11 +485,19 @@ impl Sessions {
 
     /// Starts an exec and waits until the daemon reports its process started (or could not).
     async fn launch(&self, target: &ContainerTarget, spec: &ExecSpec) -> Result<Launch, ServiceError> {
-        let stream = self.runtime.start_exec(&target.id, spec).await.map_err(|e| self.start_error(target, e))?;
+        let stream = self
+            .runtime
+            .start_exec(&target.id, spec)
+            .await
+            .map_err(|e| self.start_error(target, e))?;
         let deadline = tokio::time::Instant::now() + START_WAIT;
         let mut pause = Duration::from_millis(1);
         loop {
-            let status = self.runtime.inspect_exec(&stream.exec_id).await.map_err(|e| self.start_error(target, e))?;
+            let status = self
+                .runtime
+                .inspect_exec(&stream.exec_id)
+                .await
+                .map_err(|e| self.start_error(target, e))?;
             // The daemon marks an exec running before the runtime has started it; only a pid proves it started.
             if status.pid > 0 {
                 return Ok(Launch::Running(stream));
@@ -463,15 +506,22 @@ impl Sessions {
                 // The runtime could not start the process at all (no pid): 126/127 mean not found / not executable.
                 let mut out = Vec::new();
                 let mut output = stream.output;
-                let _ = tokio::time::timeout(Duration::from_secs(1), (&mut output).take(4096).read_to_end(&mut out)).await;
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(1), (&mut output).take(4096).read_to_end(&mut out)).await;
                 let why = String::from_utf8_lossy(&out).trim().to_string();
                 if code == 126 || code == 127 {
                     return Ok(Launch::NotFound(why));
                 }
-                return Err(ServiceError::new(ErrorCode::Internal, format!("the process did not start: {why}")));
+                return Err(ServiceError::new(
+                    ErrorCode::Internal,
+                    format!("the process did not start: {why}"),
+                ));
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(ServiceError::new(ErrorCode::Internal, "the daemon did not start the process in time"));
+                return Err(ServiceError::new(
+                    ErrorCode::Internal,
+                    "the daemon did not start the process in time",
+                ));
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(50));
@@ -485,9 +535,10 @@ impl Sessions {
                 ErrorCode::ContainerNotRunning,
                 format!("container {} is not running: {m}", target.name),
             ),
-            RuntimeError::NotFound(_) => {
-                ServiceError::new(ErrorCode::ContainerNotFound, format!("container {} no longer exists", target.name))
-            }
+            RuntimeError::NotFound(_) => ServiceError::new(
+                ErrorCode::ContainerNotFound,
+                format!("container {} no longer exists", target.name),
+            ),
             other => ServiceError::from_runtime(other),
         }
     }
@@ -527,10 +578,12 @@ impl Sessions {
         // The first command applies the requested size; input and later resizes queue behind it.
         let _ = terminal.queue(Command::Resize(cols, rows));
         let ExecStream { output, input, .. } = stream;
+        tokio::spawn(write_pump(self.runtime.clone(), terminal.clone(), input, command_rx).instrument(span.clone()));
         tokio::spawn(
-            write_pump(self.runtime.clone(), terminal.clone(), input, command_rx).instrument(span.clone()),
+            self.clone()
+                .read_pump(terminal.clone(), output, sink_rx)
+                .instrument(span),
         );
-        tokio::spawn(self.clone().read_pump(terminal.clone(), output, sink_rx).instrument(span));
         terminal
     }
 
@@ -572,7 +625,11 @@ impl Sessions {
         let (exit_code, reason) = self.exit_cause(&terminal, stream_error).await;
         terminal.stop.cancel();
         self.forget(&terminal);
-        let exit = Exit { terminal_id: terminal.id.clone(), exit_code, reason };
+        let exit = Exit {
+            terminal_id: terminal.id.clone(),
+            exit_code,
+            reason,
+        };
         tracing::info!(?exit_code, %reason, bytes_out = terminal.bytes_out.load(Ordering::Relaxed), "terminal ended");
         if let Some(sink) = sink_rx.borrow().clone() {
             sink.exit(&exit);
@@ -608,7 +665,8 @@ impl Sessions {
         }
         match status {
             Some(Err(RuntimeError::Unavailable(_))) => {
-                self.pending_reaps.push(terminal.container_id.clone(), terminal.id.clone());
+                self.pending_reaps
+                    .push(terminal.container_id.clone(), terminal.id.clone());
                 (None, ExitReason::DockerUnavailable)
             }
             // The exec is gone with its container.
@@ -623,7 +681,8 @@ impl Sessions {
                 }
                 Ok(_) | Err(RuntimeError::NotFound(_)) => (exit_code, ExitReason::ContainerStopped),
                 Err(RuntimeError::Unavailable(_)) => {
-                    self.pending_reaps.push(terminal.container_id.clone(), terminal.id.clone());
+                    self.pending_reaps
+                        .push(terminal.container_id.clone(), terminal.id.clone());
                     (exit_code, ExitReason::DockerUnavailable)
                 }
                 Err(_) => (exit_code, ExitReason::Exited),
@@ -634,7 +693,11 @@ impl Sessions {
     /// The container's state after an exec ended. A container being stopped kills its processes before the
     /// daemon reports it stopped, so when the exit looks like a kill (no code, or 128+signal) the state is
     /// watched for a moment before concluding it is still running.
-    async fn container_after_exit(&self, container_id: &str, exit_code: Option<i64>) -> Result<ContainerTarget, RuntimeError> {
+    async fn container_after_exit(
+        &self,
+        container_id: &str,
+        exit_code: Option<i64>,
+    ) -> Result<ContainerTarget, RuntimeError> {
         let looks_killed = exit_code.is_none_or(|c| c > 128);
         let checks = if looks_killed { CONTAINER_STOP_CHECKS } else { 1 };
         let mut last = self.runtime.resolve(container_id).await;
@@ -667,7 +730,11 @@ impl Sessions {
 
     pub fn list(&self) -> Vec<TerminalInfo> {
         let mut list: Vec<_> = self.registry().terminals.values().map(|t| t.info()).collect();
-        list.sort_by(|a, b| a.started_at_ms.cmp(&b.started_at_ms).then(a.terminal_id.cmp(&b.terminal_id)));
+        list.sort_by(|a, b| {
+            a.started_at_ms
+                .cmp(&b.started_at_ms)
+                .then(a.terminal_id.cmp(&b.terminal_id))
+        });
         list
     }
 
@@ -679,7 +746,8 @@ impl Sessions {
             match reaper::reap(self.runtime.as_ref(), &terminal.container_id, &terminal.id).await {
                 Ok(()) => {}
                 Err(RuntimeError::Unavailable(_)) => {
-                    self.pending_reaps.push(terminal.container_id.clone(), terminal.id.clone());
+                    self.pending_reaps
+                        .push(terminal.container_id.clone(), terminal.id.clone());
                     terminal.stop.cancel();
                 }
                 Err(e) => {
@@ -688,7 +756,10 @@ impl Sessions {
                 }
             }
         }
-        if tokio::time::timeout(CLOSE_WAIT, terminal.finished.cancelled()).await.is_err() {
+        if tokio::time::timeout(CLOSE_WAIT, terminal.finished.cancelled())
+            .await
+            .is_err()
+        {
             tracing::warn!(terminal = %terminal.id, "exec stream did not end after its processes were killed; dropping it");
             terminal.stop.cancel();
             terminal.finished.cancelled().await;
@@ -697,8 +768,13 @@ impl Sessions {
 
     /// Closes every terminal `owner` holds, concurrently.
     pub async fn close_owned_by(&self, owner: &OwnerId, reason: ExitReason) {
-        let mine: Vec<_> =
-            self.registry().terminals.values().filter(|t| t.owner == *owner).cloned().collect();
+        let mine: Vec<_> = self
+            .registry()
+            .terminals
+            .values()
+            .filter(|t| t.owner == *owner)
+            .cloned()
+            .collect();
         futures_util::future::join_all(mine.iter().map(|t| self.close(t, reason))).await;
     }
 
@@ -714,16 +790,20 @@ impl Sessions {
 fn not_running(target: &ContainerTarget) -> ServiceError {
     ServiceError::new(
         ErrorCode::ContainerNotRunning,
-        format!("container {} is {}; start it to open a terminal", target.name, if target.state.is_empty() { "not running" } else { &target.state }),
+        format!(
+            "container {} is {}; start it to open a terminal",
+            target.name,
+            if target.state.is_empty() {
+                "not running"
+            } else {
+                &target.state
+            }
+        ),
     )
 }
 
 /// Offers a chunk until taken. Returns false when the terminal is being stopped.
-async fn deliver(
-    terminal: &Terminal,
-    sink_rx: &watch::Receiver<Option<Arc<dyn TerminalSink>>>,
-    chunk: &Bytes,
-) -> bool {
+async fn deliver(terminal: &Terminal, sink_rx: &watch::Receiver<Option<Arc<dyn TerminalSink>>>, chunk: &Bytes) -> bool {
     let mut pause = Duration::from_millis(1);
     loop {
         let sink = sink_rx.borrow().clone();
@@ -811,8 +891,23 @@ mod tests {
         for ok in ["web", "/web", "a1b2c3", "my_app.db-1", &"f".repeat(64)] {
             assert!(check_container_ref(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "/", "../info", "a/b", "a?b=1", "-x", ".x", "a b", "web%2F..", &"a".repeat(300)] {
-            assert_eq!(check_container_ref(bad).map_err(|e| e.code), Err(ErrorCode::InvalidPayload), "{bad}");
+        for bad in [
+            "",
+            "/",
+            "../info",
+            "a/b",
+            "a?b=1",
+            "-x",
+            ".x",
+            "a b",
+            "web%2F..",
+            &"a".repeat(300),
+        ] {
+            assert_eq!(
+                check_container_ref(bad).map_err(|e| e.code),
+                Err(ErrorCode::InvalidPayload),
+                "{bad}"
+            );
         }
     }
 

@@ -60,7 +60,13 @@ pub fn marker(id: &TerminalId) -> String {
 pub async fn reap(runtime: &dyn ContainerRuntime, container_id: &str, id: &TerminalId) -> Result<(), RuntimeError> {
     let work = async {
         let spec = ExecSpec {
-            cmd: vec!["sh".into(), "-c".into(), SCRIPT.into(), "porthole-reaper".into(), id.0.clone()],
+            cmd: vec![
+                "sh".into(),
+                "-c".into(),
+                SCRIPT.into(),
+                "porthole-reaper".into(),
+                id.0.clone(),
+            ],
             env: vec![],
             user: Some("0".into()),
             tty: false,
@@ -69,7 +75,10 @@ pub async fn reap(runtime: &dyn ContainerRuntime, container_id: &str, id: &Termi
         drop(stream.input);
         let mut sink = Vec::new();
         // Reading to the end waits for the script to finish; its output only matters for the log.
-        let _ = (&mut stream.output).take(MAX_REAPER_OUTPUT).read_to_end(&mut sink).await;
+        let _ = (&mut stream.output)
+            .take(MAX_REAPER_OUTPUT)
+            .read_to_end(&mut sink)
+            .await;
         let status = runtime.inspect_exec(&stream.exec_id).await?;
         match status.exit_code {
             Some(0) => Ok(()),
@@ -84,7 +93,9 @@ pub async fn reap(runtime: &dyn ContainerRuntime, container_id: &str, id: &Termi
     };
     match tokio::time::timeout(REAP_TIMEOUT, work).await {
         Ok(r) => r,
-        Err(_) => Err(RuntimeError::Unavailable(format!("ending the processes of {id} timed out"))),
+        Err(_) => Err(RuntimeError::Unavailable(format!(
+            "ending the processes of {id} timed out"
+        ))),
     }
 }
 
@@ -123,10 +134,14 @@ impl PendingReaps {
         let batch: Vec<_> = self.queue.lock().unwrap_or_else(|e| e.into_inner()).drain(..).collect();
         for (container_id, id) in batch {
             match reap(runtime, &container_id, &id).await {
-                Ok(()) => tracing::info!(container = %container_id, terminal = %id, "ended processes left from a daemon outage"),
+                Ok(()) => {
+                    tracing::info!(container = %container_id, terminal = %id, "ended processes left from a daemon outage")
+                }
                 Err(RuntimeError::Unavailable(_)) => self.requeue(container_id, id),
                 // The container is gone or the reap itself failed for good: nothing more to do.
-                Err(e) => tracing::warn!(container = %container_id, terminal = %id, error = %e, "dropping pending reap"),
+                Err(e) => {
+                    tracing::warn!(container = %container_id, terminal = %id, error = %e, "dropping pending reap")
+                }
             }
         }
     }

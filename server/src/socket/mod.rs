@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use app::protocol::{
-    CloseTerminal, ErrorEvent, Exit, ExitReason, Hello, Input, Output, PROTOCOL_VERSION, Reply, Resize,
-    StartTerminal, TerminalAck, TerminalBytes, TerminalId, event,
+    CloseTerminal, ErrorEvent, Exit, ExitReason, Hello, Input, Output, PROTOCOL_VERSION, Reply, Resize, StartTerminal,
+    TerminalAck, TerminalBytes, TerminalId, event,
 };
 use bytes::Bytes;
 use socketioxide::extract::{AckSender, SocketRef, TryData};
@@ -83,7 +83,10 @@ impl TerminalSink for SocketSink {
         if self.conn.acks_pending.load(Ordering::SeqCst) > 0 {
             return Offer::Full;
         }
-        let payload = Output { terminal_id: id.clone(), data: TerminalBytes(data.clone()) };
+        let payload = Output {
+            terminal_id: id.clone(),
+            data: TerminalBytes(data.clone()),
+        };
         match self.socket.emit(event::OUTPUT, &payload) {
             Ok(()) => Offer::Delivered,
             Err(SendError::Socket(SocketError::InternalChannelFull)) => Offer::Full,
@@ -154,36 +157,49 @@ fn on_connect(socket: SocketRef, state: AppState) {
     }
     {
         let (state, owner, span) = (state.clone(), owner.clone(), span.clone());
-        socket.on(event::INPUT, move |socket: SocketRef, wants: WantsAck, TryData(req): TryData<Input>, ack: AckSender| -> Ready<()> {
-            let _g = span.enter();
-            let (id, result) = match req {
-                Err(e) => (None, Err(ServiceError::invalid(format!("input payload: {e}")))),
-                Ok(Input { terminal_id, data }) => {
-                    let r = state.sessions().get(&terminal_id, Some(&owner)).and_then(|t| t.send_input(data.0));
-                    (Some(terminal_id), r)
-                }
-            };
-            answer(&socket, (wants, ack), event::INPUT, id, result);
-            ready(())
-        });
+        socket.on(
+            event::INPUT,
+            move |socket: SocketRef, wants: WantsAck, TryData(req): TryData<Input>, ack: AckSender| -> Ready<()> {
+                let _g = span.enter();
+                let (id, result) = match req {
+                    Err(e) => (None, Err(ServiceError::invalid(format!("input payload: {e}")))),
+                    Ok(Input { terminal_id, data }) => {
+                        let r = state
+                            .sessions()
+                            .get(&terminal_id, Some(&owner))
+                            .and_then(|t| t.send_input(data.0));
+                        (Some(terminal_id), r)
+                    }
+                };
+                answer(&socket, (wants, ack), event::INPUT, id, result);
+                ready(())
+            },
+        );
     }
     {
         let (state, owner, span) = (state.clone(), owner.clone(), span.clone());
-        socket.on(event::RESIZE, move |socket: SocketRef, wants: WantsAck, TryData(req): TryData<Resize>, ack: AckSender| -> Ready<()> {
-            let _g = span.enter();
-            let (id, result) = match req {
-                Err(e) => (None, Err(ServiceError::invalid(format!("resize payload: {e}")))),
-                Ok(Resize { terminal_id, cols, rows }) => {
-                    let r = state
-                        .sessions()
-                        .get(&terminal_id, Some(&owner))
-                        .and_then(|t| t.send_resize(cols, rows));
-                    (Some(terminal_id), r)
-                }
-            };
-            answer(&socket, (wants, ack), event::RESIZE, id, result);
-            ready(())
-        });
+        socket.on(
+            event::RESIZE,
+            move |socket: SocketRef, wants: WantsAck, TryData(req): TryData<Resize>, ack: AckSender| -> Ready<()> {
+                let _g = span.enter();
+                let (id, result) = match req {
+                    Err(e) => (None, Err(ServiceError::invalid(format!("resize payload: {e}")))),
+                    Ok(Resize {
+                        terminal_id,
+                        cols,
+                        rows,
+                    }) => {
+                        let r = state
+                            .sessions()
+                            .get(&terminal_id, Some(&owner))
+                            .and_then(|t| t.send_resize(cols, rows));
+                        (Some(terminal_id), r)
+                    }
+                };
+                answer(&socket, (wants, ack), event::RESIZE, id, result);
+                ready(())
+            },
+        );
     }
     {
         let (state, owner, conn, span) = (state.clone(), owner.clone(), conn.clone(), span.clone());
@@ -255,7 +271,11 @@ fn answer(
             if wants.0 {
                 let _ = ack.send(&e.reply());
             } else {
-                let payload = ErrorEvent { event: name.to_string(), terminal_id, error: e.body() };
+                let payload = ErrorEvent {
+                    event: name.to_string(),
+                    terminal_id,
+                    error: e.body(),
+                };
                 emit_reliably(socket.clone(), event::REQUEST_ERROR, payload);
             }
         }
