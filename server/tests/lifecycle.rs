@@ -207,3 +207,19 @@ async fn daemon_down_at_start_then_up_then_gone_mid_session_then_back() {
     let t2 = client.shell(&c.name).await;
     client.run(&t2.terminal_id, "echo back-$((7*7))", "back-49").await;
 }
+
+#[tokio::test]
+async fn close_works_in_a_container_without_sh() {
+    let c = TestContainer::start("nosh", &bash_image()).await;
+    let (code, out) = c.exec(&["rm", "/bin/sh"]).await;
+    assert_eq!(code, 0, "{out}");
+    let server = start_server(test_config()).await;
+    let client = TestClient::connect(&server).await;
+    let t = client.shell(&c.name).await;
+    assert_eq!(t.command, ["bash", "-l"]);
+    client.input(&t.terminal_id, "sleep 4747 & echo bg-$((3+4))\n").await;
+    client.wait_for(&t.terminal_id, "bg-7").await;
+    client.close(&t.terminal_id).await.unwrap();
+    let strays = c.stray_processes().await;
+    assert!(strays.is_empty(), "processes left: {strays:#?}");
+}

@@ -29,6 +29,9 @@ const REAP_TIMEOUT: Duration = Duration::from_secs(15);
 /// Output of the reaper script that is read (and discarded) at most.
 const MAX_REAPER_OUTPUT: u64 = 64 * 1024;
 
+/// Shells the script is tried with, in order.
+const SHELLS: [&[&str]; 3] = [&["sh"], &["bash"], &["busybox", "sh"]];
+
 /// `$1` is the marker value. Exits 0 when no marked process is left, 1 when some survived SIGKILL rounds.
 const SCRIPT: &str = r#"target="PORTHOLE_TERMINAL=$1"
 signal=HUP
@@ -59,37 +62,41 @@ pub fn marker(id: &TerminalId) -> String {
 /// Kills the marked processes of one terminal now.
 pub async fn reap(runtime: &dyn ContainerRuntime, container_id: &str, id: &TerminalId) -> Result<(), RuntimeError> {
     let work = async {
-        let spec = ExecSpec {
-            cmd: vec![
-                "sh".into(),
-                "-c".into(),
-                SCRIPT.into(),
-                "porthole-reaper".into(),
-                id.0.clone(),
-            ],
-            env: vec![],
-            user: Some("0".into()),
-            tty: false,
-        };
-        let mut stream = runtime.start_exec(container_id, &spec).await?;
-        drop(stream.input);
-        let mut sink = Vec::new();
-        // Reading to the end waits for the script to finish; its output only matters for the log.
-        let _ = (&mut stream.output)
-            .take(MAX_REAPER_OUTPUT)
-            .read_to_end(&mut sink)
-            .await;
-        let status = runtime.inspect_exec(&stream.exec_id).await?;
-        match status.exit_code {
-            Some(0) => Ok(()),
-            code => Err(RuntimeError::Api {
-                status: 0,
-                message: format!(
-                    "ending the processes of {id} failed (exit {code:?}): {}",
-                    String::from_utf8_lossy(&sink).trim()
-                ),
-            }),
+        let mut failure = String::new();
+        for shell in SHELLS {
+            let mut cmd: Vec<String> = shell.iter().map(|s| s.to_string()).collect();
+            cmd.extend(["-c".into(), SCRIPT.into(), "porthole-reaper".into(), id.0.clone()]);
+            let spec = ExecSpec {
+                cmd,
+                env: vec![],
+                user: Some("0".into()),
+                tty: false,
+            };
+            let mut stream = runtime.start_exec(container_id, &spec).await?;
+            drop(stream.input);
+            let mut sink = Vec::new();
+            // Reading to the end waits for the script to finish; its output only matters for the log.
+            let _ = (&mut stream.output)
+                .take(MAX_REAPER_OUTPUT)
+                .read_to_end(&mut sink)
+                .await;
+            let status = runtime.inspect_exec(&stream.exec_id).await?;
+            match status.exit_code {
+                Some(0) => return Ok(()),
+                // This shell does not exist in the container: try the next.
+                Some(126 | 127) if status.pid == 0 => {
+                    failure = format!("no {} in the container", shell.join(" "));
+                }
+                code => {
+                    failure = format!("exit {code:?}: {}", String::from_utf8_lossy(&sink).trim());
+                    break;
+                }
+            }
         }
+        Err(RuntimeError::Api {
+            status: 0,
+            message: format!("ending the processes of {id} failed ({failure})"),
+        })
     };
     match tokio::time::timeout(REAP_TIMEOUT, work).await {
         Ok(r) => r,

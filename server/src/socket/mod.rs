@@ -142,6 +142,12 @@ fn on_connect(socket: SocketRef, state: AppState) {
                         Ok((terminal, started)) => {
                             send_ack(ack, &Reply::Ok(started), &priority);
                             drop(priority);
+                            // The socket may have gone while Docker started the process; its disconnect
+                            // handler could not see this terminal yet, so close it here.
+                            if !socket.connected() {
+                                state.sessions().close(&terminal, ExitReason::Disconnected).await;
+                                return;
+                            }
                             terminal.attach(Arc::new(SocketSink { socket, conn }));
                         }
                         Err(e) => {
