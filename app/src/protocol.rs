@@ -34,6 +34,9 @@ pub mod event {
     pub const REQUEST_ERROR: &str = "request-error";
     /// Server -> client, once on connect: protocol version and limits ([`super::Hello`]).
     pub const HELLO: &str = "hello";
+    /// Server -> every client: a container was created, started, stopped, paused, renamed or removed
+    /// ([`super::ContainersChanged`]); refresh the container list.
+    pub const CONTAINERS_CHANGED: &str = "containers-changed";
 }
 
 /// REST paths.
@@ -364,6 +367,16 @@ pub struct Hello {
     pub max_terminals_per_socket: usize,
     /// Largest `input` `data`, in bytes.
     pub max_input_bytes: usize,
+}
+
+/// `containers-changed` event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainersChanged {
+    /// Full id of the container concerned.
+    pub container_id: String,
+    /// Docker's action word: `create`, `start`, `die`, `stop`, `pause`, `unpause`, `rename`, `restart`, `destroy`.
+    pub action: String,
 }
 
 /// One container, as `GET /api/v1/containers` lists it.

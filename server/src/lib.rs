@@ -8,6 +8,7 @@ pub mod http;
 pub mod session;
 pub mod socket;
 pub mod state;
+pub mod watch;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -97,12 +98,13 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
 
 /// Like [`start`], with a given runtime.
 pub async fn start_with_runtime(config: &Config, runtime: Arc<dyn ContainerRuntime>) -> anyhow::Result<RunningServer> {
-    let (router, state, io) = router(config, runtime);
+    let (router, state, io) = router(config, runtime.clone());
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
     let stop = CancellationToken::new();
+    tokio::spawn(watch::container_events(runtime, io.clone(), stop.clone()));
     let shutdown = {
         let (stop, state) = (stop.clone(), state.clone());
         async move {

@@ -220,3 +220,38 @@ async fn wire_format_binary_input_and_output_as_documented() {
     let _ = ws.close(None).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
 }
+
+#[tokio::test]
+async fn container_start_and_stop_are_pushed_to_every_client() {
+    let server = start_server(test_config()).await;
+    let a = TestClient::connect(&server).await;
+    let b = TestClient::connect(&server).await;
+    // The server subscribes to Docker events as it starts; wait until that subscription delivers.
+    'flowing: for _ in 0..10 {
+        let probe = TestContainer::start("events-probe", &sh_image()).await;
+        for _ in 0..20 {
+            if a.changes().iter().any(|ch| ch.container_id == probe.id) {
+                break 'flowing;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+    let c = TestContainer::start("events", &sh_image()).await;
+    for client in [&a, &b] {
+        client.wait_change(&c.id, "create").await;
+        client.wait_change(&c.id, "start").await;
+    }
+    // Exec'ing into a container (as terminals do) is not a list change and is not pushed.
+    let t = a.shell(&c.name).await;
+    a.run(&t.terminal_id, "echo quiet-$((2*21))", "quiet-42").await;
+    a.close(&t.terminal_id).await.unwrap();
+    c.stop().await;
+    a.wait_change(&c.id, "die").await;
+    let actions: Vec<String> = a
+        .changes()
+        .into_iter()
+        .filter(|ch| ch.container_id == c.id)
+        .map(|ch| ch.action)
+        .collect();
+    assert!(actions.iter().all(|a| !a.starts_with("exec")), "{actions:?}");
+}

@@ -14,17 +14,23 @@ use std::pin::Pin;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use app::protocol::ContainerSummary;
+use app::protocol::{ContainerSummary, ContainersChanged};
 use async_trait::async_trait;
 use bollard::Docker;
 use bollard::errors::Error as BollardError;
 use bollard::exec::CreateExecOptions;
-use bollard::query_parameters::{ListContainersOptionsBuilder, ResizeExecOptions};
+use bollard::query_parameters::{EventsOptionsBuilder, ListContainersOptionsBuilder, ResizeExecOptions};
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpStream, UnixStream};
 
 use super::{ContainerRuntime, ContainerTarget, ExecSpec, ExecStatus, ExecStream, RuntimeError};
 
+/// Container event actions that change what a container list shows.
+const LIST_EVENTS: [&str; 9] = [
+    "create", "start", "die", "stop", "pause", "unpause", "rename", "restart", "destroy",
+];
 /// Timeout for ordinary Engine API requests, in seconds (bollard's unit).
 const REQUEST_TIMEOUT_SECS: u64 = 30;
 /// Timeout for connecting and upgrading an exec stream.
@@ -358,6 +364,29 @@ impl ContainerRuntime for Engine {
         };
         self.with_client(|d| async move { d.resize_exec(exec_id, options).await })
             .await
+    }
+
+    async fn container_events(
+        &self,
+    ) -> Result<BoxStream<'static, Result<ContainersChanged, RuntimeError>>, RuntimeError> {
+        let client = self.client().await?;
+        let filters = std::collections::HashMap::from([("type", vec!["container"]), ("event", LIST_EVENTS.to_vec())]);
+        let options = EventsOptionsBuilder::new().filters(&filters).build();
+        let stream = client.events(Some(options)).filter_map(|item| async move {
+            match item {
+                Ok(e) => {
+                    let action = e.action.unwrap_or_default();
+                    let id = e.actor.and_then(|a| a.id).unwrap_or_default();
+                    // Health checks report as e.g. "health_status: healthy"; only list-changing actions pass.
+                    LIST_EVENTS.contains(&action.as_str()).then_some(Ok(ContainersChanged {
+                        container_id: id,
+                        action,
+                    }))
+                }
+                Err(e) => Some(Err(classify(e))),
+            }
+        });
+        Ok(stream.boxed())
     }
 }
 

@@ -8,8 +8,9 @@ pub mod engine;
 
 use std::pin::Pin;
 
-use app::protocol::ContainerSummary;
+use app::protocol::{ContainerSummary, ContainersChanged};
 use async_trait::async_trait;
+use futures_util::stream::BoxStream;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 /// Failures of the container runtime, already sorted by what the user should be told.
@@ -92,4 +93,8 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     async fn start_exec(&self, container_id: &str, spec: &ExecSpec) -> Result<ExecStream, RuntimeError>;
     async fn inspect_exec(&self, exec_id: &str) -> Result<ExecStatus, RuntimeError>;
     async fn resize_exec(&self, exec_id: &str, cols: u16, rows: u16) -> Result<(), RuntimeError>;
+    /// Container lifecycle events (not exec events) from now on, until the connection breaks.
+    async fn container_events(
+        &self,
+    ) -> Result<BoxStream<'static, Result<ContainersChanged, RuntimeError>>, RuntimeError>;
 }

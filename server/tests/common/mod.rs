@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use app::protocol::{
-    self, CloseTerminal, ErrorBody, ErrorEvent, Exit, Hello, Input, Resize, StartTerminal, TerminalAck, TerminalId,
-    TerminalStarted, event,
+    self, CloseTerminal, ContainersChanged, ErrorBody, ErrorEvent, Exit, Hello, Input, Resize, StartTerminal,
+    TerminalAck, TerminalId, TerminalStarted, event,
 };
 use bollard::Docker;
 use bollard::exec::{CreateExecOptions, StartExecResults};
@@ -216,6 +216,7 @@ struct Inbox {
     exits: HashMap<TerminalId, Exit>,
     errors: Vec<ErrorEvent>,
     hello: Option<Hello>,
+    changes: Vec<ContainersChanged>,
     /// Every output event in arrival order, for ordering checks.
     order: Vec<TerminalId>,
 }
@@ -298,6 +299,9 @@ impl TestClient {
                                     }
                                     event::HELLO => {
                                         inbox.hello = Some(serde_json::from_value(v).expect("hello payload"))
+                                    }
+                                    event::CONTAINERS_CHANGED => {
+                                        inbox.changes.push(serde_json::from_value(v).expect("containers-changed"))
                                     }
                                     _ => {}
                                 }
@@ -482,6 +486,22 @@ impl TestClient {
         self.wait_until(&format!("{n} bytes on {id}"), move |i| {
             let out = i.output.get(&id2)?;
             (out.len() >= n).then(|| out.clone())
+        })
+        .await
+    }
+
+    pub fn changes(&self) -> Vec<ContainersChanged> {
+        self.inbox.lock().unwrap().changes.clone()
+    }
+
+    /// Waits for a `containers-changed` event about `container_id` with `action`.
+    pub async fn wait_change(&self, container_id: &str, action: &str) -> ContainersChanged {
+        let (id, action) = (container_id.to_string(), action.to_string());
+        self.wait_until(&format!("containers-changed {action} {id}"), move |i| {
+            i.changes
+                .iter()
+                .find(|c| c.container_id == id && c.action == action)
+                .cloned()
         })
         .await
     }
