@@ -1,1 +1,12 @@
-fn main() {}
+//! Porthole's browser UI: a container picker and tabbed terminals, in Leptos (client-side rendered,
+//! compiled to wasm32 by Trunk). Talks to the server over Socket.IO (terminals, live container events) and
+//! Leptos server functions (container and terminal lists), all typed by the shared `app` crate.
+
+mod socket;
+mod term;
+mod ui;
+
+fn main() {
+    console_error_panic_hook::set_once();
+    leptos::mount::mount_to_body(ui::App);
+}

@@ -68,3 +68,14 @@ impl AppState {
         Ok(())
     }
 }
+
+#[async_trait::async_trait]
+impl app::api::backend::Backend for AppState {
+    async fn containers(&self) -> Result<Vec<ContainerSummary>, app::protocol::ErrorBody> {
+        AppState::containers(self).await.map_err(|e| e.body())
+    }
+
+    fn terminals(&self) -> Vec<TerminalInfo> {
+        AppState::terminals(self)
+    }
+}

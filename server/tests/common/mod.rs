@@ -300,9 +300,9 @@ impl TestClient {
                                     event::HELLO => {
                                         inbox.hello = Some(serde_json::from_value(v).expect("hello payload"))
                                     }
-                                    event::CONTAINERS_CHANGED => {
-                                        inbox.changes.push(serde_json::from_value(v).expect("containers-changed"))
-                                    }
+                                    event::CONTAINERS_CHANGED => inbox
+                                        .changes
+                                        .push(serde_json::from_value(v).expect("containers-changed")),
                                     _ => {}
                                 }
                             }

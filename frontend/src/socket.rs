@@ -1,0 +1,187 @@
+//! The browser's Socket.IO client: npm `socket.io-client` bound through wasm-bindgen, with a Rust API typed
+//! by `app::protocol`. Reconnection is socket.io-client's own (exponential backoff, forever).
+//!
+//! `rust_socketio` cannot compile to wasm32, and the official client is proven against socketioxide in this
+//! repository's conformance test, so the browser uses it rather than a hand-written Engine.IO transport.
+
+use std::rc::Rc;
+
+use app::protocol::{ErrorBody, ErrorCode, Reply, TerminalId};
+use js_sys::{Function, Promise, Reflect, Uint8Array};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::JsFuture;
+
+#[wasm_bindgen(module = "socket.io-client")]
+extern "C" {
+    #[wasm_bindgen(js_name = io)]
+    fn io_connect(url: &str, opts: &JsValue) -> RawSocket;
+
+    type RawSocket;
+    #[wasm_bindgen(method)]
+    fn on(this: &RawSocket, event: &str, cb: &Function);
+    #[wasm_bindgen(method)]
+    fn emit(this: &RawSocket, event: &str, payload: &JsValue);
+    #[wasm_bindgen(method, js_name = timeout)]
+    fn with_timeout(this: &RawSocket, ms: u32) -> RawSocket;
+    #[wasm_bindgen(method, js_name = emitWithAck)]
+    fn emit_with_ack(this: &RawSocket, event: &str, payload: &JsValue) -> Promise;
+    #[wasm_bindgen(method, getter, js_name = io)]
+    fn manager(this: &RawSocket) -> RawManager;
+
+    type RawManager;
+    #[wasm_bindgen(method, js_name = on)]
+    fn on(this: &RawManager, event: &str, cb: &Function);
+}
+
+/// How long a request waits for its ack before it is reported as failed.
+const ACK_TIMEOUT_MS: u32 = 30_000;
+
+/// What the user sees of the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnState {
+    Connecting,
+    Connected,
+    Reconnecting,
+    Offline,
+}
+
+impl ConnState {
+    pub fn label(self) -> &'static str {
+        match self {
+            ConnState::Connecting => "connecting",
+            ConnState::Connected => "connected",
+            ConnState::Reconnecting => "reconnecting",
+            ConnState::Offline => "offline",
+        }
+    }
+}
+
+/// A Socket.IO connection to the serving origin. Cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    raw: Rc<RawSocket>,
+}
+
+fn serializer() -> serde_wasm_bindgen::Serializer {
+    // Plain objects for maps; `TerminalBytes` becomes a Uint8Array, which socket.io-client sends as a
+    // binary attachment.
+    serde_wasm_bindgen::Serializer::new().serialize_maps_as_objects(true)
+}
+
+fn to_js<T: Serialize>(value: &T) -> JsValue {
+    value.serialize(&serializer()).unwrap_or(JsValue::UNDEFINED)
+}
+
+impl Client {
+    /// Connects to the origin the page was served from.
+    pub fn connect() -> Client {
+        let opts = js_sys::Object::new();
+        // Websocket first; long-polling only where websockets are blocked.
+        let transports = js_sys::Array::of2(&"websocket".into(), &"polling".into());
+        let _ = Reflect::set(&opts, &"transports".into(), &transports);
+        let origin = web_sys::window()
+            .and_then(|w| w.location().origin().ok())
+            .unwrap_or_default();
+        Client {
+            raw: Rc::new(io_connect(&origin, &opts)),
+        }
+    }
+
+    /// Calls `f` with every `event` payload that parses as `T` (others are logged and dropped).
+    pub fn on<T: DeserializeOwned + 'static>(&self, event: &'static str, mut f: impl FnMut(T) + 'static) {
+        let cb = Closure::<dyn FnMut(JsValue)>::new(move |v: JsValue| match serde_wasm_bindgen::from_value::<T>(v) {
+            Ok(t) => f(t),
+            Err(e) => web_sys::console::warn_1(&format!("porthole: bad {event} payload: {e}").into()),
+        });
+        self.raw.on(event, cb.as_ref().unchecked_ref());
+        // The socket lives as long as the page.
+        cb.forget();
+    }
+
+    /// `output` events, handed over without copying the bytes into Rust.
+    pub fn on_output(&self, mut f: impl FnMut(TerminalId, Uint8Array) + 'static) {
+        let cb = Closure::<dyn FnMut(JsValue)>::new(move |v: JsValue| {
+            let id = Reflect::get(&v, &"terminalId".into()).ok().and_then(|i| i.as_string());
+            let data = Reflect::get(&v, &"data".into()).ok();
+            if let (Some(id), Some(data)) = (id, data) {
+                // socket.io-client delivers attachments as ArrayBuffer in browsers.
+                f(TerminalId(id), Uint8Array::new(&data));
+            }
+        });
+        self.raw.on(app::protocol::event::OUTPUT, cb.as_ref().unchecked_ref());
+        cb.forget();
+    }
+
+    /// Follows the connection state.
+    pub fn on_state(&self, f: impl Fn(ConnState) + 'static) {
+        let f = Rc::new(f);
+        let hook = |target: &dyn Fn(&str, &Function), event: &str, state: Rc<dyn Fn(JsValue) -> Option<ConnState>>| {
+            let f = f.clone();
+            let cb = Closure::<dyn FnMut(JsValue)>::new(move |v: JsValue| {
+                if let Some(s) = state(v) {
+                    f(s)
+                }
+            });
+            target(event, cb.as_ref().unchecked_ref());
+            cb.forget();
+        };
+        let raw = self.raw.clone();
+        let on_socket = move |e: &str, cb: &Function| raw.on(e, cb);
+        let manager = self.raw.manager();
+        let on_manager = move |e: &str, cb: &Function| manager.on(e, cb);
+        hook(&on_socket, "connect", Rc::new(|_| Some(ConnState::Connected)));
+        hook(
+            &on_socket,
+            "disconnect",
+            Rc::new(|reason: JsValue| {
+                // The server ending the session will not be retried by the client.
+                let by_server = reason.as_string().as_deref() == Some("io server disconnect");
+                Some(if by_server {
+                    ConnState::Offline
+                } else {
+                    ConnState::Reconnecting
+                })
+            }),
+        );
+        hook(
+            &on_manager,
+            "reconnect_attempt",
+            Rc::new(|_| Some(ConnState::Reconnecting)),
+        );
+        hook(&on_manager, "reconnect_failed", Rc::new(|_| Some(ConnState::Offline)));
+        if let Some(w) = web_sys::window() {
+            let on_window = move |e: &str, cb: &Function| {
+                let _ = w.add_event_listener_with_callback(e, cb);
+            };
+            hook(&on_window, "offline", Rc::new(|_| Some(ConnState::Offline)));
+            hook(&on_window, "online", Rc::new(|_| Some(ConnState::Reconnecting)));
+        }
+    }
+
+    /// Fire-and-forget event.
+    pub fn emit<T: Serialize>(&self, event: &str, payload: &T) {
+        self.raw.emit(event, &to_js(payload));
+    }
+
+    /// Event with an ack: the ack's success value, or its error (a timeout or a dropped connection
+    /// becomes an `internal` error with a message saying so).
+    pub async fn request<Req: Serialize, Res: DeserializeOwned>(
+        &self,
+        event: &str,
+        req: &Req,
+    ) -> Result<Res, ErrorBody> {
+        let promise = self.raw.with_timeout(ACK_TIMEOUT_MS).emit_with_ack(event, &to_js(req));
+        let value = JsFuture::from(promise).await.map_err(|_| ErrorBody {
+            code: ErrorCode::Internal,
+            message: "the server did not answer (connection lost or timed out)".into(),
+        })?;
+        serde_wasm_bindgen::from_value::<Reply<Res>>(value)
+            .map_err(|e| ErrorBody {
+                code: ErrorCode::Internal,
+                message: format!("unreadable answer: {e}"),
+            })?
+            .into_result()
+    }
+}
