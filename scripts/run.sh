@@ -3,13 +3,14 @@
 #
 #   scripts/run.sh [porthole flags...]      e.g. scripts/run.sh --listen 127.0.0.1:8080
 #
-# Installs and starts Docker if needed (scripts/testbed.sh), starts the container `porthole-demo`
-# (busybox + bash, built locally), builds the release binary and runs it in the foreground.
-# Ctrl-C stops it and closes every terminal it opened.
+# Installs what is missing (Docker engine, test images, the UI's build tools), starts the container
+# `porthole-demo`, builds the UI and the release binary (which embeds the UI), and runs it in the
+# foreground. Open the printed URL. Ctrl-C stops it and ends every terminal it opened.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/testbed.sh
+scripts/toolchain.sh
 
 demo=porthole-demo
 image=porthole-test/bash:2
@@ -19,5 +20,7 @@ if [ "$(docker inspect -f '{{.State.Running}}' "$demo" 2>/dev/null)" != "true" ]
   echo "[run] started demo container $demo" >&2
 fi
 
+scripts/build-ui.sh
 cargo build --release --locked --bin porthole
-exec target/release/porthole "$@"
+target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+exec "$target_dir/release/porthole" "$@"

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Runs every Porthole test on this machine, installing and starting what they need first (idempotent):
-# the Docker engine and test images (scripts/testbed.sh), the wasm32 target, Node packages.
+# the Docker engine and test images (scripts/testbed.sh), the UI toolchain, Chromium and npm packages
+# (scripts/toolchain.sh --browser).
 #
 #   scripts/test.sh
 #
-# Steps: formatting and lints, the shared crate for wasm32, unit and integration tests against the real
-# Docker daemon (server/tests), and a conformance run with the official JavaScript Socket.IO client.
+# Steps: formatting and lints (server for the host, UI for wasm32), the UI build, unit and integration
+# tests against the real Docker daemon, a conformance run with the official JavaScript Socket.IO client,
+# and the Playwright end-to-end suite in Debian Chromium against the release binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,35 +15,41 @@ step() { printf '\n==> %s\n' "$*" >&2; }
 
 step "test bed (Docker engine, test images)"
 scripts/testbed.sh
-
 # Containers left by an interrupted earlier run (tests label theirs porthole.test).
 stale=$(docker ps -aq --filter label=porthole.test)
 if [ -n "$stale" ]; then docker rm -f $stale >/dev/null; fi
 
-step "toolchain"
-if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
-  rustup target add wasm32-unknown-unknown
-fi
+step "toolchain (wasm target, trunk, wasm-bindgen, npm packages, chromium)"
 rustup component list --installed | grep -q '^clippy' || rustup component add clippy
 rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
+scripts/toolchain.sh --browser
 
 step "format and lints"
 cargo fmt --all -- --check
-cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy -p app -p porthole-server --all-targets --locked -- -D warnings
+cargo clippy -p app -p frontend --target wasm32-unknown-unknown --locked -- -D warnings
 
-step "shared protocol crate builds for the browser (wasm32)"
-cargo check -p app --target wasm32-unknown-unknown --locked
+step "browser UI build (trunk, release)"
+scripts/build-ui.sh
 
 step "unit and integration tests (real Docker daemon)"
-cargo test --workspace --locked
+cargo test -p app -p porthole-server --locked
+
+target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 
 step "conformance with the official JavaScript Socket.IO client"
 cargo build -p porthole-server --bin porthole --locked
-target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 (
   cd server/tests/conformance
   npm ci --no-audit --no-fund --loglevel=error
   PORTHOLE_BIN="$target_dir/debug/porthole" node --test
+)
+
+step "end to end in Chromium (Playwright, release binary)"
+cargo build --release --locked --bin porthole
+(
+  cd end2end
+  PORTHOLE_BIN="$target_dir/release/porthole" npx playwright test
 )
 
 step "all tests passed"

@@ -198,9 +198,15 @@ impl Ui {
             self.with_xterm(p, |x| x.hide());
         }
         self.active.set(Some(key));
-        self.with_xterm(key, |x| {
-            x.show();
-            x.focus();
+        // The pane becomes visible when Leptos applies the change, after this handler: focus then.
+        let ui = *self;
+        request_animation_frame(move || {
+            if ui.active.get_untracked() == Some(key) {
+                ui.with_xterm(key, |x| {
+                    x.show();
+                    x.focus();
+                });
+            }
         });
     }
 
@@ -659,14 +665,22 @@ fn watch_color_scheme(ui: Ui) {
     cb.forget();
 }
 
-/// `window.porthole.screen(i)`: the text of tab `i`'s terminal, for end-to-end tests and debugging.
+/// `window.porthole.screen(i)`: the text of tab `i`'s terminal; `window.porthole.size(i)`: its `[cols, rows]`.
+/// For end-to-end tests and debugging; renderer-independent (WebGL draws no DOM text).
 fn install_test_hook(ui: Ui) {
     let Some(w) = web_sys::window() else { return };
     let hook = js_sys::Object::new();
     let screen = Closure::<dyn Fn(u32) -> JsValue>::new(move |i: u32| {
         ui.screen_text(i as usize).map(JsValue::from).unwrap_or(JsValue::NULL)
     });
+    let size = Closure::<dyn Fn(u32) -> JsValue>::new(move |i: u32| {
+        let key = ui.tabs.with_untracked(|t| t.get(i as usize).map(|t| t.key));
+        key.and_then(|k| ui.with_xterm(k, |x| js_sys::Array::of2(&x.cols().into(), &x.rows().into()).into()))
+            .unwrap_or(JsValue::NULL)
+    });
     let _ = js_sys::Reflect::set(&hook, &"screen".into(), screen.as_ref());
+    let _ = js_sys::Reflect::set(&hook, &"size".into(), size.as_ref());
     let _ = js_sys::Reflect::set(&w, &"porthole".into(), &hook);
     screen.forget();
+    size.forget();
 }

@@ -1,0 +1,38 @@
+// Playwright end-to-end suite: Debian Chromium against the release `porthole` binary and the real Docker engine.
+// scripts/test.sh sets PORTHOLE_BIN; the server is started here on its own port.
+import { defineConfig } from '@playwright/test';
+
+const port = Number(process.env.PORTHOLE_E2E_PORT ?? 7181);
+const bin = process.env.PORTHOLE_BIN ?? '../target/release/porthole';
+
+export default defineConfig({
+  testDir: './tests',
+  // Tests share one server and one Docker engine; each uses its own containers. Serial keeps a 2-core
+  // machine responsive, which the terminal tests need more than speed.
+  workers: 1,
+  fullyParallel: false,
+  timeout: 60_000,
+  expect: { timeout: 15_000 },
+  retries: 0,
+  reporter: [['list'], ['html', { open: 'never', outputFolder: 'playwright-report' }]],
+  outputDir: 'test-results',
+  use: {
+    baseURL: `http://127.0.0.1:${port}`,
+    viewport: { width: 1280, height: 760 },
+    screenshot: 'on',
+    trace: 'retain-on-failure',
+    launchOptions: {
+      executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
+      args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--no-first-run'],
+    },
+  },
+  webServer: {
+    command: `${bin} --listen 127.0.0.1:${port}`,
+    url: `http://127.0.0.1:${port}/healthz`,
+    reuseExistingServer: false,
+    timeout: 30_000,
+    stdout: 'ignore',
+    stderr: 'pipe',
+    env: { RUST_LOG: process.env.RUST_LOG ?? 'warn' },
+  },
+});

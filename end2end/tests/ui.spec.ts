@@ -1,0 +1,170 @@
+// What a user does with Porthole in a browser, checked on what they would see.
+import { test, expect, type Page } from '@playwright/test';
+import { createStopped, removeAll, startContainer, stopContainer, strayProcesses } from './docker';
+
+test.afterEach(() => removeAll());
+
+const picker = (page: Page, name: string) => page.locator(`button.container[data-name="${name}"]`);
+
+/** Text on tab `i`'s terminal (scrollback included), read from xterm's buffer. */
+async function screen(page: Page, i: number): Promise<string> {
+  return page.evaluate((i) => (window as any).porthole.screen(i) ?? '', i);
+}
+
+async function expectScreen(page: Page, i: number, text: string | RegExp) {
+  await expect.poll(() => screen(page, i), { message: `tab ${i} shows ${text}` }).toMatch(text);
+}
+
+/** Types a command into the focused terminal. */
+async function type(page: Page, line: string) {
+  await page.keyboard.type(line);
+  await page.keyboard.press('Enter');
+}
+
+async function openTab(page: Page, name: string, index: number) {
+  await picker(page, name).click();
+  await expect(page.getByTestId('tab')).toHaveCount(index + 1);
+  // The shell's prompt shows once the terminal is running.
+  await expectScreen(page, index, /[#$]$/m);
+}
+
+test.beforeEach(async ({ page }) => {
+  await page.goto('/');
+  await expect(page.getByTestId('connection')).toHaveText('connected');
+});
+
+test('picker lists containers, running first, and updates when one starts or stops', async ({ page }, info) => {
+  const running = startContainer('listed');
+  const stopped = createStopped('listed-stopped');
+  await page.reload();
+  await expect(picker(page, running)).toBeVisible();
+  await expect(picker(page, running)).toHaveAttribute('data-state', 'running');
+  await expect(picker(page, running)).toContainText('porthole-test/bash:2');
+  await expect(picker(page, stopped)).toHaveAttribute('data-state', 'exited');
+  const names = await page.locator('button.container').evaluateAll((els) =>
+    els.map((e) => [e.getAttribute('data-name'), e.getAttribute('data-state')]),
+  );
+  const firstStopped = names.findIndex(([, s]) => s !== 'running');
+  expect(names.slice(firstStopped).every(([, s]) => s !== 'running')).toBe(true);
+
+  // A container started now appears by itself (Docker events pushed over the socket).
+  const late = startContainer('late');
+  await expect(picker(page, late)).toHaveAttribute('data-state', 'running');
+  stopContainer(late);
+  await expect(picker(page, late)).toHaveAttribute('data-state', 'exited');
+
+  // The filter box narrows the list.
+  await page.getByLabel('Filter containers').fill(running);
+  await expect(page.locator('button.container')).toHaveCount(1);
+  await page.screenshot({ path: info.outputPath('picker.png') });
+});
+
+test('a terminal echoes what is typed, on screen', async ({ page }, info) => {
+  const name = startContainer('echo');
+  await page.reload();
+  await openTab(page, name, 0);
+  await expect(page.getByTestId('tab')).toContainText(name);
+  await type(page, 'echo e2e-$((6*7))');
+  await expectScreen(page, 0, /^e2e-42$/m);
+  // UTF-8 and wide characters reach the screen intact.
+  await type(page, "printf 'h\\303\\251llo \\344\\275\\240\\345\\245\\275 \\360\\237\\230\\200\\n'");
+  await expectScreen(page, 0, /héllo 你好 😀/);
+  await page.screenshot({ path: info.outputPath('terminal.png') });
+});
+
+test('two tabs are independent and keep their screens when switching', async ({ page }, info) => {
+  const a = startContainer('tab-a');
+  const b = startContainer('tab-b');
+  await page.reload();
+  await openTab(page, a, 0);
+  await type(page, 'V=alpha; echo first-$V');
+  await expectScreen(page, 0, /^first-alpha$/m);
+  await openTab(page, b, 1);
+  await type(page, 'echo second-${V:-unset}');
+  await expectScreen(page, 1, /^second-unset$/m);
+  // Back to the first tab by click: its screen is still there and its shell state too.
+  await page.getByTestId('tab').nth(0).click();
+  await expect(page.getByTestId('tab').nth(0)).toHaveAttribute('aria-selected', 'true');
+  await type(page, 'echo again-$V');
+  await expectScreen(page, 0, /^again-alpha$/m);
+  expect(await screen(page, 0)).toContain('first-alpha');
+  expect(await screen(page, 1)).not.toContain('alpha');
+  // Keyboard: Alt+] next tab, Alt+T new tab in the same container, Alt+W closes it.
+  await page.keyboard.press('Alt+]');
+  await expect(page.getByTestId('tab').nth(1)).toHaveAttribute('aria-selected', 'true');
+  await page.keyboard.press('Alt+t');
+  await expect(page.getByTestId('tab')).toHaveCount(3);
+  await expect(page.getByTestId('tab').nth(2)).toContainText(b);
+  await expectScreen(page, 2, /[#$]$/m);
+  await page.keyboard.press('Alt+w');
+  await expect(page.getByTestId('tab')).toHaveCount(2);
+  await page.screenshot({ path: info.outputPath('two-tabs.png') });
+});
+
+test('the terminal fits its pane: stty size follows the window', async ({ page }) => {
+  const name = startContainer('fit');
+  await page.reload();
+  await openTab(page, name, 0);
+  const size = async () => (await page.evaluate(() => (window as any).porthole.size(0))) as [number, number];
+  const check = async () => {
+    const [cols, rows] = await size();
+    await type(page, 'echo size=$(stty size)');
+    await expectScreen(page, 0, new RegExp(`^size=${rows} ${cols}$`, 'm'));
+    return [cols, rows];
+  };
+  const [c1, r1] = await check();
+  await page.setViewportSize({ width: 900, height: 520 });
+  await expect.poll(size).not.toEqual([c1, r1]);
+  const [c2, r2] = await check();
+  expect(c2).toBeLessThan(c1);
+  expect(r2).toBeLessThan(r1);
+});
+
+test('closing a tab ends its session and leaves no process in the container', async ({ page }) => {
+  const name = startContainer('close');
+  await page.reload();
+  await openTab(page, name, 0);
+  await type(page, 'sleep 4242 & echo bg-$((1+1))');
+  await expectScreen(page, 0, /^bg-2$/m);
+  expect(strayProcesses(name).join('\n')).toContain('sleep 4242');
+  await page.getByTestId('tab').nth(0).getByRole('button', { name: 'Close tab' }).click();
+  await expect(page.getByTestId('tab')).toHaveCount(0);
+  await expect.poll(() => strayProcesses(name)).toEqual([]);
+});
+
+test('a stopped container says why it cannot be opened', async ({ page }, info) => {
+  const name = createStopped('stopped');
+  await page.reload();
+  await picker(page, name).click();
+  await expect(page.getByTestId('notice')).toContainText(`container ${name} is exited`);
+  await expect(page.getByTestId('tab')).toHaveCount(0);
+  await page.screenshot({ path: info.outputPath('stopped.png') });
+});
+
+test('an ended terminal says how and offers to reopen', async ({ page }) => {
+  const name = startContainer('ended');
+  await page.reload();
+  await openTab(page, name, 0);
+  await type(page, 'exit 3');
+  await expect(page.getByTestId('tab').nth(0)).toContainText('exit 3');
+  await expect(page.getByTestId('ended')).toContainText('exited with code 3');
+  await page.getByTestId('ended').getByRole('button', { name: 'Reopen' }).click();
+  await expect(page.getByTestId('ended')).toHaveCount(0);
+  await page.locator('.pane:not([hidden]) .xterm').click();
+  await type(page, 'echo reopened-$((2+2))');
+  await expectScreen(page, 0, /^reopened-4$/m);
+});
+
+test('reloading the page brings the UI back', async ({ page }) => {
+  const name = startContainer('reload');
+  await page.reload();
+  await openTab(page, name, 0);
+  await page.reload();
+  await expect(page.getByTestId('connection')).toHaveText('connected');
+  await expect(picker(page, name)).toBeVisible();
+  // Without resumable sessions (a later version), the old terminal was closed with the page: no process left.
+  await expect.poll(() => strayProcesses(name)).toEqual([]);
+  await openTab(page, name, 0);
+  await type(page, 'echo back-$((3*3))');
+  await expectScreen(page, 0, /^back-9$/m);
+});
