@@ -23,6 +23,9 @@ pub mod event {
     pub const INPUT: &str = "input";
     /// Client -> server: new tty size ([`super::Resize`]).
     pub const RESIZE: &str = "resize";
+    /// Client -> server: bytes of a terminal's output the client has finished processing
+    /// ([`super::OutputAck`]); only for terminals started with `flowControl`.
+    pub const OUTPUT_ACK: &str = "output-ack";
     /// Client -> server, with ack: end a terminal ([`super::CloseTerminal`] -> [`super::TerminalClosed`]).
     pub const CLOSE_TERMINAL: &str = "close-terminal";
     /// Server -> client: bytes the terminal produced ([`super::Output`], `data` is a binary attachment).
@@ -72,6 +75,11 @@ pub const MAX_COMMAND_ARGS: usize = 256;
 pub const MAX_COMMAND_ARG_LEN: usize = 4096;
 /// Largest `data` of one `input` event, in bytes. Larger pastes must be split by the client.
 pub const MAX_INPUT_BYTES: usize = 64 * 1024;
+/// Flow control: with this many output bytes sent but not acknowledged, the server stops reading the
+/// terminal's process (its tty fills and the process blocks on write).
+pub const FLOW_HIGH_WATERMARK: u64 = 512 * 1024;
+/// Flow control: reading resumes once unacknowledged output is at or below this.
+pub const FLOW_LOW_WATERMARK: u64 = 128 * 1024;
 
 /// Identifies one terminal session; opaque to clients (currently `t-` and 32 hex digits).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -136,6 +144,10 @@ pub struct StartTerminal {
     /// Program and arguments (no shell involved). Absent: the container's login shell, bash else sh.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<Vec<String>>,
+    /// Opt in to output flow control: the client promises `output-ack` events, and the server keeps at
+    /// most [`FLOW_HIGH_WATERMARK`] unacknowledged bytes in flight. Absent/false: no acks expected.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub flow_control: bool,
 }
 
 /// Successful `start-terminal` ack. The process is running in the container when this is sent.
@@ -151,6 +163,9 @@ pub struct TerminalStarted {
     pub command: Vec<String>,
     pub cols: u16,
     pub rows: u16,
+    /// Whether output flow control is on (the client asked for it).
+    #[serde(default)]
+    pub flow_control: bool,
 }
 
 /// `input` event.
@@ -169,6 +184,15 @@ pub struct Resize {
     pub terminal_id: TerminalId,
     pub cols: u16,
     pub rows: u16,
+}
+
+/// `output-ack` event: the client has processed (e.g. xterm.js has parsed) the first `processed` bytes of the
+/// terminal's output, counted from the start of the terminal. Cumulative, so a lost or repeated ack is harmless.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutputAck {
+    pub terminal_id: TerminalId,
+    pub processed: u64,
 }
 
 /// `close-terminal` request.

@@ -168,3 +168,48 @@ test('reloading the page brings the UI back', async ({ page }) => {
   await type(page, 'echo back-$((3*3))');
   await expectScreen(page, 0, /^back-9$/m);
 });
+
+/** Page coordinates of the middle of cell (col, row) in the visible terminal. */
+async function cell(page: Page, i: number, col: number, row: number): Promise<[number, number]> {
+  const box = (await page.locator('.pane:not([hidden]) .xterm-screen').boundingBox())!;
+  const [cols, rows] = (await page.evaluate((i) => (window as any).porthole.size(i), i)) as [number, number];
+  return [box.x + (box.width / cols) * (col + 0.5), box.y + (box.height / rows) * (row + 0.5)];
+}
+
+test('selecting copies to the clipboard, pasting types into the terminal', async ({ page, context }) => {
+  await context.grantPermissions(['clipboard-read', 'clipboard-write']);
+  const name = startContainer('clip');
+  await page.reload();
+  await openTab(page, name, 0);
+  await type(page, 'echo copyme-$((1+1))');
+  await expectScreen(page, 0, /^copyme-2$/m);
+  const row = (await screen(page, 0)).split('\n').indexOf('copyme-2');
+  const [x, y] = await cell(page, 0, 3, row);
+  await page.mouse.dblclick(x, y);
+  await expect.poll(() => page.evaluate(() => navigator.clipboard.readText())).toBe('copyme-2');
+
+  // A paste (what Ctrl+Shift+V or the context menu delivers) reaches the shell.
+  await page.evaluate(() => {
+    const target = document.querySelector('.pane:not([hidden]) textarea')!;
+    const data = new DataTransfer();
+    data.setData('text/plain', 'echo pasted-$((5+5))');
+    target.dispatchEvent(new ClipboardEvent('paste', { clipboardData: data, bubbles: true, cancelable: true }));
+  });
+  await page.keyboard.press('Enter');
+  await expectScreen(page, 0, /^pasted-10$/m);
+});
+
+test('links in the terminal are clickable', async ({ page, baseURL }) => {
+  const name = startContainer('links');
+  await page.reload();
+  await openTab(page, name, 0);
+  const url = `${baseURL}/healthz`;
+  await type(page, `echo ${url}`);
+  await expectScreen(page, 0, new RegExp(`^${url.replace(/[.]/g, '\\.')}$`, 'm'));
+  const row = (await screen(page, 0)).split('\n').indexOf(url);
+  const [x, y] = await cell(page, 0, 5, row);
+  await page.mouse.move(x, y);
+  const [popup] = await Promise.all([page.context().waitForEvent('page'), page.mouse.click(x, y)]);
+  await popup.waitForURL(url);
+  await expect(popup.locator('body')).toContainText('"status":"ok"');
+});

@@ -14,9 +14,10 @@ use xterm_js_rs::{Terminal, TerminalOptions, Theme};
 extern "C" {
     /// The same xterm.js `Terminal` object, seen through the xterm 6 API that `xterm-js-rs` lacks.
     type Xterm6;
-    /// `write(data: Uint8Array)`: xterm parses the bytes as UTF-8, keeping partial characters for the next write.
+    /// `write(data: Uint8Array, callback)`: xterm parses the bytes as UTF-8 (keeping a partial character for
+    /// the next write) and calls `callback` once it has.
     #[wasm_bindgen(method, js_name = write)]
-    fn write_bytes(this: &Xterm6, data: &Uint8Array);
+    fn write_bytes_then(this: &Xterm6, data: &Uint8Array, callback: &JsValue);
     #[wasm_bindgen(method, catch, js_name = loadAddon)]
     fn try_load_addon(this: &Xterm6, addon: &JsValue) -> Result<(), JsValue>;
     #[wasm_bindgen(method, getter)]
@@ -100,8 +101,9 @@ impl Xterm {
         self.term.focus();
     }
 
-    pub fn write(&self, data: &Uint8Array) {
-        self.v6().write_bytes(data);
+    /// Writes `data` and calls `parsed` once xterm has processed it (for output flow control).
+    pub fn write_then(&self, data: &Uint8Array, parsed: impl FnOnce() + 'static) {
+        self.v6().write_bytes_then(data, &Closure::once_into_js(parsed));
     }
 
     pub fn write_str(&self, s: &str) {

@@ -30,6 +30,17 @@ enum TabState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct TabKey(u32);
 
+/// Output flow control counters of one terminal.
+#[derive(Debug, Default, Clone, Copy)]
+struct FlowCount {
+    parsed: u64,
+    acked: u64,
+    in_flight: u32,
+}
+
+/// Acknowledge parsed output at least this often (well below the server's low watermark).
+const ACK_EVERY_BYTES: u64 = 64 * 1024;
+
 #[derive(Debug, Clone)]
 struct Tab {
     key: TabKey,
@@ -46,6 +57,8 @@ struct Ui {
     xterms: StoredValue<HashMap<u32, Xterm>, LocalStorage>,
     /// Which tab shows which terminal.
     routes: StoredValue<HashMap<TerminalId, u32>, LocalStorage>,
+    /// Output flow control per terminal: bytes parsed by xterm, bytes acknowledged, writes in flight.
+    flows: StoredValue<HashMap<TerminalId, FlowCount>, LocalStorage>,
     tabs: RwSignal<Vec<Tab>>,
     active: RwSignal<Option<TabKey>>,
     next_key: StoredValue<u32>,
@@ -81,6 +94,7 @@ impl Ui {
             client: StoredValue::new_local(Client::connect()),
             xterms: StoredValue::new_local(HashMap::new()),
             routes: StoredValue::new_local(HashMap::new()),
+            flows: StoredValue::new_local(HashMap::new()),
             tabs: RwSignal::new(Vec::new()),
             active: RwSignal::new(None),
             next_key: StoredValue::new(1),
@@ -135,6 +149,7 @@ impl Ui {
                 cols: protocol::dimension_ok(cols).then_some(cols),
                 rows: protocol::dimension_ok(rows).then_some(rows),
                 command: None,
+                flow_control: true,
             };
             let reply: Result<TerminalStarted, _> = ui.client().request(event::START_TERMINAL, &req).await;
             match reply {
@@ -268,8 +283,37 @@ impl Ui {
     }
 
     fn on_output(&self, id: TerminalId, data: js_sys::Uint8Array) {
-        if let Some(key) = self.routes.with_value(|r| r.get(&id).copied()) {
-            self.with_xterm(TabKey(key), |x| x.write(&data));
+        let Some(key) = self.routes.with_value(|r| r.get(&id).copied()) else {
+            return;
+        };
+        let len = u64::from(data.length());
+        self.flows
+            .update_value(|f| f.entry(id.clone()).or_default().in_flight += 1);
+        let ui = *self;
+        // Acknowledge once xterm has parsed the bytes, so a flood waits for the screen instead of piling up.
+        self.with_xterm(TabKey(key), |x| x.write_then(&data, move || ui.parsed(id, len)));
+    }
+
+    fn parsed(&self, id: TerminalId, len: u64) {
+        let mut ack = None;
+        self.flows.update_value(|f| {
+            if let Some(c) = f.get_mut(&id) {
+                c.parsed += len;
+                c.in_flight = c.in_flight.saturating_sub(1);
+                if c.parsed - c.acked >= ACK_EVERY_BYTES || (c.in_flight == 0 && c.parsed > c.acked) {
+                    c.acked = c.parsed;
+                    ack = Some(c.parsed);
+                }
+            }
+        });
+        if let Some(processed) = ack {
+            self.client().emit(
+                event::OUTPUT_ACK,
+                &protocol::OutputAck {
+                    terminal_id: id,
+                    processed,
+                },
+            );
         }
     }
 
@@ -285,6 +329,9 @@ impl Ui {
         }
         self.routes.update_value(|r| {
             r.remove(&exit.terminal_id);
+        });
+        self.flows.update_value(|f| {
+            f.remove(&exit.terminal_id);
         });
     }
 

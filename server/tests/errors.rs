@@ -85,6 +85,7 @@ async fn container_errors_say_why() {
             cols: None,
             rows: None,
             command: Some(vec!["definitely-not-installed".into(), "--flag".into()]),
+            flow_control: false,
         })
         .await
         .unwrap_err();
@@ -97,6 +98,7 @@ async fn container_errors_say_why() {
             cols: None,
             rows: None,
             command: Some(vec!["/etc/passwd".into()]),
+            flow_control: false,
         })
         .await
         .unwrap_err();

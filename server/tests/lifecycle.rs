@@ -190,6 +190,7 @@ async fn daemon_down_at_start_then_up_then_gone_mid_session_then_back() {
             cols: None,
             rows: None,
             command: None,
+            flow_control: false,
         })
         .await;
     assert_eq!(err.unwrap_err().code.as_str(), "docker_unavailable");

@@ -65,6 +65,7 @@ async fn terminal_status_and_unknown_ids() {
             cols: Some(90),
             rows: Some(20),
             command: None,
+            flow_control: false,
         })
         .await
         .unwrap();

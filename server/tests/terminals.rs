@@ -13,6 +13,7 @@ fn start(container: &str, command: Option<&[&str]>, size: Option<(u16, u16)>) ->
         cols: size.map(|s| s.0),
         rows: size.map(|s| s.1),
         command: command.map(|c| c.iter().map(|s| s.to_string()).collect()),
+        flow_control: false,
     }
 }
 
@@ -288,4 +289,93 @@ async fn container_stop_ends_the_terminal_promptly_and_the_server_keeps_running(
     let err = client.shell_err(&c.name).await;
     assert_eq!(err.code.as_str(), "container_not_running");
     assert!(err.message.contains("exited"), "{}", err.message);
+}
+
+#[tokio::test]
+async fn flow_control_pauses_the_writer_until_output_is_acknowledged() {
+    use app::protocol::{FLOW_HIGH_WATERMARK, TerminalInfo, event};
+    let c = TestContainer::start("flow", &bash_image()).await;
+    let server = start_server(test_config()).await;
+    let client = TestClient::connect(&server).await;
+    // 4 MiB of output, then a marker file once the writer got through all of it.
+    let total: usize = 4 * 1024 * 1024;
+    let script = format!("head -c {total} /dev/zero | tr '\\0' 'x'; touch /tmp/done");
+    let mut req = start(&c.name, Some(&["sh", "-c", &script]), None);
+    req.flow_control = true;
+    let t = client.start(req).await.unwrap();
+    assert!(t.flow_control);
+    let id = t.terminal_id.clone();
+
+    // Without acks the server stops after the high watermark (plus at most one read), and the writer blocks.
+    client.wait_for_bytes(&id, FLOW_HIGH_WATERMARK as usize).await;
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    let info: TerminalInfo = reqwest::get(format!("{}/api/v1/terminals/{id}", base_url(&server)))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let limit = FLOW_HIGH_WATERMARK + porthole_server::session::READ_CHUNK_BYTES as u64;
+    assert!(
+        info.bytes_out <= limit,
+        "server read {} bytes without acks (limit {limit})",
+        info.bytes_out
+    );
+    assert!(client.bytes(&id).len() as u64 <= limit);
+    let (code, _) = c.exec(&["test", "-e", "/tmp/done"]).await;
+    assert_ne!(code, 0, "the writer finished although nobody read its output");
+    assert!(client.exit_of(&id).is_none());
+
+    // Acknowledging what arrived lets the rest through: every byte, once, in order.
+    let mut acked = 0;
+    while client.exit_of(&id).is_none() {
+        let have = client.bytes(&id).len() as u64;
+        if have > acked {
+            acked = have;
+            client
+                .emit_raw(
+                    event::OUTPUT_ACK,
+                    serde_json::json!({"terminalId": id, "processed": acked}),
+                )
+                .await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let bytes = client.bytes(&id);
+    assert_eq!(bytes.len(), total);
+    assert!(bytes.iter().all(|b| *b == b'x'));
+    assert_eq!(client.wait_exit(&id).await.exit_code, Some(0));
+}
+
+#[tokio::test]
+async fn output_acks_are_checked() {
+    use app::protocol::event;
+    let c = TestContainer::start("flowerr", &bash_image()).await;
+    let server = start_server(test_config()).await;
+    let client = TestClient::connect(&server).await;
+    let plain = client.shell(&c.name).await;
+    let ack = client
+        .request_raw(
+            event::OUTPUT_ACK,
+            serde_json::json!({"terminalId": plain.terminal_id, "processed": 1}),
+        )
+        .await;
+    assert_eq!(ack["error"]["code"], "invalid_payload", "{ack}");
+    let mut req = start(&c.name, None, None);
+    req.flow_control = true;
+    let t = client.start(req).await.unwrap();
+    let ack = client
+        .request_raw(
+            event::OUTPUT_ACK,
+            serde_json::json!({"terminalId": t.terminal_id, "processed": u64::MAX}),
+        )
+        .await;
+    assert_eq!(ack["error"]["code"], "invalid_payload", "{ack}");
+    let ack = client
+        .request_raw(
+            event::OUTPUT_ACK,
+            serde_json::json!({"terminalId": "t-nope", "processed": 0}),
+        )
+        .await;
+    assert_eq!(ack["error"]["code"], "unknown_terminal", "{ack}");
 }

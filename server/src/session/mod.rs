@@ -85,6 +85,18 @@ impl Command {
     }
 }
 
+/// Output flow control state of one terminal: bytes sent, and bytes the client says it has processed.
+struct Flow {
+    sent: AtomicU64,
+    processed: watch::Sender<u64>,
+}
+
+impl Flow {
+    fn unacked(&self, processed: u64) -> u64 {
+        self.sent.load(Ordering::SeqCst).saturating_sub(processed)
+    }
+}
+
 /// One open terminal.
 pub struct Terminal {
     id: TerminalId,
@@ -101,6 +113,8 @@ pub struct Terminal {
     queued_events: AtomicUsize,
     queued_bytes: AtomicUsize,
     sink: watch::Sender<Option<Arc<dyn TerminalSink>>>,
+    /// Output flow control, when the client opted in.
+    flow: Option<Flow>,
     /// Set once, by whoever decides why the terminal ends before its process does.
     close_reason: Mutex<Option<ExitReason>>,
     /// Cancelled to stop both pumps (after the process is gone, or when the stream hangs).
@@ -183,6 +197,31 @@ impl Terminal {
         self.queued_bytes.fetch_sub(bytes, Ordering::SeqCst);
     }
 
+    /// Records that the client has processed the first `processed` output bytes (cumulative).
+    pub fn ack_output(&self, processed: u64) -> Result<(), ServiceError> {
+        let Some(flow) = &self.flow else {
+            return Err(ServiceError::invalid(format!(
+                "terminal {} was not started with flowControl",
+                self.id
+            )));
+        };
+        let sent = flow.sent.load(Ordering::SeqCst);
+        if processed > sent {
+            return Err(ServiceError::invalid(format!(
+                "output-ack acknowledges {processed} bytes but only {sent} were sent"
+            )));
+        }
+        // Acks may arrive out of order or twice: keep the highest.
+        flow.processed.send_if_modified(|p| {
+            let newer = processed > *p;
+            if newer {
+                *p = processed;
+            }
+            newer
+        });
+        Ok(())
+    }
+
     pub fn info(&self) -> TerminalInfo {
         let (cols, rows) = *self.size.lock().unwrap_or_else(|e| e.into_inner());
         TerminalInfo {
@@ -206,6 +245,7 @@ impl Terminal {
             command: self.command.clone(),
             cols,
             rows,
+            flow_control: self.flow.is_some(),
         }
     }
 
@@ -424,6 +464,7 @@ impl Sessions {
         req: StartTerminal,
     ) -> Result<(Arc<Terminal>, TerminalStarted), ServiceError> {
         check_container_ref(&req.container_id)?;
+        let flow_control = req.flow_control;
         let cols = req.cols.unwrap_or(protocol::DEFAULT_COLS);
         let rows = req.rows.unwrap_or(protocol::DEFAULT_ROWS);
         check_size(cols, rows)?;
@@ -471,7 +512,7 @@ impl Sessions {
                 }
                 Launch::Running(stream) => {
                     reservation.kept = true;
-                    let terminal = self.open(id, owner.clone(), target, cmd, stream, (cols, rows));
+                    let terminal = self.open(id, owner.clone(), target, cmd, stream, (cols, rows), flow_control);
                     let started = terminal.started();
                     return Ok((terminal, started));
                 }
@@ -551,6 +592,7 @@ impl Sessions {
         command: Vec<String>,
         stream: ExecStream,
         (cols, rows): (u16, u16),
+        flow_control: bool,
     ) -> Arc<Terminal> {
         let (commands, command_rx) = mpsc::unbounded_channel();
         let (sink, sink_rx) = watch::channel(None);
@@ -568,6 +610,10 @@ impl Sessions {
             queued_events: AtomicUsize::new(0),
             queued_bytes: AtomicUsize::new(0),
             sink,
+            flow: flow_control.then(|| Flow {
+                sent: AtomicU64::new(0),
+                processed: watch::channel(0).0,
+            }),
             close_reason: Mutex::new(None),
             stop: CancellationToken::new(),
             finished: CancellationToken::new(),
@@ -602,7 +648,20 @@ impl Sessions {
         let mut stream_error = None;
         if waited {
             let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+            let mut acks = terminal.flow.as_ref().map(|f| f.processed.subscribe());
             loop {
+                if let (Some(flow), Some(acks)) = (&terminal.flow, acks.as_mut())
+                    && flow.unacked(*acks.borrow()) > protocol::FLOW_HIGH_WATERMARK
+                {
+                    // The client is behind: stop reading (the tty fills, the process blocks) until it catches up.
+                    let caught_up = tokio::select! {
+                        r = acks.wait_for(|p| flow.unacked(*p) <= protocol::FLOW_LOW_WATERMARK) => r.is_ok(),
+                        _ = terminal.stop.cancelled() => false,
+                    };
+                    if !caught_up {
+                        break;
+                    }
+                }
                 buf.reserve(READ_CHUNK_BYTES);
                 let n = tokio::select! {
                     r = output.read_buf(&mut buf) => match r {
@@ -618,6 +677,9 @@ impl Sessions {
                 terminal.bytes_out.fetch_add(chunk.len() as u64, Ordering::Relaxed);
                 if !deliver(&terminal, &sink_rx, &chunk).await {
                     break;
+                }
+                if let Some(flow) = &terminal.flow {
+                    flow.sent.fetch_add(chunk.len() as u64, Ordering::SeqCst);
                 }
             }
         }

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use app::protocol::{
-    CloseTerminal, ErrorEvent, Exit, ExitReason, Hello, Input, Output, PROTOCOL_VERSION, Reply, Resize, StartTerminal,
-    TerminalAck, TerminalBytes, TerminalId, event,
+    CloseTerminal, ErrorEvent, Exit, ExitReason, Hello, Input, Output, OutputAck, PROTOCOL_VERSION, Reply, Resize,
+    StartTerminal, TerminalAck, TerminalBytes, TerminalId, event,
 };
 use bytes::Bytes;
 use socketioxide::extract::{AckSender, SocketRef, TryData};
@@ -203,6 +203,27 @@ fn on_connect(socket: SocketRef, state: AppState) {
                     }
                 };
                 answer(&socket, (wants, ack), event::RESIZE, id, result);
+                ready(())
+            },
+        );
+    }
+    {
+        let (state, owner, span) = (state.clone(), owner.clone(), span.clone());
+        socket.on(
+            event::OUTPUT_ACK,
+            move |socket: SocketRef, wants: WantsAck, TryData(req): TryData<OutputAck>, ack: AckSender| -> Ready<()> {
+                let _g = span.enter();
+                let (id, result) = match req {
+                    Err(e) => (None, Err(ServiceError::invalid(format!("output-ack payload: {e}")))),
+                    Ok(OutputAck { terminal_id, processed }) => {
+                        let r = state
+                            .sessions()
+                            .get(&terminal_id, Some(&owner))
+                            .and_then(|t| t.ack_output(processed));
+                        (Some(terminal_id), r)
+                    }
+                };
+                answer(&socket, (wants, ack), event::OUTPUT_ACK, id, result);
                 ready(())
             },
         );

@@ -401,6 +401,7 @@ impl TestClient {
             cols: None,
             rows: None,
             command: None,
+            flow_control: false,
         })
         .await
         .expect("start-terminal")
@@ -413,6 +414,7 @@ impl TestClient {
             cols: None,
             rows: None,
             command: None,
+            flow_control: false,
         })
         .await
         .expect_err("start-terminal should be refused")
