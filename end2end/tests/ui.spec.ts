@@ -213,3 +213,25 @@ test('links in the terminal are clickable', async ({ page, baseURL }) => {
   await popup.waitForURL(url);
   await expect(popup.locator('body')).toContainText('"status":"ok"');
 });
+
+test('the theme follows the system: light and dark', async ({ page }, info) => {
+  const a = startContainer('theme-api');
+  const b = startContainer('theme-db', 'porthole-test/sh:2');
+  for (const scheme of ['light', 'dark'] as const) {
+    await page.emulateMedia({ colorScheme: scheme });
+    await page.reload();
+    await expect(page.getByTestId('connection')).toHaveText('connected');
+    const background = await page.evaluate(() => getComputedStyle(document.body).backgroundColor);
+    const [r, g, bl] = background.match(/\d+/g)!.map(Number);
+    const luminance = (0.2126 * r + 0.7152 * g + 0.0722 * bl) / 255;
+    if (scheme === 'dark') expect(luminance).toBeLessThan(0.2);
+    else expect(luminance).toBeGreaterThan(0.8);
+    await openTab(page, b, 0);
+    await openTab(page, a, 1);
+    await type(page, "printf '\\033[1;32m%s\\033[0m \\033[34m%s\\033[0m\\n' ok \"$(uname -sm)\"; ls -l /");
+    await expectScreen(page, 1, /^ok Linux/m);
+    await page.screenshot({ path: info.outputPath(`theme-${scheme}.png`) });
+    for (let k = 0; k < 2; k++) await page.keyboard.press('Alt+w');
+    await expect(page.getByTestId('tab')).toHaveCount(0);
+  }
+});

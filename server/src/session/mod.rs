@@ -813,7 +813,13 @@ impl Sessions {
                     terminal.stop.cancel();
                 }
                 Err(e) => {
-                    tracing::warn!(terminal = %terminal.id, error = %e, "could not end the terminal's processes");
+                    // A container that stopped or vanished meanwhile took the processes with it.
+                    match self.runtime.resolve(&terminal.container_id).await {
+                        Ok(t) if t.accepts_exec => {
+                            tracing::warn!(terminal = %terminal.id, error = %e, "could not end the terminal's processes")
+                        }
+                        _ => tracing::debug!(terminal = %terminal.id, "container gone while closing"),
+                    }
                     terminal.stop.cancel();
                 }
             }

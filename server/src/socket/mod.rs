@@ -274,8 +274,11 @@ fn on_connect(socket: SocketRef, state: AppState) {
 }
 
 fn send_ack<T: serde::Serialize>(ack: AckSender, reply: &T, _priority: &AckPriority) {
-    if let Err(e) = ack.send(reply) {
-        tracing::warn!(error = %e, "could not send ack");
+    match ack.send(reply) {
+        Ok(()) => {}
+        // The client left while the request was being handled.
+        Err(SendError::Socket(SocketError::Closed)) => tracing::debug!("socket closed before its ack"),
+        Err(e) => tracing::warn!(error = %e, "could not send ack"),
     }
 }
 
