@@ -465,12 +465,16 @@ mod tests {
                 container_id: "web".into(),
                 cols: None,
                 rows: None,
-                command: None
+                command: None,
+                flow_control: false
             }
         );
         let v: StartTerminal =
             serde_json::from_str(r#"{"containerId":"web","cols":120,"rows":40,"command":["ls","-l"],"x":1}"#).unwrap();
         assert_eq!(v.cols, Some(120));
+        assert!(!v.flow_control);
+        let v: StartTerminal = serde_json::from_str(r#"{"containerId":"web","flowControl":true}"#).unwrap();
+        assert!(v.flow_control);
         assert_eq!(v.command.as_deref(), Some(&["ls".to_string(), "-l".to_string()][..]));
     }
 

@@ -235,3 +235,54 @@ test('the theme follows the system: light and dark', async ({ page }, info) => {
     await expect(page.getByTestId('tab')).toHaveCount(0);
   }
 });
+
+test('a tab whose container stops says so; a tab switch refits the terminal', async ({ page }) => {
+  const a = startContainer('refit-a');
+  const b = startContainer('refit-b');
+  await page.reload();
+  await openTab(page, a, 0);
+  await openTab(page, b, 1);
+  // Resize while tab 0 is hidden; switching to it must fit it to the new pane and tell the server.
+  const before = await page.evaluate(() => (window as any).porthole.size(0));
+  await page.setViewportSize({ width: 1000, height: 560 });
+  await page.getByTestId('tab').nth(0).click();
+  await expect.poll(() => page.evaluate(() => (window as any).porthole.size(0))).not.toEqual(before);
+  const [cols, rows] = await page.evaluate(() => (window as any).porthole.size(0));
+  await type(page, 'echo size=$(stty size)');
+  await expectScreen(page, 0, new RegExp(`^size=${rows} ${cols}$`, 'm'));
+
+  stopContainer(a);
+  await expect(page.getByTestId('tab').nth(0)).toContainText('stopped');
+  await expect(page.getByTestId('ended')).toContainText('The container stopped.');
+});
+
+test('the connection badge follows the network and the UI recovers', async ({ page, context }) => {
+  const name = startContainer('offline');
+  await page.reload();
+  await expect(page.getByTestId('connection')).toHaveText('connected');
+  await context.setOffline(true);
+  await expect(page.getByTestId('connection')).toHaveText(/offline|reconnecting/);
+  await context.setOffline(false);
+  await expect(page.getByTestId('connection')).toHaveText('connected', { timeout: 30_000 });
+  await openTab(page, name, 0);
+  await type(page, 'echo online-$((4*4))');
+  await expectScreen(page, 0, /^online-16$/m);
+});
+
+test('the binary serves its own UI with the right types, compression and caching', async ({ request }) => {
+  const index = await request.get('/');
+  expect(index.headers()['content-type']).toContain('text/html');
+  const html = await index.text();
+  const wasm = html.match(/\/frontend-[0-9a-f]+_bg\.wasm/)![0];
+  const res = await request.get(wasm, { headers: { 'accept-encoding': 'br, gzip' } });
+  expect(res.status()).toBe(200);
+  expect(res.headers()['content-type']).toBe('application/wasm');
+  expect(res.headers()['content-encoding']).toBe('br');
+  const etag = res.headers()['etag'];
+  expect(etag).toBeTruthy();
+  const again = await request.get(wasm, { headers: { 'if-none-match': etag } });
+  expect(again.status()).toBe(304);
+  const gz = await request.get('/vendor/xterm.mjs', { headers: { 'accept-encoding': 'gzip' } });
+  expect(gz.headers()['content-encoding']).toBe('gzip');
+  expect(gz.headers()['content-type']).toMatch(/javascript/);
+});

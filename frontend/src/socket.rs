@@ -27,6 +27,8 @@ extern "C" {
     fn with_timeout(this: &RawSocket, ms: u32) -> RawSocket;
     #[wasm_bindgen(method, js_name = emitWithAck)]
     fn emit_with_ack(this: &RawSocket, event: &str, payload: &JsValue) -> Promise;
+    #[wasm_bindgen(method, getter)]
+    fn connected(this: &RawSocket) -> bool;
     #[wasm_bindgen(method, getter, js_name = io)]
     fn manager(this: &RawSocket) -> RawManager;
 
@@ -156,7 +158,19 @@ impl Client {
                 let _ = w.add_event_listener_with_callback(e, cb);
             };
             hook(&on_window, "offline", Rc::new(|_| Some(ConnState::Offline)));
-            hook(&on_window, "online", Rc::new(|_| Some(ConnState::Reconnecting)));
+            // Back online: the socket may have survived the blip, or be waiting for its next attempt.
+            let raw = self.raw.clone();
+            hook(
+                &on_window,
+                "online",
+                Rc::new(move |_| {
+                    Some(if raw.connected() {
+                        ConnState::Connected
+                    } else {
+                        ConnState::Reconnecting
+                    })
+                }),
+            );
         }
     }
 

@@ -367,6 +367,14 @@ impl std::fmt::Debug for Sessions {
     }
 }
 
+/// Size and options a terminal is opened with.
+#[derive(Debug, Clone, Copy)]
+struct TtySettings {
+    cols: u16,
+    rows: u16,
+    flow_control: bool,
+}
+
 /// How a started exec turned out.
 enum Launch {
     Running(ExecStream),
@@ -512,7 +520,12 @@ impl Sessions {
                 }
                 Launch::Running(stream) => {
                     reservation.kept = true;
-                    let terminal = self.open(id, owner.clone(), target, cmd, stream, (cols, rows), flow_control);
+                    let tty = TtySettings {
+                        cols,
+                        rows,
+                        flow_control,
+                    };
+                    let terminal = self.open(id, owner.clone(), target, cmd, stream, tty);
                     let started = terminal.started();
                     return Ok((terminal, started));
                 }
@@ -591,9 +604,13 @@ impl Sessions {
         target: ContainerTarget,
         command: Vec<String>,
         stream: ExecStream,
-        (cols, rows): (u16, u16),
-        flow_control: bool,
+        tty: TtySettings,
     ) -> Arc<Terminal> {
+        let TtySettings {
+            cols,
+            rows,
+            flow_control,
+        } = tty;
         let (commands, command_rx) = mpsc::unbounded_channel();
         let (sink, sink_rx) = watch::channel(None);
         let terminal = Arc::new(Terminal {
