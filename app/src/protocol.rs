@@ -333,12 +333,7 @@ pub struct ErrorReply {
 
 impl ErrorReply {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        ErrorReply {
-            error: ErrorBody {
-                code,
-                message: message.into(),
-            },
-        }
+        ErrorReply { error: ErrorBody { code, message: message.into() } }
     }
 }
 
@@ -461,21 +456,15 @@ mod tests {
         let v: StartTerminal = serde_json::from_str(r#"{"containerId":"web"}"#).unwrap();
         assert_eq!(
             v,
-            StartTerminal {
-                container_id: "web".into(),
-                cols: None,
-                rows: None,
-                command: None,
-                flow_control: false
-            }
+            StartTerminal { container_id: "web".into(), cols: None, rows: None, command: None, flow_control: false }
         );
         let v: StartTerminal =
             serde_json::from_str(r#"{"containerId":"web","cols":120,"rows":40,"command":["ls","-l"],"x":1}"#).unwrap();
         assert_eq!(v.cols, Some(120));
         assert!(!v.flow_control);
+        assert_eq!(v.command.as_deref(), Some(&["ls".to_string(), "-l".to_string()][..]));
         let v: StartTerminal = serde_json::from_str(r#"{"containerId":"web","flowControl":true}"#).unwrap();
         assert!(v.flow_control);
-        assert_eq!(v.command.as_deref(), Some(&["ls".to_string(), "-l".to_string()][..]));
     }
 
     #[test]
@@ -504,10 +493,7 @@ mod tests {
             "no such terminal",
         )))
         .unwrap();
-        assert_eq!(
-            err,
-            serde_json::json!({"error": {"code": "unknown_terminal", "message": "no such terminal"}})
-        );
+        assert_eq!(err, serde_json::json!({"error": {"code": "unknown_terminal", "message": "no such terminal"}}));
         let ok: Reply<TerminalAck> = serde_json::from_str(r#"{"terminalId":"t-1"}"#).unwrap();
         assert_eq!(ok.into_result().unwrap().terminal_id, TerminalId("t-1".into()));
         let back: Reply<TerminalAck> = serde_json::from_value(err).unwrap();
@@ -538,16 +524,9 @@ mod tests {
             ExitReason::ServerShutdown,
             ExitReason::Disconnected,
         ] {
-            assert_eq!(
-                serde_json::to_value(reason).unwrap(),
-                serde_json::json!(reason.as_str())
-            );
+            assert_eq!(serde_json::to_value(reason).unwrap(), serde_json::json!(reason.as_str()));
         }
-        let exit = Exit {
-            terminal_id: TerminalId("t-1".into()),
-            exit_code: None,
-            reason: ExitReason::Closed,
-        };
+        let exit = Exit { terminal_id: TerminalId("t-1".into()), exit_code: None, reason: ExitReason::Closed };
         assert_eq!(
             serde_json::to_value(exit).unwrap(),
             serde_json::json!({"terminalId": "t-1", "exitCode": null, "reason": "closed"})

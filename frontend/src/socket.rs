@@ -38,7 +38,7 @@ extern "C" {
 }
 
 /// How long a request waits for its ack before it is reported as failed.
-const ACK_TIMEOUT_MS: u32 = 30_000;
+const ACK_TIMEOUT_MS: u32 = 60_000;
 
 /// What the user sees of the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,12 +83,8 @@ impl Client {
         // Websocket first; long-polling only where websockets are blocked.
         let transports = js_sys::Array::of2(&"websocket".into(), &"polling".into());
         let _ = Reflect::set(&opts, &"transports".into(), &transports);
-        let origin = web_sys::window()
-            .and_then(|w| w.location().origin().ok())
-            .unwrap_or_default();
-        Client {
-            raw: Rc::new(io_connect(&origin, &opts)),
-        }
+        let origin = web_sys::window().and_then(|w| w.location().origin().ok()).unwrap_or_default();
+        Client { raw: Rc::new(io_connect(&origin, &opts)) }
     }
 
     /// Calls `f` with every `event` payload that parses as `T` (others are logged and dropped).
@@ -116,6 +112,14 @@ impl Client {
         cb.forget();
     }
 
+    /// Calls `f` when the socket itself disconnects (the server then ends this connection's terminals).
+    /// Unlike the state, not triggered by the browser's `offline` event: a socket can survive a blip.
+    pub fn on_disconnect(&self, mut f: impl FnMut() + 'static) {
+        let cb = Closure::<dyn FnMut(JsValue)>::new(move |_| f());
+        self.raw.on("disconnect", cb.as_ref().unchecked_ref());
+        cb.forget();
+    }
+
     /// Follows the connection state.
     pub fn on_state(&self, f: impl Fn(ConnState) + 'static) {
         let f = Rc::new(f);
@@ -140,18 +144,10 @@ impl Client {
             Rc::new(|reason: JsValue| {
                 // The server ending the session will not be retried by the client.
                 let by_server = reason.as_string().as_deref() == Some("io server disconnect");
-                Some(if by_server {
-                    ConnState::Offline
-                } else {
-                    ConnState::Reconnecting
-                })
+                Some(if by_server { ConnState::Offline } else { ConnState::Reconnecting })
             }),
         );
-        hook(
-            &on_manager,
-            "reconnect_attempt",
-            Rc::new(|_| Some(ConnState::Reconnecting)),
-        );
+        hook(&on_manager, "reconnect_attempt", Rc::new(|_| Some(ConnState::Reconnecting)));
         hook(&on_manager, "reconnect_failed", Rc::new(|_| Some(ConnState::Offline)));
         if let Some(w) = web_sys::window() {
             let on_window = move |e: &str, cb: &Function| {
@@ -163,13 +159,7 @@ impl Client {
             hook(
                 &on_window,
                 "online",
-                Rc::new(move |_| {
-                    Some(if raw.connected() {
-                        ConnState::Connected
-                    } else {
-                        ConnState::Reconnecting
-                    })
-                }),
+                Rc::new(move |_| Some(if raw.connected() { ConnState::Connected } else { ConnState::Reconnecting })),
             );
         }
     }
@@ -192,10 +182,7 @@ impl Client {
             message: "the server did not answer (connection lost or timed out)".into(),
         })?;
         serde_wasm_bindgen::from_value::<Reply<Res>>(value)
-            .map_err(|e| ErrorBody {
-                code: ErrorCode::Internal,
-                message: format!("unreadable answer: {e}"),
-            })?
+            .map_err(|e| ErrorBody { code: ErrorCode::Internal, message: format!("unreadable answer: {e}") })?
             .into_result()
     }
 }

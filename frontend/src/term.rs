@@ -41,11 +41,7 @@ pub fn theme(dark: bool) -> Theme {
         t.set_cursor("#1f2328");
         t.set_cursor_accent("#fbfbfa");
     }
-    let _ = Reflect::set(
-        &t,
-        &"selectionBackground".into(),
-        &(if dark { "#3a4a6b" } else { "#b6cdf5" }).into(),
-    );
+    let _ = Reflect::set(&t, &"selectionBackground".into(), &(if dark { "#3a4a6b" } else { "#b6cdf5" }).into());
     t
 }
 

@@ -156,9 +156,7 @@ impl Ui {
                 Ok(started) => {
                     if ui.tab(key).is_none() {
                         // The tab was closed while the terminal started.
-                        let close = protocol::CloseTerminal {
-                            terminal_id: started.terminal_id,
-                        };
+                        let close = protocol::CloseTerminal { terminal_id: started.terminal_id };
                         let _: Result<protocol::TerminalAck, _> =
                             ui.client().request(event::CLOSE_TERMINAL, &close).await;
                         return;
@@ -175,14 +173,7 @@ impl Ui {
                         && protocol::dimension_ok(c)
                         && protocol::dimension_ok(r)
                     {
-                        ui.client().emit(
-                            event::RESIZE,
-                            &Resize {
-                                terminal_id: started.terminal_id,
-                                cols: c,
-                                rows: r,
-                            },
-                        );
+                        ui.client().emit(event::RESIZE, &Resize { terminal_id: started.terminal_id, cols: c, rows: r });
                     }
                     if ui.active.get_untracked() == Some(key) {
                         ui.with_xterm(key, |x| x.focus());
@@ -204,9 +195,20 @@ impl Ui {
         });
     }
 
+    /// Gives the keyboard back to the visible terminal (after clicks on the tab bar, closes, ...).
+    fn focus_active(&self) {
+        let ui = *self;
+        request_animation_frame(move || {
+            if let Some(key) = ui.active.get_untracked() {
+                ui.with_xterm(key, |x| x.focus());
+            }
+        });
+    }
+
     fn activate(&self, key: TabKey) {
         let previous = self.active.get_untracked();
         if previous == Some(key) {
+            self.focus_active();
             return;
         }
         if let Some(p) = previous {
@@ -230,11 +232,7 @@ impl Ui {
         if keys.is_empty() {
             return;
         }
-        let at = self
-            .active
-            .get_untracked()
-            .and_then(|a| keys.iter().position(|k| *k == a))
-            .unwrap_or(0) as i32;
+        let at = self.active.get_untracked().and_then(|a| keys.iter().position(|k| *k == a)).unwrap_or(0) as i32;
         let next = (at + step).rem_euclid(keys.len() as i32) as usize;
         self.activate(keys[next]);
     }
@@ -247,9 +245,8 @@ impl Ui {
         {
             let client = self.client();
             spawn_local(async move {
-                let _: Result<protocol::TerminalAck, _> = client
-                    .request(event::CLOSE_TERMINAL, &protocol::CloseTerminal { terminal_id: id })
-                    .await;
+                let _: Result<protocol::TerminalAck, _> =
+                    client.request(event::CLOSE_TERMINAL, &protocol::CloseTerminal { terminal_id: id }).await;
             });
         }
         self.remove_tab(key);
@@ -264,6 +261,9 @@ impl Ui {
             self.routes.update_value(|r| {
                 r.remove(&id);
             });
+            self.flows.update_value(|f| {
+                f.remove(&id);
+            });
         }
         self.xterms.update_value(|m| {
             if let Some(mut x) = m.remove(&key.0) {
@@ -271,7 +271,9 @@ impl Ui {
             }
         });
         self.tabs.update(|t| t.retain(|t| t.key != key));
-        if self.active.get_untracked() == Some(key) {
+        if self.active.get_untracked() != Some(key) {
+            self.focus_active();
+        } else {
             self.active.set(None);
             let remaining: Vec<TabKey> = self.tabs.with_untracked(|t| t.iter().map(|t| t.key).collect());
             if let Some(p) = pos
@@ -287,8 +289,7 @@ impl Ui {
             return;
         };
         let len = u64::from(data.length());
-        self.flows
-            .update_value(|f| f.entry(id.clone()).or_default().in_flight += 1);
+        self.flows.update_value(|f| f.entry(id.clone()).or_default().in_flight += 1);
         let ui = *self;
         // Acknowledge once xterm has parsed the bytes, so a flood waits for the screen instead of piling up.
         self.with_xterm(TabKey(key), |x| x.write_then(&data, move || ui.parsed(id, len)));
@@ -307,13 +308,7 @@ impl Ui {
             }
         });
         if let Some(processed) = ack {
-            self.client().emit(
-                event::OUTPUT_ACK,
-                &protocol::OutputAck {
-                    terminal_id: id,
-                    processed,
-                },
-            );
+            self.client().emit(event::OUTPUT_ACK, &protocol::OutputAck { terminal_id: id, processed });
         }
     }
 
@@ -342,11 +337,7 @@ impl Ui {
             if tab.state.get_untracked() == TabState::Running
                 && let Some(id) = tab.terminal.get_untracked()
             {
-                self.on_exit(Exit {
-                    terminal_id: id,
-                    exit_code: None,
-                    reason: ExitReason::Disconnected,
-                });
+                self.on_exit(Exit { terminal_id: id, exit_code: None, reason: ExitReason::Disconnected });
             }
         }
     }
@@ -363,12 +354,7 @@ impl Ui {
         });
         x.listen("onBinary", on_binary.as_ref().unchecked_ref());
         let on_resize = Closure::<dyn FnMut(JsValue)>::new(move |size: JsValue| {
-            let get = |k: &str| {
-                js_sys::Reflect::get(&size, &k.into())
-                    .ok()
-                    .and_then(|v| v.as_f64())
-                    .unwrap_or(0.0)
-            };
+            let get = |k: &str| js_sys::Reflect::get(&size, &k.into()).ok().and_then(|v| v.as_f64()).unwrap_or(0.0);
             let (cols, rows) = (get("cols") as u16, get("rows") as u16);
             if let Some(tab) = ui.tab(key)
                 && let Some(id) = tab.terminal.get_untracked()
@@ -376,14 +362,7 @@ impl Ui {
                 && protocol::dimension_ok(cols)
                 && protocol::dimension_ok(rows)
             {
-                ui.client().emit(
-                    event::RESIZE,
-                    &Resize {
-                        terminal_id: id,
-                        cols,
-                        rows,
-                    },
-                );
+                ui.client().emit(event::RESIZE, &Resize { terminal_id: id, cols, rows });
             }
         });
         x.listen("onResize", on_resize.as_ref().unchecked_ref());
@@ -401,8 +380,7 @@ impl Ui {
         let keys = Closure::<dyn FnMut(web_sys::KeyboardEvent) -> bool>::new(|e: web_sys::KeyboardEvent| {
             shortcut(&e).is_none()
         });
-        x.terminal()
-            .attach_custom_key_event_handler(keys.as_ref().unchecked_ref::<Function>());
+        x.terminal().attach_custom_key_event_handler(keys.as_ref().unchecked_ref::<Function>());
         // Closures live as long as the terminal; the terminal's dispose drops xterm's references.
         on_data.forget();
         on_binary.forget();
@@ -425,10 +403,7 @@ impl Ui {
             return;
         }
         for chunk in data.chunks(protocol::MAX_INPUT_BYTES) {
-            let input = Input {
-                terminal_id: id.clone(),
-                data: TerminalBytes(chunk.to_vec().into()),
-            };
+            let input = Input { terminal_id: id.clone(), data: TerminalBytes(chunk.to_vec().into()) };
             self.client().emit(event::INPUT, &input);
         }
     }
@@ -465,19 +440,24 @@ fn shortcut(e: &web_sys::KeyboardEvent) -> Option<Shortcut> {
     if e.type_() != "keydown" {
         return None;
     }
-    let key = e.key();
-    if e.alt_key() && !e.ctrl_key() && !e.meta_key() {
-        return match key.as_str() {
-            "t" | "T" => Some(Shortcut::NewTab),
-            "w" | "W" => Some(Shortcut::CloseTab),
-            "]" | "ArrowRight" => Some(Shortcut::Next),
-            "[" | "ArrowLeft" => Some(Shortcut::Previous),
-            k if k.len() == 1 && ("1"..="9").contains(&k) => k.parse::<usize>().ok().map(|n| Shortcut::Goto(n - 1)),
-            _ => None,
+    // Physical keys (`code`), so Option/AltGr layouts that turn Alt+T into another character still work, and
+    // AltGr combinations that type characters (e.g. `[` on German layouts) are left alone.
+    let code = e.code();
+    if e.alt_key() && !e.ctrl_key() && !e.meta_key() && !e.get_modifier_state("AltGraph") {
+        return match code.as_str() {
+            "KeyT" => Some(Shortcut::NewTab),
+            "KeyW" => Some(Shortcut::CloseTab),
+            "BracketRight" | "ArrowRight" => Some(Shortcut::Next),
+            "BracketLeft" | "ArrowLeft" => Some(Shortcut::Previous),
+            c => c
+                .strip_prefix("Digit")
+                .and_then(|d| d.parse::<usize>().ok())
+                .filter(|n| (1..=9).contains(n))
+                .map(|n| Shortcut::Goto(n - 1)),
         };
     }
     if e.ctrl_key() && !e.alt_key() {
-        return match key.as_str() {
+        return match e.key().as_str() {
             "PageDown" => Some(Shortcut::Next),
             "PageUp" => Some(Shortcut::Previous),
             _ => None,
@@ -521,13 +501,11 @@ pub fn App() -> impl IntoView {
     client.on_state(move |state| {
         let before = ui.conn.get_untracked();
         ui.conn.set(state);
-        if state != ConnState::Connected && before == ConnState::Connected {
-            ui.on_connection_lost();
-        }
         if state == ConnState::Connected && before != ConnState::Connected {
             refresh();
         }
     });
+    client.on_disconnect(move || ui.on_connection_lost());
 
     let keys = window_event_listener(leptos::ev::keydown, move |e| {
         let Some(s) = shortcut(&e) else { return };
@@ -681,7 +659,10 @@ fn Pane(ui: Ui, tab: Tab) -> impl IntoView {
             if let Some(doc) = web_sys::window().and_then(|w| w.document()) {
                 let _ = wasm_bindgen_futures::JsFuture::from(doc.fonts().load("14px \"JetBrains Mono\"")).await;
             }
-            ui.mount_xterm(key, el);
+            // The tab may have been closed while the font loaded.
+            if ui.tab(key).is_some() {
+                ui.mount_xterm(key, el);
+            }
         });
     });
     let state = tab.state;

@@ -86,10 +86,7 @@ impl Config {
     }
 
     pub fn limits(&self) -> Limits {
-        Limits {
-            per_owner: self.max_terminals_per_socket,
-            total: self.max_terminals,
-        }
+        Limits { per_owner: self.max_terminals_per_socket, total: self.max_terminals }
     }
 }
 
@@ -112,11 +109,6 @@ mod tests {
         let c = Config::try_parse_from(["porthole", "--max-terminals", "3", "--docker-host", "tcp://h:1"]).unwrap();
         assert_eq!(c.max_terminals, 3);
         assert_eq!(c.endpoint(), Ok(Endpoint::Tcp("h:1".into())));
-        assert!(
-            Config::try_parse_from(["porthole", "--docker-host", "ssh://x"])
-                .unwrap()
-                .validate()
-                .is_err()
-        );
+        assert!(Config::try_parse_from(["porthole", "--docker-host", "ssh://x"]).unwrap().validate().is_err());
     }
 }

@@ -18,10 +18,7 @@ pub struct ServiceError {
 
 impl ServiceError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        ServiceError {
-            code,
-            message: message.into(),
-        }
+        ServiceError { code, message: message.into() }
     }
 
     pub fn invalid(message: impl Into<String>) -> Self {
@@ -29,10 +26,7 @@ impl ServiceError {
     }
 
     pub fn unknown_terminal(id: &impl std::fmt::Display) -> Self {
-        ServiceError::new(
-            ErrorCode::UnknownTerminal,
-            format!("no terminal {id} is open for this client"),
-        )
+        ServiceError::new(ErrorCode::UnknownTerminal, format!("no terminal {id} is open for this client"))
     }
 
     /// The HTTP status that fits the code.
@@ -49,10 +43,7 @@ impl ServiceError {
     }
 
     pub fn body(&self) -> ErrorBody {
-        ErrorBody {
-            code: self.code,
-            message: self.message.clone(),
-        }
+        ErrorBody { code: self.code, message: self.message.clone() }
     }
 
     pub fn reply(&self) -> ErrorReply {
@@ -64,10 +55,7 @@ impl ServiceError {
         match e {
             RuntimeError::Unavailable(m) => {
                 tracing::warn!(error = %m, "Docker daemon unavailable");
-                ServiceError::new(
-                    ErrorCode::DockerUnavailable,
-                    "the Docker daemon is not answering; try again shortly",
-                )
+                ServiceError::new(ErrorCode::DockerUnavailable, "the Docker daemon is not answering; try again shortly")
             }
             other => {
                 tracing::error!(error = %other, "Docker request failed");

@@ -35,9 +35,7 @@ pub const PING_TIMEOUT: Duration = Duration::from_secs(20);
 /// Builds the axum router with the Socket.IO layer, over `runtime`.
 pub fn router(config: &Config, runtime: Arc<dyn ContainerRuntime>) -> (axum::Router, AppState, SocketIo) {
     let state = AppState::new(runtime, config.limits());
-    let parser = ParserConfig::common()
-        .max_incoming_binaries(4)
-        .max_incoming_binary_buf_size(MAX_PACKET_BYTES);
+    let parser = ParserConfig::common().max_incoming_binaries(4).max_incoming_binary_buf_size(MAX_PACKET_BYTES);
     let (layer, io) = SocketIo::builder()
         .with_parser(parser)
         .ping_interval(PING_INTERVAL)
@@ -48,9 +46,7 @@ pub fn router(config: &Config, runtime: Arc<dyn ContainerRuntime>) -> (axum::Rou
         .max_buffer_size(SOCKET_QUEUE_PACKETS)
         .build_layer();
     socket::register(&io, state.clone());
-    let router = http::router(state.clone())
-        .layer(layer)
-        .layer(TraceLayer::new_for_http());
+    let router = http::router(state.clone()).layer(layer).layer(TraceLayer::new_for_http());
     (router, state, io)
 }
 
@@ -99,9 +95,8 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
 /// Like [`start`], with a given runtime.
 pub async fn start_with_runtime(config: &Config, runtime: Arc<dyn ContainerRuntime>) -> anyhow::Result<RunningServer> {
     let (router, state, io) = router(config, runtime.clone());
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("binding {}", config.listen))?;
+    let listener =
+        tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
     let stop = CancellationToken::new();
     tokio::spawn(watch::container_events(runtime, io.clone(), stop.clone()));
@@ -114,15 +109,7 @@ pub async fn start_with_runtime(config: &Config, runtime: Arc<dyn ContainerRunti
         }
     };
     let task = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .context("serving HTTP")
+        axum::serve(listener, router).with_graceful_shutdown(shutdown).await.context("serving HTTP")
     });
-    Ok(RunningServer {
-        addr,
-        state,
-        stop,
-        task,
-    })
+    Ok(RunningServer { addr, state, stop, task })
 }

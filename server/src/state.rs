@@ -16,9 +16,7 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(runtime: Arc<dyn ContainerRuntime>, limits: Limits) -> AppState {
-        AppState {
-            sessions: Sessions::new(runtime, limits),
-        }
+        AppState { sessions: Sessions::new(runtime, limits) }
     }
 
     pub fn sessions(&self) -> &Arc<Sessions> {
@@ -28,28 +26,15 @@ impl AppState {
     /// Whether the daemon answers.
     pub async fn health(&self) -> Result<Health, ServiceError> {
         match self.sessions.runtime().ping().await {
-            Ok(api) => Ok(Health {
-                status: "ok".into(),
-                protocol_version: PROTOCOL_VERSION,
-                docker_api_version: api,
-            }),
+            Ok(api) => Ok(Health { status: "ok".into(), protocol_version: PROTOCOL_VERSION, docker_api_version: api }),
             Err(e) => Err(ServiceError::new(ErrorCode::DockerUnavailable, e.to_string())),
         }
     }
 
     /// Every container, running ones first, then by name.
     pub async fn containers(&self) -> Result<Vec<ContainerSummary>, ServiceError> {
-        let mut list = self
-            .sessions
-            .runtime()
-            .list_containers()
-            .await
-            .map_err(ServiceError::from_runtime)?;
-        list.sort_by(|a, b| {
-            (a.state != "running")
-                .cmp(&(b.state != "running"))
-                .then_with(|| a.name.cmp(&b.name))
-        });
+        let mut list = self.sessions.runtime().list_containers().await.map_err(ServiceError::from_runtime)?;
+        list.sort_by(|a, b| (a.state != "running").cmp(&(b.state != "running")).then_with(|| a.name.cmp(&b.name)));
         Ok(list)
     }
 
@@ -64,8 +49,7 @@ impl AppState {
     /// Closes any terminal (REST has no owner yet; access control comes with authentication).
     pub async fn close_terminal(&self, id: &TerminalId) -> Result<(), ServiceError> {
         let t = self.sessions.get(id, None)?;
-        self.sessions.close(&t, ExitReason::Closed).await;
-        Ok(())
+        self.sessions.close(&t, ExitReason::Closed).await
     }
 }
 

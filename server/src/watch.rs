@@ -26,14 +26,7 @@ pub async fn container_events(runtime: Arc<dyn ContainerRuntime>, io: SocketIo, 
         match stream {
             Ok(mut events) => {
                 if std::mem::take(&mut missed) {
-                    broadcast(
-                        &io,
-                        ContainersChanged {
-                            container_id: String::new(),
-                            action: "resync".into(),
-                        },
-                    )
-                    .await;
+                    broadcast(&io, ContainersChanged { container_id: String::new(), action: "resync".into() }).await;
                 }
                 loop {
                     let next = tokio::select! {

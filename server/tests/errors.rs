@@ -9,10 +9,7 @@ use common::*;
 use serde_json::{Value, json};
 
 fn code_of(ack: &Value) -> String {
-    ack["error"]["code"]
-        .as_str()
-        .unwrap_or_else(|| panic!("expected an error ack, got {ack}"))
-        .to_string()
+    ack["error"]["code"].as_str().unwrap_or_else(|| panic!("expected an error ack, got {ack}")).to_string()
 }
 
 #[tokio::test]
@@ -65,19 +62,11 @@ async fn container_errors_say_why() {
 
     let err = client.shell_err("porthole-no-such-container-xyz").await;
     assert_eq!(err.code, ErrorCode::ContainerNotFound);
-    assert!(
-        err.message.contains("porthole-no-such-container-xyz"),
-        "{}",
-        err.message
-    );
+    assert!(err.message.contains("porthole-no-such-container-xyz"), "{}", err.message);
 
     let err = client.shell_err(&stopped.name).await;
     assert_eq!(err.code, ErrorCode::ContainerNotRunning);
-    assert!(
-        err.message.contains(&stopped.name) && err.message.contains("exited"),
-        "{}",
-        err.message
-    );
+    assert!(err.message.contains(&stopped.name) && err.message.contains("exited"), "{}", err.message);
 
     let err = client
         .start(StartTerminal {
@@ -119,37 +108,24 @@ async fn unknown_and_foreign_terminals_are_refused_without_harm() {
 
     // Another socket's terminal id is as unknown as a made-up one.
     for target in [id.as_str(), "t-00000000000000000000000000000000", "nonsense"] {
-        let ack = intruder
-            .request_raw(event::CLOSE_TERMINAL, json!({"terminalId": target}))
-            .await;
+        let ack = intruder.request_raw(event::CLOSE_TERMINAL, json!({"terminalId": target})).await;
         assert_eq!(code_of(&ack), "unknown_terminal");
-        let ack = intruder
-            .request_raw(event::INPUT, json!({"terminalId": target, "data": "echo pwned\n"}))
-            .await;
+        let ack = intruder.request_raw(event::INPUT, json!({"terminalId": target, "data": "echo pwned\n"})).await;
         assert_eq!(code_of(&ack), "unknown_terminal");
-        let ack = intruder
-            .request_raw(event::RESIZE, json!({"terminalId": target, "cols": 10, "rows": 10}))
-            .await;
+        let ack = intruder.request_raw(event::RESIZE, json!({"terminalId": target, "cols": 10, "rows": 10})).await;
         assert_eq!(code_of(&ack), "unknown_terminal");
     }
     // Without an ack, the refusal comes as a request-error event (and only then).
     assert!(intruder.errors().is_empty());
-    intruder
-        .emit_raw(event::INPUT, json!({"terminalId": id, "data": "echo pwned\n"}))
-        .await;
+    intruder.emit_raw(event::INPUT, json!({"terminalId": id, "data": "echo pwned\n"})).await;
     let errors = intruder.wait_error(1).await;
     assert_eq!(errors.len(), 1);
     let last = errors.last().unwrap();
-    assert_eq!(
-        (last.event.as_str(), last.error.code),
-        ("input", ErrorCode::UnknownTerminal)
-    );
+    assert_eq!((last.event.as_str(), last.error.code), ("input", ErrorCode::UnknownTerminal));
     assert_eq!(last.terminal_id.as_ref().map(|t| t.0.as_str()), Some(id.as_str()));
 
     // The owner's terminal never saw the intruder's input and still works.
-    owner
-        .run(&t.terminal_id, "echo still-mine-$((3+3))", "still-mine-6")
-        .await;
+    owner.run(&t.terminal_id, "echo still-mine-$((3+3))", "still-mine-6").await;
     assert!(!owner.screen(&t.terminal_id).contains("pwned"));
     assert!(owner.exit_of(&t.terminal_id).is_none());
 }
@@ -177,25 +153,13 @@ async fn malformed_input_and_resize_get_request_errors() {
         assert_eq!(code_of(&ack), "invalid_payload", "{name} {payload}");
     }
     // Fire-and-forget versions produce request-error events naming the event.
-    client
-        .emit_raw(event::RESIZE, json!({"terminalId": id, "cols": 0, "rows": 10}))
-        .await;
-    client
-        .emit_raw(event::INPUT, json!({"terminalId": id, "data": [1, 2]}))
-        .await;
+    client.emit_raw(event::RESIZE, json!({"terminalId": id, "cols": 0, "rows": 10})).await;
+    client.emit_raw(event::INPUT, json!({"terminalId": id, "data": [1, 2]})).await;
     let errors = client.wait_error(2).await;
     let tail: Vec<_> = errors.iter().rev().map(|e| (e.event.as_str(), e.error.code)).collect();
-    assert_eq!(
-        tail,
-        [
-            ("input", ErrorCode::InvalidPayload),
-            ("resize", ErrorCode::InvalidPayload)
-        ]
-    );
+    assert_eq!(tail, [("input", ErrorCode::InvalidPayload), ("resize", ErrorCode::InvalidPayload)]);
     // A valid input with an ack is acknowledged with its terminal id.
-    let ack = client
-        .request_raw(event::INPUT, json!({"terminalId": id, "data": "echo ok-$((4+4))\n"}))
-        .await;
+    let ack = client.request_raw(event::INPUT, json!({"terminalId": id, "data": "echo ok-$((4+4))\n"})).await;
     assert_eq!(ack, json!({"terminalId": id}));
     client.wait_for(&t.terminal_id, "ok-8").await;
     // The terminal was not resized by the rejected requests.

@@ -14,16 +14,12 @@ use common::*;
 /// Starts work in the terminal that would outlive a naive close: a background job, a foreground child, and
 /// a process in its own session. Waits until all of them run.
 async fn leave_work_running(client: &TestClient, id: &TerminalId, c: &TestContainer) {
-    client
-        .input(id, "sleep 4242 & setsid sleep 4343 & echo bg-$((1+1))\n")
-        .await;
+    client.input(id, "sleep 4242 & setsid sleep 4343 & echo bg-$((1+1))\n").await;
     client.wait_for(id, "bg-2").await;
     client.input(id, "sh -c 'sleep 4444'\n").await;
     eventually("the terminal's processes to run", || async {
         let strays = c.stray_processes().await.join("\n");
-        ["sleep 4242", "sleep 4343", "sleep 4444"]
-            .iter()
-            .all(|p| strays.contains(p))
+        ["sleep 4242", "sleep 4343", "sleep 4444"].iter().all(|p| strays.contains(p))
     })
     .await;
 }
@@ -44,17 +40,11 @@ async fn close_terminal_leaves_no_process() {
     assert_eq!(ack.terminal_id, t.terminal_id);
     // The ack is only sent once the processes are gone: check immediately, without waiting.
     let strays = c.stray_processes().await;
-    assert!(
-        strays.is_empty(),
-        "processes left right after the close ack: {strays:#?}"
-    );
+    assert!(strays.is_empty(), "processes left right after the close ack: {strays:#?}");
     let exit = client.wait_exit(&t.terminal_id).await;
     assert_eq!(exit.reason, ExitReason::Closed);
     // Closing again is an error, not a crash.
-    assert_eq!(
-        client.close(&t.terminal_id).await.unwrap_err().code.as_str(),
-        "unknown_terminal"
-    );
+    assert_eq!(client.close(&t.terminal_id).await.unwrap_err().code.as_str(), "unknown_terminal");
 }
 
 #[tokio::test]
@@ -87,10 +77,7 @@ async fn socket_disconnect_leaves_no_process() {
     client.run(&b.terminal_id, "echo b-$((3+3))", "b-6").await;
     client.disconnect().await;
     assert_no_strays(&c).await;
-    eventually("the terminals to leave the list", || async {
-        server.state().terminals().is_empty()
-    })
-    .await;
+    eventually("the terminals to leave the list", || async { server.state().terminals().is_empty() }).await;
 }
 
 #[tokio::test]
@@ -99,12 +86,7 @@ async fn a_shell_that_exits_leaves_no_background_job() {
     let server = start_server(test_config()).await;
     let client = TestClient::connect(&server).await;
     let t = client.shell(&c.name).await;
-    client
-        .input(
-            &t.terminal_id,
-            "nohup sleep 4545 >/dev/null 2>&1 & echo started-$((9))\n",
-        )
-        .await;
+    client.input(&t.terminal_id, "nohup sleep 4545 >/dev/null 2>&1 & echo started-$((9))\n").await;
     client.wait_for(&t.terminal_id, "started-9").await;
     client.input(&t.terminal_id, "exit 0\n").await;
     let exit = client.wait_exit(&t.terminal_id).await;
@@ -123,28 +105,16 @@ async fn server_shutdown_on_sigterm_and_sigint_leaves_no_process() {
             .spawn()
             .unwrap();
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = line
-            .trim()
-            .strip_prefix("Porthole is listening on ")
-            .expect(&line)
-            .trim_end_matches('/')
-            .to_string();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let url = line.trim().strip_prefix("Porthole is listening on ").expect(&line).trim_end_matches('/').to_string();
         let client = TestClient::connect_url(&url, rust_socketio::TransportType::Websocket).await;
         let t = client.shell(&c.name).await;
         leave_work_running(&client, &t.terminal_id, &c).await;
 
-        Command::new("kill")
-            .args([&format!("-{signal}"), &child.id().to_string()])
-            .status()
-            .unwrap();
+        Command::new("kill").args([&format!("-{signal}"), &child.id().to_string()]).status().unwrap();
         let exit = client.wait_exit(&t.terminal_id).await;
         assert_eq!(exit.reason, ExitReason::ServerShutdown);
-        let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
-            .await
-            .unwrap();
+        let status = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
         assert!(status.success(), "porthole exited with {status}");
         let strays = c.stray_processes().await;
         assert!(strays.is_empty(), "processes left after SIG{signal}: {strays:#?}");
@@ -200,10 +170,7 @@ async fn daemon_down_at_start_then_up_then_gone_mid_session_then_back() {
     // Back again: the orphaned shell and its job are ended, and new terminals work.
     proxy.up();
     let strays = c.wait_no_strays(Duration::from_secs(20)).await;
-    assert!(
-        strays.is_empty(),
-        "processes left after the daemon returned: {strays:#?}"
-    );
+    assert!(strays.is_empty(), "processes left after the daemon returned: {strays:#?}");
     assert_eq!(reqwest::get(format!("{base}/healthz")).await.unwrap().status(), 200);
     let t2 = client.shell(&c.name).await;
     client.run(&t2.terminal_id, "echo back-$((7*7))", "back-49").await;

@@ -25,9 +25,7 @@ async fn echo_round_trip_over_websocket_and_polling() {
         let client = TestClient::connect_with(&server, transport).await;
         let t = client.shell(&c.name).await;
         // The typed line shows `$((6*7))`; only the shell's evaluation prints `porthole-42`.
-        client
-            .run(&t.terminal_id, "echo porthole-$((6*7))", "porthole-42")
-            .await;
+        client.run(&t.terminal_id, "echo porthole-$((6*7))", "porthole-42").await;
         client.disconnect().await;
     }
 }
@@ -42,9 +40,7 @@ async fn default_shell_is_bash_when_the_container_has_it() {
     assert_eq!(t.container_name, c.name);
     assert_eq!(t.container_id, c.id);
     assert_eq!((t.cols, t.rows), (80, 24));
-    client
-        .run(&t.terminal_id, "echo bash-${BASH_VERSINFO[0]}-ok", "bash-5-ok")
-        .await;
+    client.run(&t.terminal_id, "echo bash-${BASH_VERSINFO[0]}-ok", "bash-5-ok").await;
 }
 
 #[tokio::test]
@@ -66,16 +62,8 @@ async fn container_is_found_by_id_prefix_and_by_name() {
     let c = TestContainer::start("refs", &bash_image()).await;
     let server = start_server(test_config()).await;
     let client = TestClient::connect(&server).await;
-    for r in [
-        c.id.clone(),
-        c.id[..12].to_string(),
-        c.name.clone(),
-        format!("/{}", c.name),
-    ] {
-        let t = client
-            .start(start(&r, Some(&["echo", "found-it"]), None))
-            .await
-            .unwrap();
+    for r in [c.id.clone(), c.id[..12].to_string(), c.name.clone(), format!("/{}", c.name)] {
+        let t = client.start(start(&r, Some(&["echo", "found-it"]), None)).await.unwrap();
         assert_eq!(t.container_id, c.id);
         client.wait_for(&t.terminal_id, "found-it").await;
     }
@@ -86,10 +74,7 @@ async fn explicit_command_runs_and_its_exit_code_is_reported() {
     let c = TestContainer::start("cmd", &bash_image()).await;
     let server = start_server(test_config()).await;
     let client = TestClient::connect(&server).await;
-    let t = client
-        .start(start(&c.name, Some(&["sh", "-c", "echo ran-$((2+3)); exit 3"]), None))
-        .await
-        .unwrap();
+    let t = client.start(start(&c.name, Some(&["sh", "-c", "echo ran-$((2+3)); exit 3"]), None)).await.unwrap();
     assert_eq!(t.command, ["sh", "-c", "echo ran-$((2+3)); exit 3"]);
     client.wait_for(&t.terminal_id, "ran-5").await;
     let exit = client.wait_exit(&t.terminal_id).await;
@@ -107,10 +92,7 @@ async fn shell_exit_gives_its_code_and_the_server_keeps_serving() {
     let exit = client.wait_exit(&t.terminal_id).await;
     assert_eq!((exit.exit_code, exit.reason), (Some(7), ExitReason::Exited));
     // The ended terminal is gone; a new one on the same socket works.
-    assert_eq!(
-        client.close(&t.terminal_id).await.unwrap_err().code.as_str(),
-        "unknown_terminal"
-    );
+    assert_eq!(client.close(&t.terminal_id).await.unwrap_err().code.as_str(), "unknown_terminal");
     let t2 = client.shell(&c.name).await;
     client.run(&t2.terminal_id, "echo again-$((2))", "again-2").await;
 }
@@ -122,17 +104,11 @@ async fn resize_is_visible_through_stty_size() {
     let client = TestClient::connect(&server).await;
     let t = client.start(start(&c.name, None, Some((100, 30)))).await.unwrap();
     assert_eq!((t.cols, t.rows), (100, 30));
-    client
-        .run(&t.terminal_id, "echo size=$(stty size)", "size=30 100")
-        .await;
+    client.run(&t.terminal_id, "echo size=$(stty size)", "size=30 100").await;
     client.resize(&t.terminal_id, 132, 43).await;
-    client
-        .run(&t.terminal_id, "echo size=$(stty size)", "size=43 132")
-        .await;
+    client.run(&t.terminal_id, "echo size=$(stty size)", "size=43 132").await;
     client.resize(&t.terminal_id, 1000, 1000).await;
-    client
-        .run(&t.terminal_id, "echo size=$(stty size)", "size=1000 1000")
-        .await;
+    client.run(&t.terminal_id, "echo size=$(stty size)", "size=1000 1000").await;
     // The REST view follows too.
     let info: app::protocol::TerminalInfo =
         reqwest::get(format!("{}/api/v1/terminals/{}", base_url(&server), t.terminal_id))
@@ -151,11 +127,7 @@ async fn an_explicit_command_sees_the_requested_size() {
     let client = TestClient::connect(&server).await;
     // A command that reads the size once it starts; the size is applied before its first read.
     let t = client
-        .start(start(
-            &c.name,
-            Some(&["sh", "-c", "sleep 0.3; echo size=$(stty size)"]),
-            Some((91, 17)),
-        ))
+        .start(start(&c.name, Some(&["sh", "-c", "sleep 0.3; echo size=$(stty size)"]), Some((91, 17))))
         .await
         .unwrap();
     client.wait_for(&t.terminal_id, "size=17 91").await;
@@ -169,19 +141,13 @@ async fn multibyte_utf8_split_across_chunks_arrives_intact() {
     // 20,000 x 9 bytes (2+3+4-byte characters): far more than one read, so chunk boundaries fall inside
     // characters. No newline, so the tty does not rewrite anything.
     let script = "i=0; while [ $i -lt 20000 ]; do printf 'é€😀'; i=$((i+1)); done";
-    let t = client
-        .start(start(&c.name, Some(&["sh", "-c", script]), None))
-        .await
-        .unwrap();
+    let t = client.start(start(&c.name, Some(&["sh", "-c", script]), None)).await.unwrap();
     let exit = client.wait_exit(&t.terminal_id).await;
     assert_eq!(exit.exit_code, Some(0));
     let bytes = client.bytes(&t.terminal_id);
     let expected = "é€😀".repeat(20_000);
     assert_eq!(bytes.len(), expected.len());
-    assert!(
-        bytes == expected.as_bytes(),
-        "output differs from what the container printed"
-    );
+    assert!(bytes == expected.as_bytes(), "output differs from what the container printed");
 }
 
 #[tokio::test]
@@ -195,10 +161,7 @@ async fn raw_bytes_including_nul_and_low_control_bytes_pass_unchanged() {
         .await
         .unwrap();
     client.wait_exit(&t.terminal_id).await;
-    assert_eq!(
-        client.bytes(&t.terminal_id),
-        b"\x01\x02\x00\xffabc\x02\x00\x00\x00\x00\x00\x00\x09tail"
-    );
+    assert_eq!(client.bytes(&t.terminal_id), b"\x01\x02\x00\xffabc\x02\x00\x00\x00\x00\x00\x00\x09tail");
 }
 
 #[tokio::test]
@@ -211,12 +174,8 @@ async fn two_terminals_on_one_socket_are_independent() {
     assert_ne!(a.terminal_id, b.terminal_id);
     client.input(&a.terminal_id, "V=alpha; cd /tmp\n").await;
     client.input(&b.terminal_id, "V=beta; cd /\n").await;
-    client
-        .run(&a.terminal_id, "echo a:$V:$(pwd):$((1+1))", "a:alpha:/tmp:2")
-        .await;
-    client
-        .run(&b.terminal_id, "echo b:$V:$(pwd):$((1+1))", "b:beta:/:2")
-        .await;
+    client.run(&a.terminal_id, "echo a:$V:$(pwd):$((1+1))", "a:alpha:/tmp:2").await;
+    client.run(&b.terminal_id, "echo b:$V:$(pwd):$((1+1))", "b:beta:/:2").await;
     assert!(!client.screen(&a.terminal_id).contains("beta"));
     assert!(!client.screen(&b.terminal_id).contains("alpha"));
     // Closing one leaves the other working.
@@ -235,11 +194,7 @@ async fn input_arrives_in_order_under_a_burst() {
     let server = start_server(test_config()).await;
     let client = TestClient::connect(&server).await;
     let t = client
-        .start(start(
-            &c.name,
-            Some(&["sh", "-c", "stty raw -echo; head -c 3000 | sha256sum; sleep 1"]),
-            None,
-        ))
+        .start(start(&c.name, Some(&["sh", "-c", "stty raw -echo; head -c 3000 | sha256sum; sleep 1"]), None))
         .await
         .unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
@@ -258,19 +213,10 @@ fn sha256_hex(data: &[u8]) -> String {
     // Small local SHA-256 through the container would be circular; use the host's sha256sum.
     use std::io::Write;
     use std::process::{Command, Stdio};
-    let mut child = Command::new("sha256sum")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = Command::new("sha256sum").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
     child.stdin.take().unwrap().write_all(data).unwrap();
     let out = child.wait_with_output().unwrap();
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
+    String::from_utf8(out.stdout).unwrap().split_whitespace().next().unwrap().to_string()
 }
 
 #[tokio::test]
@@ -309,18 +255,10 @@ async fn flow_control_pauses_the_writer_until_output_is_acknowledged() {
     // Without acks the server stops after the high watermark (plus at most one read), and the writer blocks.
     client.wait_for_bytes(&id, FLOW_HIGH_WATERMARK as usize).await;
     tokio::time::sleep(std::time::Duration::from_millis(800)).await;
-    let info: TerminalInfo = reqwest::get(format!("{}/api/v1/terminals/{id}", base_url(&server)))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info: TerminalInfo =
+        reqwest::get(format!("{}/api/v1/terminals/{id}", base_url(&server))).await.unwrap().json().await.unwrap();
     let limit = FLOW_HIGH_WATERMARK + porthole_server::session::READ_CHUNK_BYTES as u64;
-    assert!(
-        info.bytes_out <= limit,
-        "server read {} bytes without acks (limit {limit})",
-        info.bytes_out
-    );
+    assert!(info.bytes_out <= limit, "server read {} bytes without acks (limit {limit})", info.bytes_out);
     assert!(client.bytes(&id).len() as u64 <= limit);
     let (code, _) = c.exec(&["test", "-e", "/tmp/done"]).await;
     assert_ne!(code, 0, "the writer finished although nobody read its output");
@@ -332,12 +270,7 @@ async fn flow_control_pauses_the_writer_until_output_is_acknowledged() {
         let have = client.bytes(&id).len() as u64;
         if have > acked {
             acked = have;
-            client
-                .emit_raw(
-                    event::OUTPUT_ACK,
-                    serde_json::json!({"terminalId": id, "processed": acked}),
-                )
-                .await;
+            client.emit_raw(event::OUTPUT_ACK, serde_json::json!({"terminalId": id, "processed": acked})).await;
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
@@ -355,27 +288,16 @@ async fn output_acks_are_checked() {
     let client = TestClient::connect(&server).await;
     let plain = client.shell(&c.name).await;
     let ack = client
-        .request_raw(
-            event::OUTPUT_ACK,
-            serde_json::json!({"terminalId": plain.terminal_id, "processed": 1}),
-        )
+        .request_raw(event::OUTPUT_ACK, serde_json::json!({"terminalId": plain.terminal_id, "processed": 1}))
         .await;
     assert_eq!(ack["error"]["code"], "invalid_payload", "{ack}");
     let mut req = start(&c.name, None, None);
     req.flow_control = true;
     let t = client.start(req).await.unwrap();
     let ack = client
-        .request_raw(
-            event::OUTPUT_ACK,
-            serde_json::json!({"terminalId": t.terminal_id, "processed": u64::MAX}),
-        )
+        .request_raw(event::OUTPUT_ACK, serde_json::json!({"terminalId": t.terminal_id, "processed": u64::MAX}))
         .await;
     assert_eq!(ack["error"]["code"], "invalid_payload", "{ack}");
-    let ack = client
-        .request_raw(
-            event::OUTPUT_ACK,
-            serde_json::json!({"terminalId": "t-nope", "processed": 0}),
-        )
-        .await;
+    let ack = client.request_raw(event::OUTPUT_ACK, serde_json::json!({"terminalId": "t-nope", "processed": 0})).await;
     assert_eq!(ack["error"]["code"], "unknown_terminal", "{ack}");
 }

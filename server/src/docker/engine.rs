@@ -28,13 +28,11 @@ use tokio::net::{TcpStream, UnixStream};
 use super::{ContainerRuntime, ContainerTarget, ExecSpec, ExecStatus, ExecStream, RuntimeError};
 
 /// Container event actions that change what a container list shows.
-const LIST_EVENTS: [&str; 9] = [
-    "create", "start", "die", "stop", "pause", "unpause", "rename", "restart", "destroy",
-];
+const LIST_EVENTS: [&str; 9] = ["create", "start", "die", "stop", "pause", "unpause", "rename", "restart", "destroy"];
 /// Timeout for ordinary Engine API requests, in seconds (bollard's unit).
 const REQUEST_TIMEOUT_SECS: u64 = 30;
 /// Timeout for connecting and upgrading an exec stream.
-const EXEC_UPGRADE_TIMEOUT: Duration = Duration::from_secs(30);
+const EXEC_UPGRADE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Largest HTTP response head accepted while upgrading an exec stream.
 const MAX_UPGRADE_HEAD_BYTES: usize = 16 * 1024;
 /// Largest error body read from a refused upgrade.
@@ -103,10 +101,7 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(endpoint: Endpoint) -> Engine {
-        Engine {
-            endpoint,
-            client: Mutex::new(None),
-        }
+        Engine { endpoint, client: Mutex::new(None) }
     }
 
     pub fn endpoint(&self) -> &Endpoint {
@@ -127,11 +122,9 @@ impl Engine {
                 let path = path.to_string_lossy();
                 Docker::connect_with_unix(&path, REQUEST_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
             }
-            Endpoint::Tcp(addr) => Docker::connect_with_http(
-                &format!("tcp://{addr}"),
-                REQUEST_TIMEOUT_SECS,
-                bollard::API_DEFAULT_VERSION,
-            ),
+            Endpoint::Tcp(addr) => {
+                Docker::connect_with_http(&format!("tcp://{addr}"), REQUEST_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
+            }
         }
         .map_err(classify)?;
         let negotiated = fresh.negotiate_version().await.map_err(classify)?;
@@ -179,10 +172,7 @@ impl Engine {
              Content-Type: application/json\r\nConnection: Upgrade\r\nUpgrade: tcp\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
-        write
-            .write_all(head.as_bytes())
-            .await
-            .map_err(|e| RuntimeError::Unavailable(format!("starting exec: {e}")))?;
+        write.write_all(head.as_bytes()).await.map_err(|e| RuntimeError::Unavailable(format!("starting exec: {e}")))?;
         let mut reader = BufReader::with_capacity(64 * 1024, read);
         let mut status_line = String::new();
         let mut head_bytes = 0usize;
@@ -195,16 +185,11 @@ impl Engine {
                 .await
                 .map_err(|e| RuntimeError::Unavailable(format!("reading exec start response: {e}")))?;
             if n == 0 {
-                return Err(RuntimeError::Unavailable(
-                    "the daemon closed the exec stream before answering".into(),
-                ));
+                return Err(RuntimeError::Unavailable("the daemon closed the exec stream before answering".into()));
             }
             head_bytes += n;
             if head_bytes >= MAX_UPGRADE_HEAD_BYTES {
-                return Err(RuntimeError::Api {
-                    status: 0,
-                    message: "oversized exec start response".into(),
-                });
+                return Err(RuntimeError::Api { status: 0, message: "oversized exec start response".into() });
             }
             if status_line.is_empty() {
                 status_line = line.trim_end().to_string();
@@ -220,23 +205,12 @@ impl Engine {
                 content_length = value.trim().parse().unwrap_or(0);
             }
         }
-        let status: u16 = status_line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
+        let status: u16 = status_line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
         if status == 101 || status == 200 {
-            return Ok(ExecStream {
-                exec_id: exec_id.to_string(),
-                output: Box::pin(reader),
-                input: Box::pin(write),
-            });
+            return Ok(ExecStream { exec_id: exec_id.to_string(), output: Box::pin(reader), input: Box::pin(write) });
         }
         let mut body = Vec::new();
-        let _ = (&mut reader)
-            .take(content_length.min(MAX_UPGRADE_ERROR_BODY))
-            .read_to_end(&mut body)
-            .await;
+        let _ = (&mut reader).take(content_length.min(MAX_UPGRADE_ERROR_BODY)).read_to_end(&mut body).await;
         let message = serde_json::from_slice::<serde_json::Value>(&body)
             .ok()
             .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_string))
@@ -268,10 +242,7 @@ fn classify(e: BollardError) -> RuntimeError {
         | BollardError::HyperLegacyError { .. }
         | BollardError::RequestTimeoutError
         | BollardError::HttpClientError { .. } => RuntimeError::Unavailable(e.to_string()),
-        other => RuntimeError::Api {
-            status: 0,
-            message: other.to_string(),
-        },
+        other => RuntimeError::Api { status: 0, message: other.to_string() },
     }
 }
 
@@ -283,24 +254,17 @@ fn strip_slash(name: &str) -> String {
 #[async_trait]
 impl ContainerRuntime for Engine {
     async fn ping(&self) -> Result<String, RuntimeError> {
-        self.with_client(|d| async move { d.ping().await.map(|_| api_version(&d)) })
-            .await
+        self.with_client(|d| async move { d.ping().await.map(|_| api_version(&d)) }).await
     }
 
     async fn list_containers(&self) -> Result<Vec<ContainerSummary>, RuntimeError> {
         let options = ListContainersOptionsBuilder::new().all(true).build();
-        let list = self
-            .with_client(|d| async move { d.list_containers(Some(options)).await })
-            .await?;
+        let list = self.with_client(|d| async move { d.list_containers(Some(options)).await }).await?;
         Ok(list
             .into_iter()
             .map(|c| ContainerSummary {
                 id: c.id.unwrap_or_default(),
-                name: c
-                    .names
-                    .and_then(|n| n.into_iter().next())
-                    .map(|n| strip_slash(&n))
-                    .unwrap_or_default(),
+                name: c.names.and_then(|n| n.into_iter().next()).map(|n| strip_slash(&n)).unwrap_or_default(),
                 image: c.image.unwrap_or_default(),
                 state: c.state.map(|s| s.to_string()).unwrap_or_default(),
                 status: c.status.unwrap_or_default(),
@@ -310,9 +274,7 @@ impl ContainerRuntime for Engine {
     }
 
     async fn resolve(&self, container_ref: &str) -> Result<ContainerTarget, RuntimeError> {
-        let c = self
-            .with_client(|d| async move { d.inspect_container(container_ref, None).await })
-            .await?;
+        let c = self.with_client(|d| async move { d.inspect_container(container_ref, None).await }).await?;
         let state = c.state.unwrap_or_default();
         let running = state.running.unwrap_or(false);
         let paused = state.paused.unwrap_or(false);
@@ -338,32 +300,20 @@ impl ContainerRuntime for Engine {
         };
         let client = self.client().await?;
         let version = api_version(&client);
-        let created = self
-            .with_client(|d| async move { d.create_exec(container_id, options).await })
-            .await?;
+        let created = self.with_client(|d| async move { d.create_exec(container_id, options).await }).await?;
         tokio::time::timeout(EXEC_UPGRADE_TIMEOUT, self.upgrade_exec(&version, &created.id, spec.tty))
             .await
             .map_err(|_| RuntimeError::Unavailable("timed out starting the exec".into()))?
     }
 
     async fn inspect_exec(&self, exec_id: &str) -> Result<ExecStatus, RuntimeError> {
-        let r = self
-            .with_client(|d| async move { d.inspect_exec(exec_id).await })
-            .await?;
-        Ok(ExecStatus {
-            running: r.running.unwrap_or(false),
-            exit_code: r.exit_code,
-            pid: r.pid.unwrap_or(0),
-        })
+        let r = self.with_client(|d| async move { d.inspect_exec(exec_id).await }).await?;
+        Ok(ExecStatus { running: r.running.unwrap_or(false), exit_code: r.exit_code, pid: r.pid.unwrap_or(0) })
     }
 
     async fn resize_exec(&self, exec_id: &str, cols: u16, rows: u16) -> Result<(), RuntimeError> {
-        let options = ResizeExecOptions {
-            h: i32::from(rows),
-            w: i32::from(cols),
-        };
-        self.with_client(|d| async move { d.resize_exec(exec_id, options).await })
-            .await
+        let options = ResizeExecOptions { h: i32::from(rows), w: i32::from(cols) };
+        self.with_client(|d| async move { d.resize_exec(exec_id, options).await }).await
     }
 
     async fn container_events(
@@ -378,10 +328,7 @@ impl ContainerRuntime for Engine {
                     let action = e.action.unwrap_or_default();
                     let id = e.actor.and_then(|a| a.id).unwrap_or_default();
                     // Health checks report as e.g. "health_status: healthy"; only list-changing actions pass.
-                    LIST_EVENTS.contains(&action.as_str()).then_some(Ok(ContainersChanged {
-                        container_id: id,
-                        action,
-                    }))
+                    LIST_EVENTS.contains(&action.as_str()).then_some(Ok(ContainersChanged { container_id: id, action }))
                 }
                 Err(e) => Some(Err(classify(e))),
             }
@@ -396,15 +343,9 @@ mod tests {
 
     #[test]
     fn docker_hosts_parse() {
-        assert_eq!(
-            Endpoint::parse("unix:///run/d.sock"),
-            Ok(Endpoint::Unix("/run/d.sock".into()))
-        );
+        assert_eq!(Endpoint::parse("unix:///run/d.sock"), Ok(Endpoint::Unix("/run/d.sock".into())));
         assert_eq!(Endpoint::parse("/run/d.sock"), Ok(Endpoint::Unix("/run/d.sock".into())));
-        assert_eq!(
-            Endpoint::parse("tcp://127.0.0.1:2375"),
-            Ok(Endpoint::Tcp("127.0.0.1:2375".into()))
-        );
+        assert_eq!(Endpoint::parse("tcp://127.0.0.1:2375"), Ok(Endpoint::Tcp("127.0.0.1:2375".into())));
         assert!(Endpoint::parse("ssh://me@host").is_err());
         assert!(Endpoint::parse("unix://").is_err());
         assert!(Endpoint::parse("tcp://nohostport").is_err());
@@ -412,23 +353,11 @@ mod tests {
 
     #[test]
     fn daemon_errors_are_sorted_for_the_user() {
-        let e = classify(BollardError::DockerResponseServerError {
-            status_code: 404,
-            message: "No such".into(),
-        });
+        let e = classify(BollardError::DockerResponseServerError { status_code: 404, message: "No such".into() });
         assert!(matches!(e, RuntimeError::NotFound(_)));
-        let e = classify(BollardError::DockerResponseServerError {
-            status_code: 409,
-            message: "stopped".into(),
-        });
+        let e = classify(BollardError::DockerResponseServerError { status_code: 409, message: "stopped".into() });
         assert!(matches!(e, RuntimeError::Conflict(_)));
-        assert!(matches!(
-            classify(BollardError::RequestTimeoutError),
-            RuntimeError::Unavailable(_)
-        ));
-        assert!(matches!(
-            classify(BollardError::SocketNotFoundError("/x".into())),
-            RuntimeError::Unavailable(_)
-        ));
+        assert!(matches!(classify(BollardError::RequestTimeoutError), RuntimeError::Unavailable(_)));
+        assert!(matches!(classify(BollardError::SocketNotFoundError("/x".into())), RuntimeError::Unavailable(_)));
     }
 }

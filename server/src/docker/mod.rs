@@ -65,9 +65,7 @@ pub struct ExecStream {
 
 impl std::fmt::Debug for ExecStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ExecStream")
-            .field("exec_id", &self.exec_id)
-            .finish_non_exhaustive()
+        f.debug_struct("ExecStream").field("exec_id", &self.exec_id).finish_non_exhaustive()
     }
 }
 

@@ -19,10 +19,7 @@ impl IntoResponse for ServiceError {
 
 /// Everything served over plain HTTP: REST, server functions, the UI's static files.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .merge(rest_router(state.clone()))
-        .merge(server_fn_router(state))
-        .merge(static_files())
+    Router::new().merge(rest_router(state.clone())).merge(server_fn_router(state)).merge(static_files())
 }
 
 /// The browser UI, embedded at build time (see `build.rs`): correct MIME types, ETag/304, brotli/gzip.

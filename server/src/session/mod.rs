@@ -33,7 +33,7 @@ const INPUT_BATCH_BYTES: usize = 64 * 1024;
 /// How long `close` waits for the process to end before cutting the stream loose.
 const CLOSE_WAIT: Duration = Duration::from_secs(10);
 /// How long a started exec may take to be reported running by the daemon.
-const START_WAIT: Duration = Duration::from_secs(15);
+const START_WAIT: Duration = Duration::from_secs(10);
 /// Longest pause between retries when the sink is full (backpressure).
 const MAX_SINK_BACKOFF: Duration = Duration::from_millis(20);
 /// Container state checks (100 ms apart) after an exec ended as if killed, to tell a stopping container.
@@ -125,10 +125,7 @@ pub struct Terminal {
 
 impl std::fmt::Debug for Terminal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Terminal")
-            .field("id", &self.id)
-            .field("container", &self.container_name)
-            .finish()
+        f.debug_struct("Terminal").field("id", &self.id).field("container", &self.container_name).finish()
     }
 }
 
@@ -186,9 +183,7 @@ impl Terminal {
         }
         self.queued_events.fetch_add(1, Ordering::SeqCst);
         self.queued_bytes.fetch_add(bytes, Ordering::SeqCst);
-        self.commands
-            .send(command)
-            .map_err(|_| ServiceError::unknown_terminal(&self.id))
+        self.commands.send(command).map_err(|_| ServiceError::unknown_terminal(&self.id))
     }
 
     /// Called by the write pump once a command left the queue.
@@ -200,10 +195,7 @@ impl Terminal {
     /// Records that the client has processed the first `processed` output bytes (cumulative).
     pub fn ack_output(&self, processed: u64) -> Result<(), ServiceError> {
         let Some(flow) = &self.flow else {
-            return Err(ServiceError::invalid(format!(
-                "terminal {} was not started with flowControl",
-                self.id
-            )));
+            return Err(ServiceError::invalid(format!("terminal {} was not started with flowControl", self.id)));
         };
         let sent = flow.sent.load(Ordering::SeqCst);
         if processed > sent {
@@ -282,9 +274,7 @@ fn check_container_ref(r: &str) -> Result<(), ServiceError> {
     let valid = !name.is_empty()
         && r.len() <= protocol::MAX_CONTAINER_REF_LEN
         && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
     if valid {
         Ok(())
     } else {
@@ -297,20 +287,12 @@ fn check_container_ref(r: &str) -> Result<(), ServiceError> {
 
 fn check_command(cmd: &[String]) -> Result<(), ServiceError> {
     if cmd.is_empty() || cmd[0].is_empty() {
-        return Err(ServiceError::invalid(
-            "command must name a program: a non-empty array of strings",
-        ));
+        return Err(ServiceError::invalid("command must name a program: a non-empty array of strings"));
     }
     if cmd.len() > protocol::MAX_COMMAND_ARGS {
-        return Err(ServiceError::invalid(format!(
-            "command has more than {} arguments",
-            protocol::MAX_COMMAND_ARGS
-        )));
+        return Err(ServiceError::invalid(format!("command has more than {} arguments", protocol::MAX_COMMAND_ARGS)));
     }
-    if cmd
-        .iter()
-        .any(|a| a.len() > protocol::MAX_COMMAND_ARG_LEN || a.contains('\0'))
-    {
+    if cmd.iter().any(|a| a.len() > protocol::MAX_COMMAND_ARG_LEN || a.contains('\0')) {
         return Err(ServiceError::invalid(format!(
             "command arguments must be at most {} bytes and contain no NUL",
             protocol::MAX_COMMAND_ARG_LEN
@@ -320,10 +302,7 @@ fn check_command(cmd: &[String]) -> Result<(), ServiceError> {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 #[derive(Default)]
@@ -361,9 +340,7 @@ pub struct Sessions {
 
 impl std::fmt::Debug for Sessions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Sessions")
-            .field("limits", &self.limits)
-            .finish_non_exhaustive()
+        f.debug_struct("Sessions").field("limits", &self.limits).finish_non_exhaustive()
     }
 }
 
@@ -430,28 +407,18 @@ impl Sessions {
         if mine >= self.limits.per_owner {
             return Err(ServiceError::new(
                 ErrorCode::TooManyTerminals,
-                format!(
-                    "this connection already has {mine} terminals open (limit {})",
-                    self.limits.per_owner
-                ),
+                format!("this connection already has {mine} terminals open (limit {})", self.limits.per_owner),
             ));
         }
         if reg.total >= self.limits.total {
             return Err(ServiceError::new(
                 ErrorCode::TooManyTerminals,
-                format!(
-                    "the server has {} terminals open (limit {})",
-                    reg.total, self.limits.total
-                ),
+                format!("the server has {} terminals open (limit {})", reg.total, self.limits.total),
             ));
         }
         *reg.per_owner.entry(owner.clone()).or_default() += 1;
         reg.total += 1;
-        Ok(Reservation {
-            sessions: self,
-            owner: owner.clone(),
-            kept: false,
-        })
+        Ok(Reservation { sessions: self, owner: owner.clone(), kept: false })
     }
 
     fn release(&self, owner: &OwnerId) {
@@ -481,19 +448,15 @@ impl Sessions {
                 check_command(&cmd)?;
                 vec![cmd]
             }
-            None => DEFAULT_SHELLS
-                .iter()
-                .map(|c| c.iter().map(|s| s.to_string()).collect())
-                .collect(),
+            None => DEFAULT_SHELLS.iter().map(|c| c.iter().map(|s| s.to_string()).collect()).collect(),
         };
         let mut reservation = self.reserve(owner)?;
 
         let container_ref = req.container_id.strip_prefix('/').unwrap_or(&req.container_id);
         let target = self.runtime.resolve(container_ref).await.map_err(|e| match e {
-            RuntimeError::NotFound(_) => ServiceError::new(
-                ErrorCode::ContainerNotFound,
-                format!("no container matches {:?}", req.container_id),
-            ),
+            RuntimeError::NotFound(_) => {
+                ServiceError::new(ErrorCode::ContainerNotFound, format!("no container matches {:?}", req.container_id))
+            }
             other => ServiceError::from_runtime(other),
         })?;
         if !target.accepts_exec {
@@ -505,27 +468,24 @@ impl Sessions {
         for cmd in candidates {
             let spec = ExecSpec {
                 cmd: cmd.clone(),
-                env: vec![
-                    reaper::marker(&id),
-                    "TERM=xterm-256color".into(),
-                    "COLORTERM=truecolor".into(),
-                ],
+                env: vec![reaper::marker(&id), "TERM=xterm-256color".into(), "COLORTERM=truecolor".into()],
                 user: None,
                 tty: true,
             };
-            match self.launch(&target, &spec).await? {
+            match self.launch(&target, &spec, &id).await? {
                 Launch::NotFound(why) => {
                     tracing::debug!(container = %target.name, command = ?cmd, %why, "command not found");
                     tried.push(cmd[0].clone());
                 }
                 Launch::Running(stream) => {
                     reservation.kept = true;
-                    let tty = TtySettings {
-                        cols,
-                        rows,
-                        flow_control,
-                    };
+                    let tty = TtySettings { cols, rows, flow_control };
                     let terminal = self.open(id, owner.clone(), target, cmd, stream, tty);
+                    if self.shutting_down.load(Ordering::SeqCst) {
+                        // Shutdown began while this terminal started, after it took its list: end it too.
+                        let _ = self.close(&terminal, ExitReason::ServerShutdown).await;
+                        return Err(ServiceError::new(ErrorCode::Internal, "the server is shutting down"));
+                    }
                     let started = terminal.started();
                     return Ok((terminal, started));
                 }
@@ -538,20 +498,27 @@ impl Sessions {
     }
 
     /// Starts an exec and waits until the daemon reports its process started (or could not).
-    async fn launch(&self, target: &ContainerTarget, spec: &ExecSpec) -> Result<Launch, ServiceError> {
-        let stream = self
-            .runtime
-            .start_exec(&target.id, spec)
-            .await
-            .map_err(|e| self.start_error(target, e))?;
+    async fn launch(&self, target: &ContainerTarget, spec: &ExecSpec, id: &TerminalId) -> Result<Launch, ServiceError> {
+        let result = self.launch_inner(target, spec).await;
+        if result.is_err() {
+            // The daemon may have started the process although it did not say so in time: end it.
+            let (runtime, container, id) = (self.runtime.clone(), target.id.clone(), id.clone());
+            let pending = self.pending_reaps.clone();
+            tokio::spawn(async move {
+                if let Err(RuntimeError::Unavailable(_)) = reaper::reap(runtime.as_ref(), &container, &id).await {
+                    pending.push(container, id);
+                }
+            });
+        }
+        result
+    }
+
+    async fn launch_inner(&self, target: &ContainerTarget, spec: &ExecSpec) -> Result<Launch, ServiceError> {
+        let stream = self.runtime.start_exec(&target.id, spec).await.map_err(|e| self.start_error(target, e))?;
         let deadline = tokio::time::Instant::now() + START_WAIT;
         let mut pause = Duration::from_millis(1);
         loop {
-            let status = self
-                .runtime
-                .inspect_exec(&stream.exec_id)
-                .await
-                .map_err(|e| self.start_error(target, e))?;
+            let status = self.runtime.inspect_exec(&stream.exec_id).await.map_err(|e| self.start_error(target, e))?;
             // The daemon marks an exec running before the runtime has started it; only a pid proves it started.
             if status.pid > 0 {
                 return Ok(Launch::Running(stream));
@@ -566,16 +533,10 @@ impl Sessions {
                 if code == 126 || code == 127 {
                     return Ok(Launch::NotFound(why));
                 }
-                return Err(ServiceError::new(
-                    ErrorCode::Internal,
-                    format!("the process did not start: {why}"),
-                ));
+                return Err(ServiceError::new(ErrorCode::Internal, format!("the process did not start: {why}")));
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(ServiceError::new(
-                    ErrorCode::Internal,
-                    "the daemon did not start the process in time",
-                ));
+                return Err(ServiceError::new(ErrorCode::Internal, "the daemon did not start the process in time"));
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(50));
@@ -589,10 +550,9 @@ impl Sessions {
                 ErrorCode::ContainerNotRunning,
                 format!("container {} is not running: {m}", target.name),
             ),
-            RuntimeError::NotFound(_) => ServiceError::new(
-                ErrorCode::ContainerNotFound,
-                format!("container {} no longer exists", target.name),
-            ),
+            RuntimeError::NotFound(_) => {
+                ServiceError::new(ErrorCode::ContainerNotFound, format!("container {} no longer exists", target.name))
+            }
             other => ServiceError::from_runtime(other),
         }
     }
@@ -606,11 +566,7 @@ impl Sessions {
         stream: ExecStream,
         tty: TtySettings,
     ) -> Arc<Terminal> {
-        let TtySettings {
-            cols,
-            rows,
-            flow_control,
-        } = tty;
+        let TtySettings { cols, rows, flow_control } = tty;
         let (commands, command_rx) = mpsc::unbounded_channel();
         let (sink, sink_rx) = watch::channel(None);
         let terminal = Arc::new(Terminal {
@@ -627,10 +583,7 @@ impl Sessions {
             queued_events: AtomicUsize::new(0),
             queued_bytes: AtomicUsize::new(0),
             sink,
-            flow: flow_control.then(|| Flow {
-                sent: AtomicU64::new(0),
-                processed: watch::channel(0).0,
-            }),
+            flow: flow_control.then(|| Flow { sent: AtomicU64::new(0), processed: watch::channel(0).0 }),
             close_reason: Mutex::new(None),
             stop: CancellationToken::new(),
             finished: CancellationToken::new(),
@@ -642,11 +595,7 @@ impl Sessions {
         let _ = terminal.queue(Command::Resize(cols, rows));
         let ExecStream { output, input, .. } = stream;
         tokio::spawn(write_pump(self.runtime.clone(), terminal.clone(), input, command_rx).instrument(span.clone()));
-        tokio::spawn(
-            self.clone()
-                .read_pump(terminal.clone(), output, sink_rx)
-                .instrument(span),
-        );
+        tokio::spawn(self.clone().read_pump(terminal.clone(), output, sink_rx).instrument(span));
         terminal
     }
 
@@ -692,11 +641,12 @@ impl Sessions {
                 }
                 let chunk = buf.split().freeze();
                 terminal.bytes_out.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-                if !deliver(&terminal, &sink_rx, &chunk).await {
-                    break;
-                }
+                // Counted before it is offered, so an ack that races the emit is never ahead of `sent`.
                 if let Some(flow) = &terminal.flow {
                     flow.sent.fetch_add(chunk.len() as u64, Ordering::SeqCst);
+                }
+                if !deliver(&terminal, &sink_rx, &chunk).await {
+                    break;
                 }
             }
         }
@@ -704,11 +654,7 @@ impl Sessions {
         let (exit_code, reason) = self.exit_cause(&terminal, stream_error).await;
         terminal.stop.cancel();
         self.forget(&terminal);
-        let exit = Exit {
-            terminal_id: terminal.id.clone(),
-            exit_code,
-            reason,
-        };
+        let exit = Exit { terminal_id: terminal.id.clone(), exit_code, reason };
         tracing::info!(?exit_code, %reason, bytes_out = terminal.bytes_out.load(Ordering::Relaxed), "terminal ended");
         if let Some(sink) = sink_rx.borrow().clone() {
             sink.exit(&exit);
@@ -744,8 +690,7 @@ impl Sessions {
         }
         match status {
             Some(Err(RuntimeError::Unavailable(_))) => {
-                self.pending_reaps
-                    .push(terminal.container_id.clone(), terminal.id.clone());
+                self.pending_reaps.push(terminal.container_id.clone(), terminal.id.clone());
                 (None, ExitReason::DockerUnavailable)
             }
             // The exec is gone with its container.
@@ -760,8 +705,7 @@ impl Sessions {
                 }
                 Ok(_) | Err(RuntimeError::NotFound(_)) => (exit_code, ExitReason::ContainerStopped),
                 Err(RuntimeError::Unavailable(_)) => {
-                    self.pending_reaps
-                        .push(terminal.container_id.clone(), terminal.id.clone());
+                    self.pending_reaps.push(terminal.container_id.clone(), terminal.id.clone());
                     (exit_code, ExitReason::DockerUnavailable)
                 }
                 Err(_) => (exit_code, ExitReason::Exited),
@@ -809,31 +753,33 @@ impl Sessions {
 
     pub fn list(&self) -> Vec<TerminalInfo> {
         let mut list: Vec<_> = self.registry().terminals.values().map(|t| t.info()).collect();
-        list.sort_by(|a, b| {
-            a.started_at_ms
-                .cmp(&b.started_at_ms)
-                .then(a.terminal_id.cmp(&b.terminal_id))
-        });
+        list.sort_by(|a, b| a.started_at_ms.cmp(&b.started_at_ms).then(a.terminal_id.cmp(&b.terminal_id)));
         list
     }
 
-    /// Ends a terminal: no process of it is left in the container when this returns (unless the daemon is
-    /// unreachable, in which case the reap is queued). Idempotent; waits for the exit to be delivered.
-    pub async fn close(&self, terminal: &Arc<Terminal>, reason: ExitReason) {
+    /// Ends a terminal: no process of it is left in the container when this returns Ok (if the daemon is
+    /// unreachable, the reap is queued and done when it returns). Idempotent; waits for the exit to be
+    /// delivered. Fails only when the container still runs but its processes could not be ended.
+    pub async fn close(&self, terminal: &Arc<Terminal>, reason: ExitReason) -> Result<(), ServiceError> {
+        let mut result = Ok(());
         if terminal.mark_closing(reason) {
             tracing::info!(terminal = %terminal.id, %reason, "closing terminal");
             match reaper::reap(self.runtime.as_ref(), &terminal.container_id, &terminal.id).await {
-                Ok(()) => {}
+                // The processes are gone; whatever output was still on its way is of no use to anyone.
+                Ok(()) => terminal.stop.cancel(),
                 Err(RuntimeError::Unavailable(_)) => {
-                    self.pending_reaps
-                        .push(terminal.container_id.clone(), terminal.id.clone());
+                    self.pending_reaps.push(terminal.container_id.clone(), terminal.id.clone());
                     terminal.stop.cancel();
                 }
                 Err(e) => {
                     // A container that stopped or vanished meanwhile took the processes with it.
                     match self.runtime.resolve(&terminal.container_id).await {
                         Ok(t) if t.accepts_exec => {
-                            tracing::warn!(terminal = %terminal.id, error = %e, "could not end the terminal's processes")
+                            tracing::warn!(terminal = %terminal.id, error = %e, "could not end the terminal's processes");
+                            result = Err(ServiceError::new(
+                                ErrorCode::Internal,
+                                format!("the terminal is closed, but its processes could not be ended: {e}"),
+                            ));
                         }
                         _ => tracing::debug!(terminal = %terminal.id, "container gone while closing"),
                     }
@@ -841,25 +787,17 @@ impl Sessions {
                 }
             }
         }
-        if tokio::time::timeout(CLOSE_WAIT, terminal.finished.cancelled())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(CLOSE_WAIT, terminal.finished.cancelled()).await.is_err() {
             tracing::warn!(terminal = %terminal.id, "exec stream did not end after its processes were killed; dropping it");
             terminal.stop.cancel();
             terminal.finished.cancelled().await;
         }
+        result
     }
 
     /// Closes every terminal `owner` holds, concurrently.
     pub async fn close_owned_by(&self, owner: &OwnerId, reason: ExitReason) {
-        let mine: Vec<_> = self
-            .registry()
-            .terminals
-            .values()
-            .filter(|t| t.owner == *owner)
-            .cloned()
-            .collect();
+        let mine: Vec<_> = self.registry().terminals.values().filter(|t| t.owner == *owner).cloned().collect();
         futures_util::future::join_all(mine.iter().map(|t| self.close(t, reason))).await;
     }
 
@@ -878,11 +816,7 @@ fn not_running(target: &ContainerTarget) -> ServiceError {
         format!(
             "container {} is {}; start it to open a terminal",
             target.name,
-            if target.state.is_empty() {
-                "not running"
-            } else {
-                &target.state
-            }
+            if target.state.is_empty() { "not running" } else { &target.state }
         ),
     )
 }
@@ -944,15 +878,20 @@ async fn write_pump(
                         Err(_) => break,
                     }
                 }
-                if input_open
-                    && let Err(e) = async {
+                if input_open {
+                    let write = async {
                         input.write_all(&batch).await?;
                         input.flush().await
+                    };
+                    let written = tokio::select! {
+                        r = write => r,
+                        // A daemon that stopped reading must not keep this task (and its connection) alive.
+                        _ = terminal.stop.cancelled() => break,
+                    };
+                    if let Err(e) = written {
+                        tracing::debug!(error = %e, "tty input closed");
+                        input_open = false;
                     }
-                    .await
-                {
-                    tracing::debug!(error = %e, "tty input closed");
-                    input_open = false;
                 }
                 terminal.dequeued(events, batch.len());
             }
@@ -976,23 +915,8 @@ mod tests {
         for ok in ["web", "/web", "a1b2c3", "my_app.db-1", &"f".repeat(64)] {
             assert!(check_container_ref(ok).is_ok(), "{ok}");
         }
-        for bad in [
-            "",
-            "/",
-            "../info",
-            "a/b",
-            "a?b=1",
-            "-x",
-            ".x",
-            "a b",
-            "web%2F..",
-            &"a".repeat(300),
-        ] {
-            assert_eq!(
-                check_container_ref(bad).map_err(|e| e.code),
-                Err(ErrorCode::InvalidPayload),
-                "{bad}"
-            );
+        for bad in ["", "/", "../info", "a/b", "a?b=1", "-x", ".x", "a b", "web%2F..", &"a".repeat(300)] {
+            assert_eq!(check_container_ref(bad).map_err(|e| e.code), Err(ErrorCode::InvalidPayload), "{bad}");
         }
     }
 

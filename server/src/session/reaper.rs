@@ -33,7 +33,8 @@ const MAX_REAPER_OUTPUT: u64 = 64 * 1024;
 const SHELLS: [&[&str]; 3] = [&["sh"], &["bash"], &["busybox", "sh"]];
 
 /// `$1` is the marker value. Exits 0 when no marked process is left, 1 when some survived SIGKILL rounds.
-const SCRIPT: &str = r#"target="PORTHOLE_TERMINAL=$1"
+const SCRIPT: &str = r#"for tool in tr grep kill; do command -v "$tool" >/dev/null 2>&1 || { echo "no $tool in the container"; exit 3; }; done
+target="PORTHOLE_TERMINAL=$1"
 signal=HUP
 round=0
 while [ "$round" -lt 30 ]; do
@@ -66,21 +67,21 @@ pub async fn reap(runtime: &dyn ContainerRuntime, container_id: &str, id: &Termi
         for shell in SHELLS {
             let mut cmd: Vec<String> = shell.iter().map(|s| s.to_string()).collect();
             cmd.extend(["-c".into(), SCRIPT.into(), "porthole-reaper".into(), id.0.clone()]);
-            let spec = ExecSpec {
-                cmd,
-                env: vec![],
-                user: Some("0".into()),
-                tty: false,
-            };
+            let spec = ExecSpec { cmd, env: vec![], user: Some("0".into()), tty: false };
             let mut stream = runtime.start_exec(container_id, &spec).await?;
             drop(stream.input);
             let mut sink = Vec::new();
             // Reading to the end waits for the script to finish; its output only matters for the log.
-            let _ = (&mut stream.output)
-                .take(MAX_REAPER_OUTPUT)
-                .read_to_end(&mut sink)
-                .await;
-            let status = runtime.inspect_exec(&stream.exec_id).await?;
+            let _ = (&mut stream.output).take(MAX_REAPER_OUTPUT).read_to_end(&mut sink).await;
+            // The exit status can be recorded a moment after the stream ends.
+            let mut status = runtime.inspect_exec(&stream.exec_id).await?;
+            for _ in 0..40 {
+                if !status.running && status.exit_code.is_some() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+                status = runtime.inspect_exec(&stream.exec_id).await?;
+            }
             match status.exit_code {
                 Some(0) => return Ok(()),
                 // This shell does not exist in the container: try the next.
@@ -93,16 +94,11 @@ pub async fn reap(runtime: &dyn ContainerRuntime, container_id: &str, id: &Termi
                 }
             }
         }
-        Err(RuntimeError::Api {
-            status: 0,
-            message: format!("ending the processes of {id} failed ({failure})"),
-        })
+        Err(RuntimeError::Api { status: 0, message: format!("ending the processes of {id} failed ({failure})") })
     };
     match tokio::time::timeout(REAP_TIMEOUT, work).await {
         Ok(r) => r,
-        Err(_) => Err(RuntimeError::Unavailable(format!(
-            "ending the processes of {id} timed out"
-        ))),
+        Err(_) => Err(RuntimeError::Unavailable(format!("ending the processes of {id} timed out"))),
     }
 }
 

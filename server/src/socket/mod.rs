@@ -1,8 +1,8 @@
 //! Socket.IO transport: translates protocol events into service calls and session output into events.
 //!
-//! Handlers that touch a terminal's byte stream (`input`, `resize`) are plain closures that do their work
-//! synchronously when socketioxide dispatches the packet, so input keeps the order it arrived in; only
-//! `start-terminal` and `close-terminal`, which must wait for Docker, run as spawned futures.
+//! Handlers that touch a terminal's byte stream (`input`, `resize`, `output-ack`) are plain closures that do
+//! their work synchronously when socketioxide dispatches the packet, so input keeps the order it arrived in;
+//! only `start-terminal` and `close-terminal`, which must wait for Docker, run as spawned futures.
 //!
 //! Every handler takes its payload as `TryData`, so malformed payloads get an `invalid_payload` answer
 //! instead of being dropped silently.
@@ -10,21 +10,30 @@
 use std::future::{Ready, ready};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use app::protocol::{
     CloseTerminal, ErrorEvent, Exit, ExitReason, Hello, Input, Output, OutputAck, PROTOCOL_VERSION, Reply, Resize,
     StartTerminal, TerminalAck, TerminalBytes, TerminalId, event,
 };
 use bytes::Bytes;
+use serde::Serialize;
+use socketioxide::adapter::LocalAdapter;
 use socketioxide::extract::{AckSender, SocketRef, TryData};
-use socketioxide::handler::FromMessageParts;
-use socketioxide::socket::DisconnectReason;
+use socketioxide::handler::{FromMessageParts, Value};
+use socketioxide::socket::{DisconnectReason, Socket};
 use socketioxide::{SendError, SocketError};
 use tracing::Instrument;
 
 use crate::error::ServiceError;
 use crate::session::{Offer, OwnerId, TerminalSink};
 use crate::state::AppState;
+
+/// Most attempts to put an ack or control event into a congested socket's send queue, [`SEND_RETRY`] apart.
+const SEND_ATTEMPTS: usize = 300;
+const SEND_RETRY: Duration = Duration::from_millis(10);
+/// Most `request-error` events per socket waiting for room in its send queue; more are dropped (logged).
+const MAX_RETRYING_EVENTS: usize = 16;
 
 /// Registers the namespace handlers on `io`.
 pub fn register(io: &socketioxide::SocketIo, state: AppState) {
@@ -34,29 +43,79 @@ pub fn register(io: &socketioxide::SocketIo, state: AppState) {
     });
 }
 
-/// Whether the client asked for an ack (socketioxide's `AckSender` does not say).
-struct WantsAck(bool);
+/// How to answer a request: whether the client asked for an ack, and a way to send one that can be retried
+/// (socketioxide's `AckSender` is used up by a send that the socket's full queue refused).
+struct Ack {
+    socket: Arc<Socket>,
+    id: Option<i64>,
+}
 
-impl<A: socketioxide::adapter::Adapter> FromMessageParts<A> for WantsAck {
+impl FromMessageParts<LocalAdapter> for Ack {
     type Error = std::convert::Infallible;
-    fn from_message_parts(
-        _: &Arc<socketioxide::socket::Socket<A>>,
-        _: &mut socketioxide::handler::Value,
-        ack_id: &Option<i64>,
-    ) -> Result<Self, Self::Error> {
-        Ok(WantsAck(ack_id.is_some()))
+    fn from_message_parts(socket: &Arc<Socket>, _: &mut Value, ack_id: &Option<i64>) -> Result<Self, Self::Error> {
+        Ok(Ack { socket: socket.clone(), id: *ack_id })
+    }
+}
+
+impl Ack {
+    fn wanted(&self) -> bool {
+        self.id.is_some()
+    }
+
+    fn try_send<T: Serialize>(&self, reply: &T) -> Result<(), SendError> {
+        let mut unused = Value::Bytes(Bytes::new());
+        let Ok(sender) = AckSender::from_message_parts(&self.socket, &mut unused, &self.id);
+        sender.send(reply)
+    }
+
+    /// Sends the ack, retrying while the socket's send queue is full (it drains at network speed). True when
+    /// it was sent (or none was asked for).
+    async fn send<T: Serialize>(self, reply: &T) -> bool {
+        if !self.wanted() {
+            return true;
+        }
+        for _ in 0..SEND_ATTEMPTS {
+            match self.try_send(reply) {
+                Ok(()) => return true,
+                Err(SendError::Socket(SocketError::InternalChannelFull)) => tokio::time::sleep(SEND_RETRY).await,
+                Err(SendError::Socket(SocketError::Closed)) => {
+                    tracing::debug!("socket closed before its ack");
+                    return false;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not send ack");
+                    return false;
+                }
+            }
+        }
+        tracing::warn!("gave up sending an ack to a congested socket");
+        false
+    }
+
+    /// For synchronous handlers: sends now if it fits, else from a task.
+    fn send_soon<T: Serialize + Send + Sync + 'static>(self, reply: T) {
+        if !self.wanted() {
+            return;
+        }
+        if let Err(SendError::Socket(SocketError::InternalChannelFull)) = self.try_send(&reply) {
+            tokio::spawn(async move {
+                self.send(&reply).await;
+            });
+        }
     }
 }
 
 /// Per-socket state shared by its handlers and sinks.
 #[derive(Debug, Default)]
 struct Conn {
-    /// Acks being prepared. While non-zero, output is held back so the socket's bounded send queue has room
-    /// for the answer (socketioxide's ack cannot be retried once the queue refused it).
+    /// Acks being sent. While non-zero, output is held back so the socket's bounded send queue drains and
+    /// the answer fits.
     acks_pending: AtomicUsize,
+    /// `request-error` events waiting for room in the send queue, bounded by [`MAX_RETRYING_EVENTS`].
+    retrying: AtomicUsize,
 }
 
-/// Holds output back while alive.
+/// Holds output back while alive. Taken only while an ack is being sent, never during Docker work.
 struct AckPriority(Arc<Conn>);
 
 impl AckPriority {
@@ -72,6 +131,12 @@ impl Drop for AckPriority {
     }
 }
 
+/// Sends an ack with output held back meanwhile.
+async fn send_ack<T: Serialize>(conn: &Arc<Conn>, ack: Ack, reply: &T) -> bool {
+    let _priority = AckPriority::new(conn);
+    ack.send(reply).await
+}
+
 /// Sends a terminal's output and exit to one socket.
 struct SocketSink {
     socket: SocketRef,
@@ -83,10 +148,7 @@ impl TerminalSink for SocketSink {
         if self.conn.acks_pending.load(Ordering::SeqCst) > 0 {
             return Offer::Full;
         }
-        let payload = Output {
-            terminal_id: id.clone(),
-            data: TerminalBytes(data.clone()),
-        };
+        let payload = Output { terminal_id: id.clone(), data: TerminalBytes(data.clone()) };
         match self.socket.emit(event::OUTPUT, &payload) {
             Ok(()) => Offer::Delivered,
             Err(SendError::Socket(SocketError::InternalChannelFull)) => Offer::Full,
@@ -99,24 +161,39 @@ impl TerminalSink for SocketSink {
     }
 
     fn exit(&self, exit: &Exit) {
-        emit_reliably(self.socket.clone(), event::EXIT, exit.clone());
+        emit_reliably(self.socket.clone(), event::EXIT, exit.clone(), None);
     }
 }
 
-/// Emits a control event, retrying for a while when the send queue is full (it drains at network speed).
-fn emit_reliably<T: serde::Serialize + Send + 'static>(socket: SocketRef, name: &'static str, payload: T) {
+/// Emits a control event, retrying for a while when the send queue is full. `budget`, when given, bounds how
+/// many such events of one socket may wait at once.
+fn emit_reliably<T: Serialize + Send + 'static>(
+    socket: SocketRef,
+    name: &'static str,
+    payload: T,
+    budget: Option<Arc<Conn>>,
+) {
     if socket.emit(name, &payload).is_ok() {
         return;
     }
+    if let Some(conn) = &budget
+        && conn.retrying.fetch_add(1, Ordering::SeqCst) >= MAX_RETRYING_EVENTS
+    {
+        conn.retrying.fetch_sub(1, Ordering::SeqCst);
+        tracing::warn!(event = name, "socket congested; dropping an event");
+        return;
+    }
     tokio::spawn(async move {
-        for _ in 0..200 {
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        for _ in 0..SEND_ATTEMPTS {
+            tokio::time::sleep(SEND_RETRY).await;
             match socket.emit(name, &payload) {
                 Err(SendError::Socket(SocketError::InternalChannelFull)) => continue,
-                _ => return,
+                _ => break,
             }
         }
-        tracing::warn!(event = name, "gave up sending an event to a congested socket");
+        if let Some(conn) = budget {
+            conn.retrying.fetch_sub(1, Ordering::SeqCst);
+        }
     });
 }
 
@@ -131,8 +208,7 @@ fn on_connect(socket: SocketRef, state: AppState) {
         let (state, owner, conn, span) = (state.clone(), owner.clone(), conn.clone(), span.clone());
         socket.on(
             event::START_TERMINAL,
-            move |socket: SocketRef, TryData(req): TryData<StartTerminal>, ack: AckSender| -> Ready<()> {
-                let priority = AckPriority::new(&conn);
+            move |socket: SocketRef, ack: Ack, TryData(req): TryData<StartTerminal>| -> Ready<()> {
                 let task = async move {
                     let reply = match req {
                         Err(e) => Err(ServiceError::invalid(format!("start-terminal payload: {e}"))),
@@ -140,19 +216,19 @@ fn on_connect(socket: SocketRef, state: AppState) {
                     };
                     match reply {
                         Ok((terminal, started)) => {
-                            send_ack(ack, &Reply::Ok(started), &priority);
-                            drop(priority);
-                            // The socket may have gone while Docker started the process; its disconnect
-                            // handler could not see this terminal yet, so close it here.
-                            if !socket.connected() {
-                                state.sessions().close(&terminal, ExitReason::Disconnected).await;
+                            let delivered = send_ack(&conn, ack, &Reply::Ok(started)).await;
+                            // A client that never learned the id can neither use nor close the terminal; and
+                            // the socket may have left while Docker started the process, before its disconnect
+                            // handler could see this terminal.
+                            if !delivered || !socket.connected() {
+                                let _ = state.sessions().close(&terminal, ExitReason::Disconnected).await;
                                 return;
                             }
                             terminal.attach(Arc::new(SocketSink { socket, conn }));
                         }
                         Err(e) => {
                             tracing::info!(code = %e.code, message = %e.message, "start-terminal refused");
-                            send_ack(ack, &Reply::<()>::Err(e.reply()), &priority);
+                            send_ack(&conn, ack, &Reply::<()>::Err(e.reply())).await;
                         }
                     }
                 };
@@ -162,95 +238,72 @@ fn on_connect(socket: SocketRef, state: AppState) {
         );
     }
     {
-        let (state, owner, span) = (state.clone(), owner.clone(), span.clone());
-        socket.on(
-            event::INPUT,
-            move |socket: SocketRef, wants: WantsAck, TryData(req): TryData<Input>, ack: AckSender| -> Ready<()> {
-                let _g = span.enter();
-                let (id, result) = match req {
-                    Err(e) => (None, Err(ServiceError::invalid(format!("input payload: {e}")))),
-                    Ok(Input { terminal_id, data }) => {
-                        let r = state
-                            .sessions()
-                            .get(&terminal_id, Some(&owner))
-                            .and_then(|t| t.send_input(data.0));
-                        (Some(terminal_id), r)
-                    }
-                };
-                answer(&socket, (wants, ack), event::INPUT, id, result);
-                ready(())
-            },
-        );
+        let (state, owner, conn, span) = (state.clone(), owner.clone(), conn.clone(), span.clone());
+        socket.on(event::INPUT, move |socket: SocketRef, ack: Ack, TryData(req): TryData<Input>| -> Ready<()> {
+            let _g = span.enter();
+            let (id, result) = match req {
+                Err(e) => (None, Err(ServiceError::invalid(format!("input payload: {e}")))),
+                Ok(Input { terminal_id, data }) => {
+                    let r = state.sessions().get(&terminal_id, Some(&owner)).and_then(|t| t.send_input(data.0));
+                    (Some(terminal_id), r)
+                }
+            };
+            answer(&socket, &conn, ack, event::INPUT, id, result);
+            ready(())
+        });
     }
     {
-        let (state, owner, span) = (state.clone(), owner.clone(), span.clone());
-        socket.on(
-            event::RESIZE,
-            move |socket: SocketRef, wants: WantsAck, TryData(req): TryData<Resize>, ack: AckSender| -> Ready<()> {
-                let _g = span.enter();
-                let (id, result) = match req {
-                    Err(e) => (None, Err(ServiceError::invalid(format!("resize payload: {e}")))),
-                    Ok(Resize {
-                        terminal_id,
-                        cols,
-                        rows,
-                    }) => {
-                        let r = state
-                            .sessions()
-                            .get(&terminal_id, Some(&owner))
-                            .and_then(|t| t.send_resize(cols, rows));
-                        (Some(terminal_id), r)
-                    }
-                };
-                answer(&socket, (wants, ack), event::RESIZE, id, result);
-                ready(())
-            },
-        );
+        let (state, owner, conn, span) = (state.clone(), owner.clone(), conn.clone(), span.clone());
+        socket.on(event::RESIZE, move |socket: SocketRef, ack: Ack, TryData(req): TryData<Resize>| -> Ready<()> {
+            let _g = span.enter();
+            let (id, result) = match req {
+                Err(e) => (None, Err(ServiceError::invalid(format!("resize payload: {e}")))),
+                Ok(r) => {
+                    let done =
+                        state.sessions().get(&r.terminal_id, Some(&owner)).and_then(|t| t.send_resize(r.cols, r.rows));
+                    (Some(r.terminal_id), done)
+                }
+            };
+            answer(&socket, &conn, ack, event::RESIZE, id, result);
+            ready(())
+        });
     }
     {
-        let (state, owner, span) = (state.clone(), owner.clone(), span.clone());
+        let (state, owner, conn, span) = (state.clone(), owner.clone(), conn.clone(), span.clone());
         socket.on(
             event::OUTPUT_ACK,
-            move |socket: SocketRef, wants: WantsAck, TryData(req): TryData<OutputAck>, ack: AckSender| -> Ready<()> {
+            move |socket: SocketRef, ack: Ack, TryData(req): TryData<OutputAck>| -> Ready<()> {
                 let _g = span.enter();
                 let (id, result) = match req {
                     Err(e) => (None, Err(ServiceError::invalid(format!("output-ack payload: {e}")))),
                     Ok(OutputAck { terminal_id, processed }) => {
-                        let r = state
-                            .sessions()
-                            .get(&terminal_id, Some(&owner))
-                            .and_then(|t| t.ack_output(processed));
+                        let r = state.sessions().get(&terminal_id, Some(&owner)).and_then(|t| t.ack_output(processed));
                         (Some(terminal_id), r)
                     }
                 };
-                answer(&socket, (wants, ack), event::OUTPUT_ACK, id, result);
+                answer(&socket, &conn, ack, event::OUTPUT_ACK, id, result);
                 ready(())
             },
         );
     }
     {
         let (state, owner, conn, span) = (state.clone(), owner.clone(), conn.clone(), span.clone());
-        socket.on(
-            event::CLOSE_TERMINAL,
-            move |TryData(req): TryData<CloseTerminal>, ack: AckSender| -> Ready<()> {
-                let priority = AckPriority::new(&conn);
-                let task = async move {
-                    let reply = match req {
-                        Err(e) => Err(ServiceError::invalid(format!("close-terminal payload: {e}"))),
-                        Ok(CloseTerminal { terminal_id }) => match state.sessions().get(&terminal_id, Some(&owner)) {
-                            Ok(t) => {
-                                state.sessions().close(&t, ExitReason::Closed).await;
-                                Ok(TerminalAck { terminal_id })
-                            }
-                            Err(e) => Err(e),
-                        },
-                    };
-                    send_ack(ack, &Reply::from(reply.map_err(|e| e.body())), &priority);
+        socket.on(event::CLOSE_TERMINAL, move |ack: Ack, TryData(req): TryData<CloseTerminal>| -> Ready<()> {
+            let task = async move {
+                let reply = match req {
+                    Err(e) => Err(ServiceError::invalid(format!("close-terminal payload: {e}"))),
+                    Ok(CloseTerminal { terminal_id }) => match state.sessions().get(&terminal_id, Some(&owner)) {
+                        Ok(t) => {
+                            state.sessions().close(&t, ExitReason::Closed).await.map(|()| TerminalAck { terminal_id })
+                        }
+                        Err(e) => Err(e),
+                    },
                 };
-                tokio::spawn(task.instrument(span.clone()));
-                ready(())
-            },
-        );
+                send_ack(&conn, ack, &Reply::from(reply.map_err(|e| e.body()))).await;
+            };
+            tokio::spawn(task.instrument(span.clone()));
+            ready(())
+        });
     }
     {
         let (state, owner, span) = (state.clone(), owner.clone(), span.clone());
@@ -270,22 +323,15 @@ fn on_connect(socket: SocketRef, state: AppState) {
         max_terminals_per_socket: state.sessions().limits().per_owner,
         max_input_bytes: app::protocol::MAX_INPUT_BYTES,
     };
-    emit_reliably(socket, event::HELLO, hello);
+    emit_reliably(socket, event::HELLO, hello, None);
 }
 
-fn send_ack<T: serde::Serialize>(ack: AckSender, reply: &T, _priority: &AckPriority) {
-    match ack.send(reply) {
-        Ok(()) => {}
-        // The client left while the request was being handled.
-        Err(SendError::Socket(SocketError::Closed)) => tracing::debug!("socket closed before its ack"),
-        Err(e) => tracing::warn!(error = %e, "could not send ack"),
-    }
-}
-
-/// Answers `input`/`resize`: with an ack when the client asked for one, else failures as a `request-error` event.
+/// Answers `input`, `resize` and `output-ack`: with an ack when the client asked for one, else failures as a
+/// `request-error` event.
 fn answer(
     socket: &SocketRef,
-    (wants, ack): (WantsAck, AckSender),
+    conn: &Arc<Conn>,
+    ack: Ack,
     name: &'static str,
     terminal_id: Option<TerminalId>,
     result: Result<(), ServiceError>,
@@ -293,20 +339,16 @@ fn answer(
     match result {
         Ok(()) => {
             if let Some(terminal_id) = terminal_id {
-                let _ = ack.send(&TerminalAck { terminal_id });
+                ack.send_soon(TerminalAck { terminal_id });
             }
         }
         Err(e) => {
             tracing::info!(event = name, code = %e.code, message = %e.message, "request refused");
-            if wants.0 {
-                let _ = ack.send(&e.reply());
+            if ack.wanted() {
+                ack.send_soon(e.reply());
             } else {
-                let payload = ErrorEvent {
-                    event: name.to_string(),
-                    terminal_id,
-                    error: e.body(),
-                };
-                emit_reliably(socket.clone(), event::REQUEST_ERROR, payload);
+                let payload = ErrorEvent { event: name.to_string(), terminal_id, error: e.body() };
+                emit_reliably(socket.clone(), event::REQUEST_ERROR, payload, Some(conn.clone()));
             }
         }
     }

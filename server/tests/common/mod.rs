@@ -75,27 +75,13 @@ impl TestContainer {
             image: Some(image.to_string()),
             cmd: Some(vec!["sleep".into(), "infinity".into()]),
             labels: Some(HashMap::from([("porthole.test".to_string(), test.to_string())])),
-            host_config: Some(HostConfig {
-                init: Some(true),
-                ..Default::default()
-            }),
+            host_config: Some(HostConfig { init: Some(true), ..Default::default() }),
             ..Default::default()
         };
         let options = CreateContainerOptionsBuilder::new().name(&name).build();
-        let created = docker
-            .create_container(Some(options), body)
-            .await
-            .expect("create test container");
-        let guard = TestContainer {
-            name,
-            id: created.id,
-            docker,
-        };
-        guard
-            .docker
-            .start_container(&guard.id, None)
-            .await
-            .expect("start test container");
+        let created = docker.create_container(Some(options), body).await.expect("create test container");
+        let guard = TestContainer { name, id: created.id, docker };
+        guard.docker.start_container(&guard.id, None).await.expect("start test container");
         guard
     }
 
@@ -107,13 +93,8 @@ impl TestContainer {
     }
 
     pub async fn stop(&self) {
-        let options = bollard::query_parameters::StopContainerOptionsBuilder::new()
-            .t(1)
-            .build();
-        self.docker
-            .stop_container(&self.id, Some(options))
-            .await
-            .expect("stop container");
+        let options = bollard::query_parameters::StopContainerOptionsBuilder::new().t(1).build();
+        self.docker.stop_container(&self.id, Some(options)).await.expect("stop container");
     }
 
     /// Runs a command (no tty) and returns its exit code and stdout+stderr.
@@ -131,13 +112,7 @@ impl TestContainer {
                 out.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
             }
         }
-        let code = self
-            .docker
-            .inspect_exec(&exec.id)
-            .await
-            .unwrap()
-            .exit_code
-            .unwrap_or(-1);
+        let code = self.docker.inspect_exec(&exec.id).await.unwrap().exit_code.unwrap_or(-1);
         (code, out)
     }
 
@@ -175,10 +150,7 @@ impl Drop for TestContainer {
         let (docker, id) = (self.docker.clone(), self.id.clone());
         // Drop cannot await; remove on a helper thread with its own runtime, and wait for it.
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(async {
                 let options = RemoveContainerOptionsBuilder::new().force(true).build();
                 let _ = docker.remove_container(&id, Some(options)).await;
@@ -235,10 +207,7 @@ pub struct TestClient {
 fn binary_event_terminal(mangled: &str) -> Option<(String, TerminalId)> {
     let (name, rest) = mangled.split_once(',')?;
     let start = rest.find("terminalId:")? + "terminalId:".len();
-    let id: String = rest[start..]
-        .chars()
-        .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
-        .collect();
+    let id: String = rest[start..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
     Some((name.to_string(), TerminalId(id)))
 }
 
@@ -300,9 +269,9 @@ impl TestClient {
                                     event::HELLO => {
                                         inbox.hello = Some(serde_json::from_value(v).expect("hello payload"))
                                     }
-                                    event::CONTAINERS_CHANGED => inbox
-                                        .changes
-                                        .push(serde_json::from_value(v).expect("containers-changed")),
+                                    event::CONTAINERS_CHANGED => {
+                                        inbox.changes.push(serde_json::from_value(v).expect("containers-changed"))
+                                    }
                                     _ => {}
                                 }
                             }
@@ -336,11 +305,8 @@ impl TestClient {
                     return v;
                 }
                 let inbox = self.inbox.lock().unwrap();
-                let outputs: HashMap<_, _> = inbox
-                    .output
-                    .iter()
-                    .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned()))
-                    .collect();
+                let outputs: HashMap<_, _> =
+                    inbox.output.iter().map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned())).collect();
                 panic!(
                     "timed out waiting for {what}; outputs: {outputs:#?}; exits: {:?}; errors: {:?}",
                     inbox.exits, inbox.errors
@@ -369,10 +335,7 @@ impl TestClient {
             })
             .await
             .expect("emit");
-        tokio::time::timeout(PATIENCE, rx)
-            .await
-            .expect("ack in time")
-            .expect("ack")
+        tokio::time::timeout(PATIENCE, rx).await.expect("ack in time").expect("ack")
     }
 
     pub async fn request<Req: Serialize, Res: DeserializeOwned>(
@@ -421,33 +384,19 @@ impl TestClient {
     }
 
     pub async fn input(&self, id: &TerminalId, data: &str) {
-        let msg = Input {
-            terminal_id: id.clone(),
-            data: protocol::TerminalBytes(data.as_bytes().to_vec().into()),
-        };
+        let msg = Input { terminal_id: id.clone(), data: protocol::TerminalBytes(data.as_bytes().to_vec().into()) };
         // Sent as a string: rust_socketio cannot put a binary attachment inside an object.
         let v = serde_json::json!({ "terminalId": msg.terminal_id, "data": data });
         self.emit_raw(event::INPUT, v).await;
     }
 
     pub async fn resize(&self, id: &TerminalId, cols: u16, rows: u16) {
-        let v = serde_json::to_value(Resize {
-            terminal_id: id.clone(),
-            cols,
-            rows,
-        })
-        .unwrap();
+        let v = serde_json::to_value(Resize { terminal_id: id.clone(), cols, rows }).unwrap();
         self.emit_raw(event::RESIZE, v).await;
     }
 
     pub async fn close(&self, id: &TerminalId) -> Result<TerminalAck, ErrorBody> {
-        self.request(
-            event::CLOSE_TERMINAL,
-            &CloseTerminal {
-                terminal_id: id.clone(),
-            },
-        )
-        .await
+        self.request(event::CLOSE_TERMINAL, &CloseTerminal { terminal_id: id.clone() }).await
     }
 
     /// Everything `id` has printed so far, lossily decoded.
@@ -474,9 +423,7 @@ impl TestClient {
         let bytes = self
             .wait_until(&format!("{needle:?} on {id}"), move |i| {
                 let out = i.output.get(&id2)?;
-                out.windows(needle_bytes.len())
-                    .any(|w| w == needle_bytes)
-                    .then(|| out.clone())
+                out.windows(needle_bytes.len()).any(|w| w == needle_bytes).then(|| out.clone())
             })
             .await;
         String::from_utf8_lossy(&bytes).into_owned()
@@ -500,25 +447,18 @@ impl TestClient {
     pub async fn wait_change(&self, container_id: &str, action: &str) -> ContainersChanged {
         let (id, action) = (container_id.to_string(), action.to_string());
         self.wait_until(&format!("containers-changed {action} {id}"), move |i| {
-            i.changes
-                .iter()
-                .find(|c| c.container_id == id && c.action == action)
-                .cloned()
+            i.changes.iter().find(|c| c.container_id == id && c.action == action).cloned()
         })
         .await
     }
 
     pub async fn wait_exit(&self, id: &TerminalId) -> Exit {
         let id2 = id.clone();
-        self.wait_until(&format!("exit of {id}"), move |i| i.exits.get(&id2).cloned())
-            .await
+        self.wait_until(&format!("exit of {id}"), move |i| i.exits.get(&id2).cloned()).await
     }
 
     pub async fn wait_error(&self, n: usize) -> Vec<ErrorEvent> {
-        self.wait_until(&format!("{n} error events"), move |i| {
-            (i.errors.len() >= n).then(|| i.errors.clone())
-        })
-        .await
+        self.wait_until(&format!("{n} error events"), move |i| (i.errors.len() >= n).then(|| i.errors.clone())).await
     }
 
     /// Types `command` and a newline, and waits for `expect` to appear after it.

@@ -17,10 +17,7 @@ impl DaemonProxy {
     pub fn new() -> DaemonProxy {
         let dir = std::env::temp_dir().join(format!("porthole-proxy-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
-        DaemonProxy {
-            path: dir.join("docker.sock"),
-            tasks: Arc::new(Mutex::new(Vec::new())),
-        }
+        DaemonProxy { path: dir.join("docker.sock"), tasks: Arc::new(Mutex::new(Vec::new())) }
     }
 
     pub fn path(&self) -> &Path {
