@@ -10,7 +10,13 @@ use bytes::Bytes;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Version of this protocol. Sent to every client in the `hello` event and by `GET /healthz`.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// 2 added resumable terminals (`attach-terminal`, `offset` on `output`, grace periods).
+pub const PROTOCOL_VERSION: u32 = 2;
+/// Oldest protocol version the server still speaks. A client that does not announce a version in its
+/// handshake `auth` is taken to speak version 1: its terminals end when its socket disconnects.
+pub const MIN_PROTOCOL_VERSION: u32 = 1;
+/// Longest accepted `clientId`, in bytes.
+pub const MAX_CLIENT_ID_LEN: usize = 128;
 
 /// Socket.IO namespace every event travels on.
 pub const NAMESPACE: &str = "/";
@@ -26,6 +32,9 @@ pub mod event {
     /// Client -> server: bytes of a terminal's output the client has finished processing
     /// ([`super::OutputAck`]); only for terminals started with `flowControl`.
     pub const OUTPUT_ACK: &str = "output-ack";
+    /// Client -> server, with ack: follow an existing terminal's output from an offset (resume, second
+    /// window, shared viewing) ([`super::AttachTerminal`] -> [`super::TerminalAttached`]).
+    pub const ATTACH_TERMINAL: &str = "attach-terminal";
     /// Client -> server, with ack: end a terminal ([`super::CloseTerminal`] -> [`super::TerminalClosed`]).
     pub const CLOSE_TERMINAL: &str = "close-terminal";
     /// Server -> client: bytes the terminal produced ([`super::Output`], `data` is a binary attachment).
@@ -82,7 +91,7 @@ pub const FLOW_HIGH_WATERMARK: u64 = 512 * 1024;
 pub const FLOW_LOW_WATERMARK: u64 = 128 * 1024;
 
 /// Identifies one terminal session; opaque to clients (currently `t-` and 32 hex digits).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
 #[serde(transparent)]
 pub struct TerminalId(pub String);
 
@@ -195,6 +204,42 @@ pub struct OutputAck {
     pub processed: u64,
 }
 
+/// `attach-terminal` request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct AttachTerminal {
+    pub terminal_id: TerminalId,
+    /// Deliver output from this offset on (the offset after the last byte the client has). Absent: from the
+    /// oldest byte the server still keeps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<u64>,
+    /// As in `start-terminal`: this socket will send `output-ack`s for the terminal.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub flow_control: bool,
+}
+
+/// Successful `attach-terminal` ack. Then come `output` events from `offset` on, without gaps, then live
+/// output, and `exit` when the terminal ends (at once, after the replay, if it has ended already).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TerminalAttached {
+    pub terminal_id: TerminalId,
+    pub container_id: String,
+    pub container_name: String,
+    pub command: Vec<String>,
+    pub cols: u16,
+    pub rows: u16,
+    pub flow_control: bool,
+    /// Where the delivered output starts: `since`, or the oldest kept byte when `since` was older (or absent).
+    pub offset: u64,
+    /// Offset of the end of the output at the moment of attaching.
+    pub end: u64,
+    /// `since` was older than the oldest byte the server keeps: bytes `since..offset` are lost.
+    pub truncated: bool,
+    /// Whether the terminal had already ended (its `exit` follows the replay).
+    pub ended: bool,
+}
+
 /// `close-terminal` request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -215,6 +260,10 @@ pub struct TerminalAck {
 #[serde(rename_all = "camelCase")]
 pub struct Output {
     pub terminal_id: TerminalId,
+    /// Offset of `data`'s first byte in the terminal's output, counted from its first byte (0). Consecutive
+    /// events of one terminal on one socket are contiguous: `offset` = previous `offset` + previous length.
+    #[serde(default)]
+    pub offset: u64,
     /// A Socket.IO binary attachment.
     pub data: TerminalBytes,
 }
@@ -235,6 +284,8 @@ pub enum ExitReason {
     ServerShutdown,
     /// The owning socket disconnected (only seen through the REST API's history, never by that socket).
     Disconnected,
+    /// Nobody re-attached within the grace period after the last viewer left.
+    Abandoned,
 }
 
 impl ExitReason {
@@ -247,6 +298,7 @@ impl ExitReason {
             ExitReason::DockerUnavailable => "docker_unavailable",
             ExitReason::ServerShutdown => "server_shutdown",
             ExitReason::Disconnected => "disconnected",
+            ExitReason::Abandoned => "abandoned",
         }
     }
 }
@@ -379,13 +431,35 @@ pub struct ErrorEvent {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Hello {
+    /// The newest version the server speaks.
     pub protocol_version: u32,
+    /// The oldest version the server speaks.
+    pub min_protocol_version: u32,
+    /// The version this connection uses: the client's announced version, capped at the server's.
+    pub negotiated_version: u32,
+    /// Seconds a detached terminal keeps running (for protocol version 2 clients); 0: ended on disconnect.
+    pub grace_period_secs: u64,
+    /// Bytes of recent output kept per terminal for `attach-terminal`.
+    pub output_log_bytes: usize,
     /// The server's version, e.g. `0.1.0`.
     pub server_version: String,
     /// How many terminals this socket may hold at once.
     pub max_terminals_per_socket: usize,
     /// Largest `input` `data`, in bytes.
     pub max_input_bytes: usize,
+}
+
+/// The Socket.IO handshake `auth` payload a client may send (`io(url, { auth: { ... } })`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientAuth {
+    /// The newest protocol version the client speaks; absent means 1.
+    #[serde(default)]
+    pub protocol_version: Option<u32>,
+    /// A stable id for this client (e.g. one per browser profile), so its sockets share its terminals and
+    /// limits. At most [`MAX_CLIENT_ID_LEN`] bytes of `[A-Za-z0-9_-]`. Absent: each socket is its own client.
+    #[serde(default)]
+    pub client_id: Option<String>,
 }
 
 /// `containers-changed` event.
@@ -415,6 +489,18 @@ pub struct ContainerSummary {
     pub created: i64,
 }
 
+/// Where a terminal is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TerminalState {
+    /// Its process runs and at least one socket is attached.
+    Running,
+    /// Its process runs, nobody is attached; it ends when the grace period runs out.
+    Detached,
+    /// Its process ended; kept for a while so a returning client can read the end of it.
+    Exited,
+}
+
 /// One open terminal, as `GET /api/v1/terminals` lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -427,8 +513,17 @@ pub struct TerminalInfo {
     pub rows: u16,
     /// When it started, milliseconds since the Unix epoch.
     pub started_at_ms: u64,
-    /// Bytes the terminal has produced so far.
+    /// Bytes the terminal has produced so far (also the offset of its output's end).
     pub bytes_out: u64,
+    pub state: TerminalState,
+    /// Sockets attached now.
+    pub attached: usize,
+    /// When detached: milliseconds left before it is ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grace_left_ms: Option<u64>,
+    /// When exited: how.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit: Option<Exit>,
 }
 
 /// `GET /healthz` body when healthy.
@@ -523,6 +618,7 @@ mod tests {
             ExitReason::DockerUnavailable,
             ExitReason::ServerShutdown,
             ExitReason::Disconnected,
+            ExitReason::Abandoned,
         ] {
             assert_eq!(serde_json::to_value(reason).unwrap(), serde_json::json!(reason.as_str()));
         }

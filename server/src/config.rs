@@ -34,6 +34,15 @@ pub struct Config {
     #[arg(long, env = "PORTHOLE_MAX_TERMINALS", default_value_t = 1024)]
     pub max_terminals: usize,
 
+    /// Seconds a terminal keeps running after its last viewer disconnected, so the client can resume it
+    /// (protocol version 2 clients). 0: end terminals when their socket disconnects.
+    #[arg(long, env = "PORTHOLE_GRACE_PERIOD_SECS", default_value_t = 600)]
+    pub grace_period_secs: u64,
+
+    /// Bytes of recent output kept per terminal, replayed to clients that attach or resume.
+    #[arg(long, env = "PORTHOLE_OUTPUT_LOG_BYTES", default_value_t = 1024 * 1024)]
+    pub output_log_bytes: usize,
+
     /// Serve on a non-loopback address although there is no authentication yet: anyone who can reach the
     /// port gets a shell in every container.
     #[arg(long, env = "PORTHOLE_INSECURE_ALLOW_REMOTE", default_value_t = false)]
@@ -56,6 +65,8 @@ impl Config {
             docker_host: None,
             max_terminals_per_socket: 32,
             max_terminals: 1024,
+            grace_period_secs: 600,
+            output_log_bytes: 1024 * 1024,
             insecure_allow_remote: false,
             shutdown_timeout_secs: 20,
             log_format: LogFormat::Text,
@@ -75,6 +86,9 @@ impl Config {
         if self.max_terminals_per_socket == 0 || self.max_terminals == 0 {
             return Err("terminal limits must be at least 1".into());
         }
+        if self.output_log_bytes < 4096 || self.output_log_bytes > 256 * 1024 * 1024 {
+            return Err("--output-log-bytes must be between 4096 and 268435456".into());
+        }
         self.endpoint().map(|_| ())
     }
 
@@ -86,7 +100,12 @@ impl Config {
     }
 
     pub fn limits(&self) -> Limits {
-        Limits { per_owner: self.max_terminals_per_socket, total: self.max_terminals }
+        Limits {
+            per_owner: self.max_terminals_per_socket,
+            total: self.max_terminals,
+            grace: std::time::Duration::from_secs(self.grace_period_secs),
+            log_bytes: self.output_log_bytes,
+        }
     }
 }
 

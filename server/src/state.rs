@@ -43,12 +43,17 @@ impl AppState {
     }
 
     pub fn terminal(&self, id: &TerminalId) -> Result<TerminalInfo, ServiceError> {
-        self.sessions.get(id, None).map(|t| t.info())
+        self.sessions.find(id).map(|t| self.sessions.info(&t))
     }
 
     /// Closes any terminal (REST has no owner yet; access control comes with authentication).
     pub async fn close_terminal(&self, id: &TerminalId) -> Result<(), ServiceError> {
-        let t = self.sessions.get(id, None)?;
+        let t = self.sessions.find(id)?;
+        if t.has_ended() {
+            // Already over: just take it off the list.
+            self.sessions.forget(id);
+            return Ok(());
+        }
         self.sessions.close(&t, ExitReason::Closed).await
     }
 }

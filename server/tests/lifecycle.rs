@@ -77,7 +77,14 @@ async fn socket_disconnect_leaves_no_process() {
     client.run(&b.terminal_id, "echo b-$((3+3))", "b-6").await;
     client.disconnect().await;
     assert_no_strays(&c).await;
-    eventually("the terminals to leave the list", || async { server.state().terminals().is_empty() }).await;
+    // They stay listed for a while as exited, so a returning client can see how they ended.
+    eventually("the terminals to be listed as exited", || async {
+        server.state().terminals().iter().all(|t| {
+            t.state == app::protocol::TerminalState::Exited
+                && t.exit.as_ref().is_some_and(|e| e.reason == ExitReason::Disconnected)
+        })
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -21,7 +21,7 @@ async fn healthz_and_container_list() {
     let res = reqwest::get(format!("{base}/healthz")).await.unwrap();
     assert_eq!(res.status(), 200);
     let health: Health = res.json().await.unwrap();
-    assert_eq!((health.status.as_str(), health.protocol_version), ("ok", 1));
+    assert_eq!((health.status.as_str(), health.protocol_version), ("ok", app::protocol::PROTOCOL_VERSION));
     assert!(health.docker_api_version.starts_with("1."), "{}", health.docker_api_version);
 
     let res = reqwest::get(format!("{base}/api/v1/containers")).await.unwrap();
@@ -118,7 +118,9 @@ async fn wire_format_binary_input_and_output_as_documented() {
     let hello = next_text(&mut ws).await;
     let hello: Value = serde_json::from_str(hello.strip_prefix("42").unwrap()).unwrap();
     assert_eq!(hello[0], "hello");
-    assert_eq!(hello[1]["protocolVersion"], 1);
+    assert_eq!(hello[1]["protocolVersion"], app::protocol::PROTOCOL_VERSION);
+    // No version in the handshake: the connection speaks version 1.
+    assert_eq!(hello[1]["negotiatedVersion"], 1);
 
     // start-terminal with ack id 7.
     let start = json!(["start-terminal", {"containerId": c.name, "command": ["sh", "-c", "stty raw -echo; echo go; head -c 6 | od -An -tx1; sleep 0.3"]}]);
@@ -137,7 +139,11 @@ async fn wire_format_binary_input_and_output_as_documented() {
         let Message::Text(text) = frame else { continue };
         if let Some(rest) = text.strip_prefix("451-") {
             let v: Value = serde_json::from_str(rest).unwrap();
-            assert_eq!(v, json!(["output", {"terminalId": id, "data": {"_placeholder": true, "num": 0}}]));
+            // Each event says where its bytes start; events follow each other without gaps.
+            assert_eq!(
+                v,
+                json!(["output", {"terminalId": id, "offset": output.len(), "data": {"_placeholder": true, "num": 0}}])
+            );
             match tokio::time::timeout(PATIENCE, ws.next()).await.unwrap().unwrap().unwrap() {
                 Message::Binary(b) => output.extend_from_slice(&b),
                 other => panic!("expected the attachment, got {other:?}"),

@@ -1,20 +1,26 @@
 //! Terminal sessions: a process in a container with a tty, its byte pumps, and the registry of open ones.
 //!
-//! Nothing here knows about Socket.IO or HTTP. A session's output goes to a [`TerminalSink`] the transport
-//! attaches; its input and resizes arrive through [`Terminal::send_input`] / [`Terminal::send_resize`] in the
-//! order they are called and are applied by one task per terminal, so bytes reach the tty in the order sent.
+//! Nothing here knows about Socket.IO or HTTP. A terminal's output goes into a bounded log with absolute
+//! offsets; each attached viewer (a socket, through a [`TerminalSink`]) has its own cursor into that log and
+//! its own task sending from it, so viewers can attach late, resume after a dropped connection from the offset
+//! they had, and a slow viewer only slows this terminal. Input and resizes arrive through
+//! [`Terminal::send_input`] / [`Terminal::send_resize`] in the order they are called and are applied by one task
+//! per terminal, so bytes reach the tty in the order sent. A terminal outlives its viewers for a grace period.
 
 pub mod reaper;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use app::protocol::{self, ErrorCode, Exit, ExitReason, StartTerminal, TerminalId, TerminalInfo, TerminalStarted};
+use app::protocol::{
+    self, ErrorCode, Exit, ExitReason, StartTerminal, TerminalAttached, TerminalId, TerminalInfo, TerminalStarted,
+    TerminalState,
+};
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -38,6 +44,10 @@ const START_WAIT: Duration = Duration::from_secs(10);
 const MAX_SINK_BACKOFF: Duration = Duration::from_millis(20);
 /// Container state checks (100 ms apart) after an exec ended as if killed, to tell a stopping container.
 const CONTAINER_STOP_CHECKS: usize = 30;
+/// Ended terminals kept (for clients returning to read how they ended), at most.
+pub const MAX_ENDED_KEPT: usize = 256;
+/// Ended terminals are kept at least this long, or the grace period if longer.
+const MIN_ENDED_RETENTION: Duration = Duration::from_secs(60);
 /// The login shells tried, in order, when `start-terminal` has no `command`.
 const DEFAULT_SHELLS: [&[&str]; 2] = [&["bash", "-l"], &["sh", "-l"]];
 
@@ -58,17 +68,122 @@ pub enum Offer {
 
 /// Where a terminal's output and exit go. Implemented by the transport.
 pub trait TerminalSink: Send + Sync + 'static {
-    fn output(&self, id: &TerminalId, data: &Bytes) -> Offer;
+    /// `data` starts at `offset` in the terminal's output.
+    fn output(&self, id: &TerminalId, offset: u64, data: &Bytes) -> Offer;
     fn exit(&self, exit: &Exit);
 }
 
-/// Limits on open terminals.
+/// Limits and lifetimes of terminals.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Terminals one owner (socket) may hold at once.
+    /// Terminals one owner (client) may hold at once.
     pub per_owner: usize,
     /// Terminals the whole server may hold at once.
     pub total: usize,
+    /// How long a terminal keeps running with nobody attached (for clients of protocol version 2).
+    pub grace: Duration,
+    /// Bytes of recent output kept per terminal.
+    pub log_bytes: usize,
+}
+
+/// Identifies an attached viewer (a socket).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ViewerId(pub String);
+
+/// Recent output of a terminal with absolute offsets, bounded by `cap` bytes (the newest chunk always stays).
+#[derive(Debug, Default)]
+struct OutputLog {
+    chunks: VecDeque<(u64, Bytes)>,
+    start: u64,
+    end: u64,
+    bytes: usize,
+    cap: usize,
+}
+
+impl OutputLog {
+    fn push(&mut self, chunk: Bytes) {
+        let len = chunk.len();
+        self.chunks.push_back((self.end, chunk));
+        self.end += len as u64;
+        self.bytes += len;
+        while self.bytes > self.cap && self.chunks.len() > 1 {
+            if let Some((_, old)) = self.chunks.pop_front() {
+                self.bytes -= old.len();
+            }
+            self.start = self.chunks.front().map_or(self.end, |(o, _)| *o);
+        }
+    }
+
+    /// Up to `max` bytes from `from` (moved up to the oldest kept byte), as `(offset, bytes)`.
+    fn read(&self, from: u64, max: usize) -> Option<(u64, Bytes)> {
+        let from = from.max(self.start);
+        if from >= self.end {
+            return None;
+        }
+        let first = self.chunks.partition_point(|(o, c)| o + c.len() as u64 <= from);
+        let mut parts = Vec::new();
+        let mut taken = 0usize;
+        for (o, c) in self.chunks.iter().skip(first) {
+            if taken >= max {
+                break;
+            }
+            let skip = from.saturating_sub(*o) as usize;
+            let part = c.slice(skip..c.len().min(skip + max - taken));
+            taken += part.len();
+            parts.push(part);
+        }
+        let data = if parts.len() == 1 {
+            parts.pop().unwrap_or_default()
+        } else {
+            let mut joined = BytesMut::with_capacity(taken);
+            parts.iter().for_each(|p| joined.extend_from_slice(p));
+            joined.freeze()
+        };
+        Some((from, data))
+    }
+}
+
+/// One socket following a terminal.
+struct Viewer {
+    id: ViewerId,
+    /// Next offset to send.
+    cursor: AtomicU64,
+    /// With flow control: the offset the client has processed up to.
+    acked: Option<AtomicU64>,
+    /// Ends this viewer's task (detach).
+    stop: CancellationToken,
+    /// A protocol version 1 client: its leaving ends the terminal at once.
+    v1: bool,
+}
+
+impl Viewer {
+    /// The offset this viewer holds the terminal back at.
+    fn floor(&self) -> u64 {
+        match &self.acked {
+            Some(a) => a.load(Ordering::SeqCst),
+            None => self.cursor.load(Ordering::SeqCst),
+        }
+    }
+}
+
+/// A viewer registered by [`Sessions::attach`], whose output starts flowing once [`Attachment::start`] is
+/// called (after the transport has acknowledged the attach).
+pub struct Attachment {
+    terminal: Arc<Terminal>,
+    viewer: Arc<Viewer>,
+}
+
+impl std::fmt::Debug for Attachment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Attachment").field("terminal", &self.terminal.id).field("viewer", &self.viewer.id).finish()
+    }
+}
+
+impl Attachment {
+    pub fn start(self, sink: Arc<dyn TerminalSink>) {
+        let span = tracing::info_span!("viewer", terminal = %self.terminal.id, viewer = %self.viewer.id.0);
+        tokio::spawn(viewer_pump(self.terminal, self.viewer, sink).instrument(span));
+    }
 }
 
 enum Command {
@@ -82,18 +197,6 @@ impl Command {
             Command::Input(b) => b.len(),
             Command::Resize(..) => 0,
         }
-    }
-}
-
-/// Output flow control state of one terminal: bytes sent, and bytes the client says it has processed.
-struct Flow {
-    sent: AtomicU64,
-    processed: watch::Sender<u64>,
-}
-
-impl Flow {
-    fn unacked(&self, processed: u64) -> u64 {
-        self.sent.load(Ordering::SeqCst).saturating_sub(processed)
     }
 }
 
@@ -112,15 +215,27 @@ pub struct Terminal {
     /// Events and input bytes in `commands`, bounded by [`COMMAND_QUEUE_EVENTS`] and [`INPUT_QUEUE_BYTES`].
     queued_events: AtomicUsize,
     queued_bytes: AtomicUsize,
-    sink: watch::Sender<Option<Arc<dyn TerminalSink>>>,
-    /// Output flow control, when the client opted in.
-    flow: Option<Flow>,
+    /// Recent output; `end_tx` carries its end offset to waiting viewers.
+    log: Mutex<OutputLog>,
+    end_tx: watch::Sender<u64>,
+    /// Set once the process ended (after the last byte was logged).
+    exit_tx: watch::Sender<Option<Exit>>,
+    viewers: Mutex<HashMap<ViewerId, Arc<Viewer>>>,
+    /// Notified when a viewer advances, acknowledges, attaches or leaves (the read pump may resume).
+    progress: Notify,
+    /// When the last viewer left, and which detach that was (a later attach or detach invalidates its timer).
+    detached: Mutex<Option<(Instant, u64)>>,
+    detach_epoch: AtomicU64,
+    /// Flow control was asked for at start (reported in the start ack).
+    flow_control: bool,
     /// Set once, by whoever decides why the terminal ends before its process does.
     close_reason: Mutex<Option<ExitReason>>,
     /// Cancelled to stop both pumps (after the process is gone, or when the stream hangs).
     stop: CancellationToken,
-    /// Cancelled when the exit has been delivered and the terminal left the registry.
+    /// Cancelled when the process has ended and its exit is known.
     finished: CancellationToken,
+    /// When it ended (for how long it is kept).
+    ended_at: Mutex<Option<Instant>>,
 }
 
 impl std::fmt::Debug for Terminal {
@@ -138,9 +253,27 @@ impl Terminal {
         &self.owner
     }
 
-    /// Starts delivering output to `sink`. Output is held back until a sink is attached.
-    pub fn attach(&self, sink: Arc<dyn TerminalSink>) {
-        self.sink.send_replace(Some(sink));
+    fn viewers(&self) -> std::sync::MutexGuard<'_, HashMap<ViewerId, Arc<Viewer>>> {
+        self.viewers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn log(&self) -> std::sync::MutexGuard<'_, OutputLog> {
+        self.log.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether `viewer` is attached (only attached sockets may write, resize or close).
+    pub fn is_attached(&self, viewer: &ViewerId) -> bool {
+        self.viewers().contains_key(viewer)
+    }
+
+    pub fn has_ended(&self) -> bool {
+        self.exit_tx.borrow().is_some()
+    }
+
+    /// How far the slowest viewer is behind the end of the output (0 with nobody attached).
+    fn lag(&self) -> u64 {
+        let end = self.log().end;
+        self.viewers().values().map(|v| end.saturating_sub(v.floor())).max().unwrap_or(0)
     }
 
     /// Queues bytes for the tty. Never waits: ordering is the order of calls.
@@ -192,30 +325,41 @@ impl Terminal {
         self.queued_bytes.fetch_sub(bytes, Ordering::SeqCst);
     }
 
-    /// Records that the client has processed the first `processed` output bytes (cumulative).
-    pub fn ack_output(&self, processed: u64) -> Result<(), ServiceError> {
-        let Some(flow) = &self.flow else {
-            return Err(ServiceError::invalid(format!("terminal {} was not started with flowControl", self.id)));
+    /// Records that `viewer` has processed the terminal's output up to offset `processed` (cumulative).
+    pub fn ack_output(&self, viewer: &ViewerId, processed: u64) -> Result<(), ServiceError> {
+        let v = self.viewers().get(viewer).cloned().ok_or_else(|| ServiceError::unknown_terminal(&self.id))?;
+        let Some(acked) = &v.acked else {
+            return Err(ServiceError::invalid(format!(
+                "terminal {} was not started or attached with flowControl",
+                self.id
+            )));
         };
-        let sent = flow.sent.load(Ordering::SeqCst);
+        let sent = v.cursor.load(Ordering::SeqCst);
         if processed > sent {
             return Err(ServiceError::invalid(format!(
-                "output-ack acknowledges {processed} bytes but only {sent} were sent"
+                "output-ack acknowledges offset {processed} but only {sent} was sent"
             )));
         }
         // Acks may arrive out of order or twice: keep the highest.
-        flow.processed.send_if_modified(|p| {
-            let newer = processed > *p;
-            if newer {
-                *p = processed;
-            }
-            newer
-        });
+        acked.fetch_max(processed, Ordering::SeqCst);
+        self.progress.notify_waiters();
         Ok(())
     }
 
-    pub fn info(&self) -> TerminalInfo {
+    /// Its state for the REST view, given the grace period.
+    pub fn info_with(&self, grace: Duration) -> TerminalInfo {
         let (cols, rows) = *self.size.lock().unwrap_or_else(|e| e.into_inner());
+        let attached = self.viewers().len();
+        let exit = self.exit_tx.borrow().clone();
+        let detached = *self.detached.lock().unwrap_or_else(|e| e.into_inner());
+        let (state, grace_left_ms) = match (&exit, attached, detached) {
+            (Some(_), _, _) => (TerminalState::Exited, None),
+            (None, 0, Some((since, _))) => {
+                (TerminalState::Detached, Some(grace.saturating_sub(since.elapsed()).as_millis() as u64))
+            }
+            (None, 0, None) => (TerminalState::Detached, None),
+            _ => (TerminalState::Running, None),
+        };
         TerminalInfo {
             terminal_id: self.id.clone(),
             container_id: self.container_id.clone(),
@@ -225,6 +369,10 @@ impl Terminal {
             rows,
             started_at_ms: self.started_at_ms,
             bytes_out: self.bytes_out.load(Ordering::Relaxed),
+            state,
+            attached,
+            grace_left_ms,
+            exit,
         }
     }
 
@@ -237,7 +385,7 @@ impl Terminal {
             command: self.command.clone(),
             cols,
             rows,
-            flow_control: self.flow.is_some(),
+            flow_control: self.flow_control,
         }
     }
 
@@ -307,7 +455,12 @@ fn now_ms() -> u64 {
 
 #[derive(Default)]
 struct Registry {
+    /// Running terminals and, for a while, ended ones.
     terminals: HashMap<TerminalId, Arc<Terminal>>,
+    /// Ids of the running ones (each holds a slot in the counts below).
+    running: std::collections::HashSet<TerminalId>,
+    /// Ended terminals still listed, oldest first.
+    ended: VecDeque<TerminalId>,
     /// Open plus starting terminals per owner.
     per_owner: HashMap<OwnerId, usize>,
     /// Open plus starting terminals in all.
@@ -331,6 +484,7 @@ impl Drop for Reservation<'_> {
 
 /// All open terminals, the limits on them, and the runtime they run on.
 pub struct Sessions {
+    self_ref: std::sync::Weak<Sessions>,
     runtime: Arc<dyn ContainerRuntime>,
     limits: Limits,
     registry: Mutex<Registry>,
@@ -360,7 +514,8 @@ enum Launch {
 
 impl Sessions {
     pub fn new(runtime: Arc<dyn ContainerRuntime>, limits: Limits) -> Arc<Sessions> {
-        let sessions = Arc::new(Sessions {
+        let sessions = Arc::new_cyclic(|weak| Sessions {
+            self_ref: weak.clone(),
             runtime,
             limits,
             registry: Mutex::new(Registry::default()),
@@ -568,7 +723,6 @@ impl Sessions {
     ) -> Arc<Terminal> {
         let TtySettings { cols, rows, flow_control } = tty;
         let (commands, command_rx) = mpsc::unbounded_channel();
-        let (sink, sink_rx) = watch::channel(None);
         let terminal = Arc::new(Terminal {
             id: id.clone(),
             owner,
@@ -582,84 +736,222 @@ impl Sessions {
             commands,
             queued_events: AtomicUsize::new(0),
             queued_bytes: AtomicUsize::new(0),
-            sink,
-            flow: flow_control.then(|| Flow { sent: AtomicU64::new(0), processed: watch::channel(0).0 }),
+            log: Mutex::new(OutputLog { cap: self.limits.log_bytes.max(1), ..OutputLog::default() }),
+            end_tx: watch::channel(0).0,
+            exit_tx: watch::channel(None).0,
+            viewers: Mutex::new(HashMap::new()),
+            progress: Notify::new(),
+            detached: Mutex::new(None),
+            detach_epoch: AtomicU64::new(0),
+            flow_control,
             close_reason: Mutex::new(None),
             stop: CancellationToken::new(),
             finished: CancellationToken::new(),
+            ended_at: Mutex::new(None),
         });
-        self.registry().terminals.insert(id.clone(), terminal.clone());
+        {
+            let mut reg = self.registry();
+            reg.terminals.insert(id.clone(), terminal.clone());
+            reg.running.insert(id.clone());
+        }
         let span = tracing::info_span!("terminal", terminal = %id, container = %target.name, exec = %stream.exec_id);
         tracing::info!(parent: &span, command = ?terminal.command, cols, rows, "terminal started");
         // The first command applies the requested size; input and later resizes queue behind it.
         let _ = terminal.queue(Command::Resize(cols, rows));
         let ExecStream { output, input, .. } = stream;
         tokio::spawn(write_pump(self.runtime.clone(), terminal.clone(), input, command_rx).instrument(span.clone()));
-        tokio::spawn(self.clone().read_pump(terminal.clone(), output, sink_rx).instrument(span));
+        tokio::spawn(self.clone().read_pump(terminal.clone(), output).instrument(span));
         terminal
     }
 
-    /// Moves output from the exec stream to the sink; when the stream ends, works out why and reports the exit.
+    /// Moves output from the exec stream into the terminal's log; when the stream ends, works out why and
+    /// records the exit. Reading pauses while the slowest attached viewer is more than
+    /// [`protocol::FLOW_HIGH_WATERMARK`] behind (until it is within [`protocol::FLOW_LOW_WATERMARK`]): the tty
+    /// then fills and the process blocks. With nobody attached it reads on, and the log keeps the newest bytes.
     async fn read_pump(
         self: Arc<Self>,
         terminal: Arc<Terminal>,
         mut output: std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>>,
-        mut sink_rx: watch::Receiver<Option<Arc<dyn TerminalSink>>>,
     ) {
-        // Hold output until someone listens.
-        let waited = tokio::select! {
-            r = sink_rx.wait_for(|s| s.is_some()) => r.is_ok(),
-            _ = terminal.stop.cancelled() => false,
-        };
         let mut stream_error = None;
-        if waited {
-            let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
-            let mut acks = terminal.flow.as_ref().map(|f| f.processed.subscribe());
-            loop {
-                if let (Some(flow), Some(acks)) = (&terminal.flow, acks.as_mut())
-                    && flow.unacked(*acks.borrow()) > protocol::FLOW_HIGH_WATERMARK
-                {
-                    // The client is behind: stop reading (the tty fills, the process blocks) until it catches up.
-                    let caught_up = tokio::select! {
-                        r = acks.wait_for(|p| flow.unacked(*p) <= protocol::FLOW_LOW_WATERMARK) => r.is_ok(),
-                        _ = terminal.stop.cancelled() => false,
-                    };
-                    if !caught_up {
+        let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+        'reading: loop {
+            if terminal.lag() > protocol::FLOW_HIGH_WATERMARK {
+                loop {
+                    let progressed = terminal.progress.notified();
+                    tokio::pin!(progressed);
+                    progressed.as_mut().enable();
+                    if terminal.lag() <= protocol::FLOW_LOW_WATERMARK {
                         break;
                     }
-                }
-                buf.reserve(READ_CHUNK_BYTES);
-                let n = tokio::select! {
-                    r = output.read_buf(&mut buf) => match r {
-                        Ok(n) => n,
-                        Err(e) => { stream_error = Some(e.to_string()); 0 }
-                    },
-                    _ = terminal.stop.cancelled() => 0,
-                };
-                if n == 0 {
-                    break;
-                }
-                let chunk = buf.split().freeze();
-                terminal.bytes_out.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-                // Counted before it is offered, so an ack that races the emit is never ahead of `sent`.
-                if let Some(flow) = &terminal.flow {
-                    flow.sent.fetch_add(chunk.len() as u64, Ordering::SeqCst);
-                }
-                if !deliver(&terminal, &sink_rx, &chunk).await {
-                    break;
+                    tokio::select! {
+                        _ = progressed => {}
+                        _ = terminal.stop.cancelled() => break 'reading,
+                    }
                 }
             }
+            buf.reserve(READ_CHUNK_BYTES);
+            let n = tokio::select! {
+                r = output.read_buf(&mut buf) => match r {
+                    Ok(n) => n,
+                    Err(e) => { stream_error = Some(e.to_string()); 0 }
+                },
+                _ = terminal.stop.cancelled() => 0,
+            };
+            if n == 0 {
+                break;
+            }
+            let chunk = buf.split().freeze();
+            terminal.bytes_out.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            let end = {
+                let mut log = terminal.log();
+                log.push(chunk);
+                log.end
+            };
+            terminal.end_tx.send_replace(end);
         }
         drop(output);
         let (exit_code, reason) = self.exit_cause(&terminal, stream_error).await;
         terminal.stop.cancel();
-        self.forget(&terminal);
         let exit = Exit { terminal_id: terminal.id.clone(), exit_code, reason };
         tracing::info!(?exit_code, %reason, bytes_out = terminal.bytes_out.load(Ordering::Relaxed), "terminal ended");
-        if let Some(sink) = sink_rx.borrow().clone() {
-            sink.exit(&exit);
+        self.ended(&terminal, exit);
+    }
+
+    /// Records the exit (viewers deliver it after the last output) and frees the terminal's slot. The
+    /// terminal stays listed as exited for a while, unless a client closed it.
+    fn ended(&self, terminal: &Arc<Terminal>, exit: Exit) {
+        let reason = exit.reason;
+        *terminal.ended_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        terminal.exit_tx.send_replace(Some(exit));
+        {
+            let mut reg = self.registry();
+            if reg.running.remove(&terminal.id) {
+                if let Some(n) = reg.per_owner.get_mut(&terminal.owner) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        reg.per_owner.remove(&terminal.owner);
+                    }
+                }
+                reg.total = reg.total.saturating_sub(1);
+            }
+            if reason == ExitReason::Closed {
+                reg.terminals.remove(&terminal.id);
+            } else {
+                reg.ended.push_back(terminal.id.clone());
+                // Bounded history: forget the oldest ended terminals first.
+                while reg.ended.len() > MAX_ENDED_KEPT {
+                    if let Some(old) = reg.ended.pop_front() {
+                        reg.terminals.remove(&old);
+                    }
+                }
+            }
         }
         terminal.finished.cancel();
+        let retention = self.limits.grace.max(MIN_ENDED_RETENTION);
+        let (weak, id) = (self.self_ref.clone(), terminal.id.clone());
+        if reason != ExitReason::Closed {
+            tokio::spawn(async move {
+                tokio::time::sleep(retention).await;
+                if let Some(sessions) = weak.upgrade() {
+                    let mut reg = sessions.registry();
+                    reg.ended.retain(|t| *t != id);
+                    reg.terminals.remove(&id);
+                }
+            });
+        }
+    }
+
+    /// Registers `viewer` on `terminal` from offset `since` (absent: the oldest kept byte). Output flows once
+    /// the returned [`Attachment`] is started. Attaching again with the same viewer id replaces the old one.
+    pub fn attach(
+        &self,
+        terminal: &Arc<Terminal>,
+        viewer: ViewerId,
+        since: Option<u64>,
+        flow_control: bool,
+        v1: bool,
+    ) -> Result<(Attachment, TerminalAttached), ServiceError> {
+        let (start, end) = {
+            let log = terminal.log();
+            (log.start, log.end)
+        };
+        let wanted = since.unwrap_or(start);
+        if wanted > end {
+            return Err(ServiceError::invalid(format!("since {wanted} is past the end of the output ({end})")));
+        }
+        let offset = wanted.max(start);
+        let truncated = since.is_some_and(|s| s < start);
+        let v = Arc::new(Viewer {
+            id: viewer.clone(),
+            cursor: AtomicU64::new(offset),
+            acked: flow_control.then(|| AtomicU64::new(offset)),
+            stop: CancellationToken::new(),
+            v1,
+        });
+        if let Some(old) = terminal.viewers().insert(viewer, v.clone()) {
+            old.stop.cancel();
+        }
+        // Someone is back: the grace timer, if any, no longer applies.
+        terminal.detach_epoch.fetch_add(1, Ordering::SeqCst);
+        *terminal.detached.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        terminal.progress.notify_waiters();
+        let (cols, rows) = *terminal.size.lock().unwrap_or_else(|e| e.into_inner());
+        let attached = TerminalAttached {
+            terminal_id: terminal.id.clone(),
+            container_id: terminal.container_id.clone(),
+            container_name: terminal.container_name.clone(),
+            command: terminal.command.clone(),
+            cols,
+            rows,
+            flow_control,
+            offset,
+            end,
+            truncated,
+            ended: terminal.has_ended(),
+        };
+        tracing::info!(terminal = %terminal.id, viewer = %v.id.0, offset, end, truncated, "viewer attached");
+        Ok((Attachment { terminal: terminal.clone(), viewer: v }, attached))
+    }
+
+    /// `viewer` (a socket) went away: it stops following every terminal. A terminal left with nobody runs on
+    /// for the grace period (or ends at once, for protocol version 1 clients or a zero grace period).
+    pub async fn detach_everywhere(self: &Arc<Self>, viewer: &ViewerId) {
+        let terminals: Vec<_> = self.registry().terminals.values().cloned().collect();
+        let mut to_close = Vec::new();
+        for t in terminals {
+            let removed = t.viewers().remove(viewer);
+            let Some(v) = removed else { continue };
+            v.stop.cancel();
+            t.progress.notify_waiters();
+            if !t.viewers().is_empty() || t.has_ended() {
+                continue;
+            }
+            if v.v1 || self.limits.grace.is_zero() {
+                to_close.push(t);
+            } else {
+                self.start_grace(&t);
+            }
+        }
+        futures_util::future::join_all(to_close.iter().map(|t| self.close(t, ExitReason::Disconnected))).await;
+    }
+
+    fn start_grace(self: &Arc<Self>, terminal: &Arc<Terminal>) {
+        let epoch = terminal.detach_epoch.fetch_add(1, Ordering::SeqCst) + 1;
+        *terminal.detached.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), epoch));
+        tracing::info!(terminal = %terminal.id, grace = ?self.limits.grace, "nobody attached; terminal kept for the grace period");
+        let (sessions, terminal) = (self.clone(), terminal.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(sessions.limits.grace) => {}
+                _ = terminal.finished.cancelled() => return,
+            }
+            let still = terminal.detach_epoch.load(Ordering::SeqCst) == epoch && terminal.viewers().is_empty();
+            if still {
+                tracing::info!(terminal = %terminal.id, "grace period over; ending the terminal");
+                let _ = sessions.close(&terminal, ExitReason::Abandoned).await;
+            }
+        });
     }
 
     /// Decides the exit code and reason once the stream has ended.
@@ -735,26 +1027,36 @@ impl Sessions {
         last
     }
 
-    fn forget(&self, terminal: &Terminal) {
-        let removed = self.registry().terminals.remove(&terminal.id).is_some();
-        if removed {
-            self.release(&terminal.owner);
-        }
-    }
-
-    /// The terminal with this id, if `owner` may use it (`None` as owner: any, for the REST API).
-    pub fn get(&self, id: &TerminalId, owner: Option<&OwnerId>) -> Result<Arc<Terminal>, ServiceError> {
-        let reg = self.registry();
-        match reg.terminals.get(id) {
-            Some(t) if owner.is_none_or(|o| *o == t.owner) => Ok(t.clone()),
+    /// A running terminal `viewer` is attached to (`None`: any running terminal, for the REST API).
+    pub fn get(&self, id: &TerminalId, viewer: Option<&ViewerId>) -> Result<Arc<Terminal>, ServiceError> {
+        let t = self.registry().terminals.get(id).cloned();
+        match t {
+            Some(t) if !t.has_ended() && viewer.is_none_or(|v| t.is_attached(v)) => Ok(t),
             _ => Err(ServiceError::unknown_terminal(id)),
         }
     }
 
+    /// Any listed terminal, running or ended (for attaching and the REST view).
+    pub fn find(&self, id: &TerminalId) -> Result<Arc<Terminal>, ServiceError> {
+        self.registry().terminals.get(id).cloned().ok_or_else(|| ServiceError::unknown_terminal(id))
+    }
+
+    /// Forgets an ended terminal (REST `DELETE` of an exited one).
+    pub fn forget(&self, id: &TerminalId) {
+        let mut reg = self.registry();
+        reg.ended.retain(|t| t != id);
+        reg.terminals.remove(id);
+    }
+
     pub fn list(&self) -> Vec<TerminalInfo> {
-        let mut list: Vec<_> = self.registry().terminals.values().map(|t| t.info()).collect();
+        let all: Vec<_> = self.registry().terminals.values().cloned().collect();
+        let mut list: Vec<_> = all.iter().map(|t| t.info_with(self.limits.grace)).collect();
         list.sort_by(|a, b| a.started_at_ms.cmp(&b.started_at_ms).then(a.terminal_id.cmp(&b.terminal_id)));
         list
+    }
+
+    pub fn info(&self, terminal: &Terminal) -> TerminalInfo {
+        terminal.info_with(self.limits.grace)
     }
 
     /// Ends a terminal: no process of it is left in the container when this returns Ok (if the daemon is
@@ -797,14 +1099,15 @@ impl Sessions {
 
     /// Closes every terminal `owner` holds, concurrently.
     pub async fn close_owned_by(&self, owner: &OwnerId, reason: ExitReason) {
-        let mine: Vec<_> = self.registry().terminals.values().filter(|t| t.owner == *owner).cloned().collect();
+        let mine: Vec<_> =
+            self.registry().terminals.values().filter(|t| t.owner == *owner && !t.has_ended()).cloned().collect();
         futures_util::future::join_all(mine.iter().map(|t| self.close(t, reason))).await;
     }
 
     /// Refuses new terminals and closes every open one, concurrently.
     pub async fn shutdown(&self) {
         self.shutting_down.store(true, Ordering::SeqCst);
-        let all: Vec<_> = self.registry().terminals.values().cloned().collect();
+        let all: Vec<_> = self.registry().terminals.values().filter(|t| !t.has_ended()).cloned().collect();
         tracing::info!(terminals = all.len(), "closing every terminal for shutdown");
         futures_util::future::join_all(all.iter().map(|t| self.close(t, ExitReason::ServerShutdown))).await;
     }
@@ -821,24 +1124,74 @@ fn not_running(target: &ContainerTarget) -> ServiceError {
     )
 }
 
-/// Offers a chunk until taken. Returns false when the terminal is being stopped.
-async fn deliver(terminal: &Terminal, sink_rx: &watch::Receiver<Option<Arc<dyn TerminalSink>>>, chunk: &Bytes) -> bool {
-    let mut pause = Duration::from_millis(1);
-    loop {
-        let sink = sink_rx.borrow().clone();
-        let Some(sink) = sink else { return true };
-        match sink.output(&terminal.id, chunk) {
-            Offer::Delivered | Offer::Gone => return true,
-            Offer::Full => {
-                // Backpressure: while the client is behind, the container's writer blocks on the tty.
-                tokio::select! {
-                    _ = tokio::time::sleep(pause) => {}
-                    _ = terminal.stop.cancelled() => return false,
+/// Sends one viewer the terminal's output from its cursor on, then the exit. Holds back while a flow-controlled
+/// viewer has more than [`protocol::FLOW_HIGH_WATERMARK`] unacknowledged; retries while its sink is congested.
+async fn viewer_pump(terminal: Arc<Terminal>, viewer: Arc<Viewer>, sink: Arc<dyn TerminalSink>) {
+    let mut end_rx = terminal.end_tx.subscribe();
+    let mut exit_rx = terminal.exit_tx.subscribe();
+    'sending: loop {
+        if let Some(acked) = &viewer.acked {
+            loop {
+                let progressed = terminal.progress.notified();
+                tokio::pin!(progressed);
+                progressed.as_mut().enable();
+                let unacked = viewer.cursor.load(Ordering::SeqCst).saturating_sub(acked.load(Ordering::SeqCst));
+                if unacked <= protocol::FLOW_HIGH_WATERMARK {
+                    break;
                 }
-                pause = (pause * 2).min(MAX_SINK_BACKOFF);
+                tokio::select! {
+                    _ = progressed => {}
+                    _ = viewer.stop.cancelled() => break 'sending,
+                }
+            }
+        }
+        // Mark the current end and exit as seen before reading, so a change after the read wakes us below.
+        end_rx.borrow_and_update();
+        let exit = exit_rx.borrow_and_update().clone();
+        let cursor = viewer.cursor.load(Ordering::SeqCst);
+        let next = terminal.log().read(cursor, READ_CHUNK_BYTES);
+        match next {
+            Some((offset, data)) => {
+                if offset > cursor {
+                    tracing::warn!(lost = offset - cursor, "viewer fell behind the output log");
+                }
+                let mut pause = Duration::from_millis(1);
+                loop {
+                    match sink.output(&terminal.id, offset, &data) {
+                        Offer::Delivered => break,
+                        Offer::Gone => break 'sending,
+                        Offer::Full => {
+                            tokio::select! {
+                                _ = tokio::time::sleep(pause) => {}
+                                _ = viewer.stop.cancelled() => break 'sending,
+                            }
+                            pause = (pause * 2).min(MAX_SINK_BACKOFF);
+                        }
+                    }
+                }
+                viewer.cursor.store(offset + data.len() as u64, Ordering::SeqCst);
+                terminal.progress.notify_waiters();
+            }
+            None => {
+                if let Some(exit) = exit {
+                    sink.exit(&exit);
+                    break;
+                }
+                tokio::select! {
+                    _ = end_rx.changed() => {}
+                    _ = exit_rx.changed() => {}
+                    _ = viewer.stop.cancelled() => break,
+                }
             }
         }
     }
+    // Leave the terminal's viewer list, unless a newer attach of the same viewer replaced this one.
+    let mut viewers = terminal.viewers();
+    if viewers.get(&viewer.id).is_some_and(|v| Arc::ptr_eq(v, &viewer)) {
+        viewers.remove(&viewer.id);
+    }
+    drop(viewers);
+    terminal.progress.notify_waiters();
 }
 
 /// Applies input and resizes in arrival order. Consecutive inputs are joined into one write.

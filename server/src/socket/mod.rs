@@ -13,8 +13,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use app::protocol::{
-    CloseTerminal, ErrorEvent, Exit, ExitReason, Hello, Input, Output, OutputAck, PROTOCOL_VERSION, Reply, Resize,
-    StartTerminal, TerminalAck, TerminalBytes, TerminalId, event,
+    AttachTerminal, ClientAuth, CloseTerminal, ErrorEvent, Exit, ExitReason, Hello, Input, MAX_CLIENT_ID_LEN,
+    MIN_PROTOCOL_VERSION, Output, OutputAck, PROTOCOL_VERSION, Reply, Resize, StartTerminal, TerminalAck,
+    TerminalBytes, TerminalId, event,
 };
 use bytes::Bytes;
 use serde::Serialize;
@@ -26,7 +27,7 @@ use socketioxide::{SendError, SocketError};
 use tracing::Instrument;
 
 use crate::error::ServiceError;
-use crate::session::{Offer, OwnerId, TerminalSink};
+use crate::session::{Offer, OwnerId, TerminalSink, ViewerId};
 use crate::state::AppState;
 
 /// Most attempts to put an ack or control event into a congested socket's send queue, [`SEND_RETRY`] apart.
@@ -37,8 +38,8 @@ const MAX_RETRYING_EVENTS: usize = 16;
 
 /// Registers the namespace handlers on `io`.
 pub fn register(io: &socketioxide::SocketIo, state: AppState) {
-    io.ns(app::protocol::NAMESPACE, move |socket: SocketRef| -> Ready<()> {
-        on_connect(socket, state.clone());
+    io.ns(app::protocol::NAMESPACE, move |socket: SocketRef, TryData(auth): TryData<ClientAuth>| -> Ready<()> {
+        on_connect(socket, auth.unwrap_or_default(), state.clone());
         ready(())
     });
 }
@@ -144,11 +145,11 @@ struct SocketSink {
 }
 
 impl TerminalSink for SocketSink {
-    fn output(&self, id: &TerminalId, data: &Bytes) -> Offer {
+    fn output(&self, id: &TerminalId, offset: u64, data: &Bytes) -> Offer {
         if self.conn.acks_pending.load(Ordering::SeqCst) > 0 {
             return Offer::Full;
         }
-        let payload = Output { terminal_id: id.clone(), data: TerminalBytes(data.clone()) };
+        let payload = Output { terminal_id: id.clone(), offset, data: TerminalBytes(data.clone()) };
         match self.socket.emit(event::OUTPUT, &payload) {
             Ok(()) => Offer::Delivered,
             Err(SendError::Socket(SocketError::InternalChannelFull)) => Offer::Full,
@@ -197,15 +198,32 @@ fn emit_reliably<T: Serialize + Send + 'static>(
     });
 }
 
-fn on_connect(socket: SocketRef, state: AppState) {
-    let owner = OwnerId(socket.id.to_string());
+/// A client id from the handshake, if it is well-formed.
+fn client_id(auth: &ClientAuth) -> Option<String> {
+    let id = auth.client_id.as_deref()?;
+    let ok = !id.is_empty()
+        && id.len() <= MAX_CLIENT_ID_LEN
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !ok {
+        tracing::warn!("ignoring a malformed clientId in the handshake");
+    }
+    ok.then(|| id.to_string())
+}
+
+fn on_connect(socket: SocketRef, auth: ClientAuth, state: AppState) {
+    // Terminals belong to the client (one per browser profile, say), so its other sockets can resume them.
+    let owner = OwnerId(client_id(&auth).map_or_else(|| format!("socket:{}", socket.id), |c| format!("client:{c}")));
+    let viewer = ViewerId(socket.id.to_string());
+    let version = auth.protocol_version.unwrap_or(1).clamp(MIN_PROTOCOL_VERSION, PROTOCOL_VERSION);
+    let v1 = version < 2;
     let conn = Arc::new(Conn::default());
-    let span = tracing::info_span!("socket", sid = %socket.id, transport = ?socket.transport_type());
+    let span = tracing::info_span!("socket", sid = %socket.id, transport = ?socket.transport_type(), owner = %owner.0, version);
     tracing::info!(parent: &span, "connected");
 
     // Every `on` is registered before anything awaits: events that arrive earlier would be dropped.
     {
-        let (state, owner, conn, span) = (state.clone(), owner.clone(), conn.clone(), span.clone());
+        let (state, owner, viewer, conn, span) =
+            (state.clone(), owner.clone(), viewer.clone(), conn.clone(), span.clone());
         socket.on(
             event::START_TERMINAL,
             move |socket: SocketRef, ack: Ack, TryData(req): TryData<StartTerminal>| -> Ready<()> {
@@ -216,6 +234,9 @@ fn on_connect(socket: SocketRef, state: AppState) {
                     };
                     match reply {
                         Ok((terminal, started)) => {
+                            // Registered before the ack so no byte is missed; its output flows after the ack.
+                            let attached =
+                                state.sessions().attach(&terminal, viewer.clone(), Some(0), started.flow_control, v1);
                             let delivered = send_ack(&conn, ack, &Reply::Ok(started)).await;
                             // A client that never learned the id can neither use nor close the terminal; and
                             // the socket may have left while Docker started the process, before its disconnect
@@ -224,7 +245,10 @@ fn on_connect(socket: SocketRef, state: AppState) {
                                 let _ = state.sessions().close(&terminal, ExitReason::Disconnected).await;
                                 return;
                             }
-                            terminal.attach(Arc::new(SocketSink { socket, conn }));
+                            match attached {
+                                Ok((attachment, _)) => attachment.start(Arc::new(SocketSink { socket, conn })),
+                                Err(e) => tracing::error!(error = %e, "could not attach to a new terminal"),
+                            }
                         }
                         Err(e) => {
                             tracing::info!(code = %e.code, message = %e.message, "start-terminal refused");
@@ -238,7 +262,7 @@ fn on_connect(socket: SocketRef, state: AppState) {
         );
     }
     {
-        let (state, owner, conn, span) = (state.clone(), owner.clone(), conn.clone(), span.clone());
+        let (state, owner, conn, span) = (state.clone(), viewer.clone(), conn.clone(), span.clone());
         socket.on(event::INPUT, move |socket: SocketRef, ack: Ack, TryData(req): TryData<Input>| -> Ready<()> {
             let _g = span.enter();
             let (id, result) = match req {
@@ -253,7 +277,7 @@ fn on_connect(socket: SocketRef, state: AppState) {
         });
     }
     {
-        let (state, owner, conn, span) = (state.clone(), owner.clone(), conn.clone(), span.clone());
+        let (state, owner, conn, span) = (state.clone(), viewer.clone(), conn.clone(), span.clone());
         socket.on(event::RESIZE, move |socket: SocketRef, ack: Ack, TryData(req): TryData<Resize>| -> Ready<()> {
             let _g = span.enter();
             let (id, result) = match req {
@@ -269,7 +293,7 @@ fn on_connect(socket: SocketRef, state: AppState) {
         });
     }
     {
-        let (state, owner, conn, span) = (state.clone(), owner.clone(), conn.clone(), span.clone());
+        let (state, owner, conn, span) = (state.clone(), viewer.clone(), conn.clone(), span.clone());
         socket.on(
             event::OUTPUT_ACK,
             move |socket: SocketRef, ack: Ack, TryData(req): TryData<OutputAck>| -> Ready<()> {
@@ -277,7 +301,10 @@ fn on_connect(socket: SocketRef, state: AppState) {
                 let (id, result) = match req {
                     Err(e) => (None, Err(ServiceError::invalid(format!("output-ack payload: {e}")))),
                     Ok(OutputAck { terminal_id, processed }) => {
-                        let r = state.sessions().get(&terminal_id, Some(&owner)).and_then(|t| t.ack_output(processed));
+                        let r = state
+                            .sessions()
+                            .get(&terminal_id, Some(&owner))
+                            .and_then(|t| t.ack_output(&owner, processed));
                         (Some(terminal_id), r)
                     }
                 };
@@ -287,7 +314,7 @@ fn on_connect(socket: SocketRef, state: AppState) {
         );
     }
     {
-        let (state, owner, conn, span) = (state.clone(), owner.clone(), conn.clone(), span.clone());
+        let (state, owner, conn, span) = (state.clone(), viewer.clone(), conn.clone(), span.clone());
         socket.on(event::CLOSE_TERMINAL, move |ack: Ack, TryData(req): TryData<CloseTerminal>| -> Ready<()> {
             let task = async move {
                 let reply = match req {
@@ -306,19 +333,56 @@ fn on_connect(socket: SocketRef, state: AppState) {
         });
     }
     {
-        let (state, owner, span) = (state.clone(), owner.clone(), span.clone());
+        let (state, viewer, conn, span) = (state.clone(), viewer.clone(), conn.clone(), span.clone());
+        socket.on(
+            event::ATTACH_TERMINAL,
+            move |socket: SocketRef, ack: Ack, TryData(req): TryData<AttachTerminal>| -> Ready<()> {
+                let task = async move {
+                    let attached = match req {
+                        Err(e) => Err(ServiceError::invalid(format!("attach-terminal payload: {e}"))),
+                        Ok(req) => state
+                            .sessions()
+                            .find(&req.terminal_id)
+                            .and_then(|t| state.sessions().attach(&t, viewer.clone(), req.since, req.flow_control, v1)),
+                    };
+                    match attached {
+                        Ok((attachment, reply)) => {
+                            if send_ack(&conn, ack, &Reply::Ok(reply)).await && socket.connected() {
+                                attachment.start(Arc::new(SocketSink { socket, conn }));
+                            } else {
+                                state.sessions().detach_everywhere(&viewer).await;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::info!(code = %e.code, message = %e.message, "attach-terminal refused");
+                            send_ack(&conn, ack, &Reply::<()>::Err(e.reply())).await;
+                        }
+                    }
+                };
+                tokio::spawn(task.instrument(span.clone()));
+                ready(())
+            },
+        );
+    }
+    {
+        let (state, viewer, span) = (state.clone(), viewer.clone(), span.clone());
         socket.on_disconnect(move |reason: DisconnectReason| -> Ready<()> {
             let task = async move {
-                tracing::info!(?reason, "disconnected; closing its terminals");
-                state.sessions().close_owned_by(&owner, ExitReason::Disconnected).await;
+                tracing::info!(?reason, "disconnected");
+                state.sessions().detach_everywhere(&viewer).await;
             };
             tokio::spawn(task.instrument(span));
             ready(())
         });
     }
 
+    let limits = state.sessions().limits();
     let hello = Hello {
         protocol_version: PROTOCOL_VERSION,
+        min_protocol_version: MIN_PROTOCOL_VERSION,
+        negotiated_version: version,
+        grace_period_secs: limits.grace.as_secs(),
+        output_log_bytes: limits.log_bytes,
         server_version: env!("CARGO_PKG_VERSION").to_string(),
         max_terminals_per_socket: state.sessions().limits().per_owner,
         max_input_bytes: app::protocol::MAX_INPUT_BYTES,

@@ -191,6 +191,9 @@ struct Inbox {
     changes: Vec<ContainersChanged>,
     /// Every output event in arrival order, for ordering checks.
     order: Vec<TerminalId>,
+    /// Per terminal: the offset where its received bytes start, and gaps or overlaps seen between events.
+    first_offset: HashMap<TerminalId, u64>,
+    discontinuities: Vec<String>,
 }
 
 /// A typed Socket.IO client over rust_socketio.
@@ -209,6 +212,12 @@ fn binary_event_terminal(mangled: &str) -> Option<(String, TerminalId)> {
     let start = rest.find("terminalId:")? + "terminalId:".len();
     let id: String = rest[start..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
     Some((name.to_string(), TerminalId(id)))
+}
+
+/// The `offset` field of a mangled binary event name (see [`binary_event_terminal`]).
+fn binary_event_offset(mangled: &str) -> Option<u64> {
+    let start = mangled.find("offset:")? + "offset:".len();
+    mangled[start..].chars().take_while(|c| c.is_ascii_digit()).collect::<String>().parse().ok()
 }
 
 /// Acks arrive as `Text([Array([value])])` from rust_socketio; events as `Text([value])`.
@@ -235,10 +244,24 @@ impl TestClient {
     }
 
     pub async fn connect_url(url: &str, transport: TransportType) -> TestClient {
+        Self::connect_auth(url, transport, None).await
+    }
+
+    /// A protocol version 2 client with a stable client id (resumable terminals).
+    pub async fn connect_v2(url: &str, client_id: &str) -> TestClient {
+        let auth = serde_json::json!({"protocolVersion": 2, "clientId": client_id});
+        Self::connect_auth(url, TransportType::Websocket, Some(auth)).await
+    }
+
+    pub async fn connect_auth(url: &str, transport: TransportType, auth: Option<Value>) -> TestClient {
         let inbox = Arc::new(Mutex::new(Inbox::default()));
         let changed = Arc::new(Notify::new());
         let (i, n) = (inbox.clone(), changed.clone());
-        let client = ClientBuilder::new(url)
+        let mut builder = ClientBuilder::new(url);
+        if let Some(auth) = auth {
+            builder = builder.auth(auth);
+        }
+        let client = builder
             .transport_type(transport)
             .reconnect(false)
             .on_any(move |event, payload, _| {
@@ -252,6 +275,13 @@ impl TestClient {
                                 if let Some((ev, id)) = binary_event_terminal(&name)
                                     && ev == event::OUTPUT
                                 {
+                                    let offset = binary_event_offset(&name).unwrap_or(0);
+                                    let first = *inbox.first_offset.entry(id.clone()).or_insert(offset);
+                                    let have = inbox.output.get(&id).map_or(0, |o| o.len() as u64);
+                                    if offset != first + have {
+                                        let msg = format!("{id}: event at offset {offset}, expected {}", first + have);
+                                        inbox.discontinuities.push(msg);
+                                    }
                                     inbox.output.entry(id.clone()).or_default().extend_from_slice(&bytes);
                                     inbox.order.push(id);
                                 }
@@ -406,6 +436,23 @@ impl TestClient {
 
     pub fn bytes(&self, id: &TerminalId) -> Vec<u8> {
         self.inbox.lock().unwrap().output.get(id).cloned().unwrap_or_default()
+    }
+
+    /// Gaps or overlaps between consecutive `output` events (should be none).
+    pub fn discontinuities(&self) -> Vec<String> {
+        self.inbox.lock().unwrap().discontinuities.clone()
+    }
+
+    /// Offset of the first byte received for `id`.
+    pub fn first_offset(&self, id: &TerminalId) -> Option<u64> {
+        self.inbox.lock().unwrap().first_offset.get(id).copied()
+    }
+
+    pub async fn attach(
+        &self,
+        req: &app::protocol::AttachTerminal,
+    ) -> Result<app::protocol::TerminalAttached, ErrorBody> {
+        self.request(event::ATTACH_TERMINAL, req).await
     }
 
     pub fn errors(&self) -> Vec<ErrorEvent> {

@@ -63,3 +63,49 @@ impl Drop for DaemonProxy {
         }
     }
 }
+
+/// A TCP relay in front of the Porthole server whose connections a test can cut, like a network blip or
+/// a proxy's idle timeout: the server sees the transport die, not a polite Socket.IO disconnect.
+pub struct TcpCutter {
+    addr: std::net::SocketAddr,
+    tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    accept: JoinHandle<()>,
+}
+
+impl TcpCutter {
+    pub async fn to(target: std::net::SocketAddr) -> TcpCutter {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let tasks: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let t = tasks.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let relay = tokio::spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                t.lock().unwrap().push(relay);
+            }
+        });
+        TcpCutter { addr, tasks, accept }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Drops every relayed connection at once (new connections are still relayed).
+    pub fn cut(&self) {
+        for t in self.tasks.lock().unwrap().drain(..) {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for TcpCutter {
+    fn drop(&mut self) {
+        self.cut();
+        self.accept.abort();
+    }
+}

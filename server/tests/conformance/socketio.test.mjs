@@ -273,7 +273,8 @@ describe('Porthole with the official socket.io-client', { timeout: 10 * TEST_MS 
       try {
         assert.equal(c.socket.io.engine.transport.name, transport);
         const hello = c.hellos[0];
-        assert.equal(hello.protocolVersion, 1);
+        assert.equal(hello.protocolVersion, 2);
+        assert.equal(hello.negotiatedVersion, 1);
         assert.equal(typeof hello.serverVersion, 'string');
         assert.ok(Number.isInteger(hello.maxTerminalsPerSocket) && hello.maxTerminalsPerSocket >= 1, JSON.stringify(hello));
         assert.ok(Number.isInteger(hello.maxInputBytes) && hello.maxInputBytes >= 1, JSON.stringify(hello));
@@ -451,7 +452,7 @@ describe('Porthole with the official socket.io-client', { timeout: 10 * TEST_MS 
     const health = await get('/healthz');
     assert.equal(health.status, 200);
     assert.equal(health.body.status, 'ok');
-    assert.equal(health.body.protocolVersion, 1);
+    assert.equal(health.body.protocolVersion, 2);
 
     const list = await get('/api/v1/containers');
     assert.equal(list.status, 200);
