@@ -44,6 +44,9 @@ pub mod event {
     /// Server -> client: an `input` or `resize` failed ([`super::ErrorEvent`]). Not named `error`: several
     /// Socket.IO clients reserve that name for their own transport errors.
     pub const REQUEST_ERROR: &str = "request-error";
+    /// Server -> client: how many sockets follow a terminal now, sent to each of them when it changes
+    /// ([`super::TerminalViewers`]).
+    pub const TERMINAL_VIEWERS: &str = "terminal-viewers";
     /// Server -> client, once on connect: protocol version and limits ([`super::Hello`]).
     pub const HELLO: &str = "hello";
     /// Server -> every client: a container was created, started, stopped, paused, renamed or removed
@@ -238,6 +241,15 @@ pub struct TerminalAttached {
     pub truncated: bool,
     /// Whether the terminal had already ended (its `exit` follows the replay).
     pub ended: bool,
+}
+
+/// `terminal-viewers` event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TerminalViewers {
+    pub terminal_id: TerminalId,
+    /// Sockets attached now, this one included.
+    pub attached: usize,
 }
 
 /// `close-terminal` request.
@@ -506,6 +518,8 @@ pub enum TerminalState {
 #[serde(rename_all = "camelCase")]
 pub struct TerminalInfo {
     pub terminal_id: TerminalId,
+    /// Who owns it: `client:<clientId>` for clients that sent one, else `socket:<socket id>`.
+    pub owner: String,
     pub container_id: String,
     pub container_name: String,
     pub command: Vec<String>,

@@ -155,18 +155,62 @@ test('an ended terminal says how and offers to reopen', async ({ page }) => {
   await expectScreen(page, 0, /^reopened-4$/m);
 });
 
-test('reloading the page brings the UI back', async ({ page }) => {
+test('reloading the page brings its tabs back with their recent output, same shell', async ({ page }, info) => {
   const name = startContainer('reload');
   await page.reload();
   await openTab(page, name, 0);
+  await type(page, 'MARK=still-here; echo before-reload-$((2*3))');
+  await expectScreen(page, 0, /^before-reload-6$/m);
   await page.reload();
   await expect(page.getByTestId('connection')).toHaveText('connected');
-  await expect(picker(page, name)).toBeVisible();
-  // Without resumable sessions (a later version), the old terminal was closed with the page: no process left.
+  await expect(page.getByTestId('tab')).toHaveCount(1);
+  await expect(page.getByTestId('tab').nth(0)).toContainText(name);
+  // The recent output is on screen again, and it is the same shell.
+  await expectScreen(page, 0, /^before-reload-6$/m);
+  await page.locator('.pane:not([hidden]) .xterm').click();
+  await type(page, 'echo $MARK-$((5+5))');
+  await expectScreen(page, 0, /^still-here-10$/m);
+  await page.screenshot({ path: info.outputPath('after-reload.png') });
+  // Closing the tab still ends the session.
+  await page.keyboard.press('Alt+w');
+  await expect(page.getByTestId('tab')).toHaveCount(0);
   await expect.poll(() => strayProcesses(name)).toEqual([]);
+});
+
+test('going offline while the container prints loses no line', async ({ page, context }) => {
+  const name = startContainer('offline-output');
+  await page.reload();
   await openTab(page, name, 0);
-  await type(page, 'echo back-$((3*3))');
-  await expectScreen(page, 0, /^back-9$/m);
+  await type(page, 'for i in $(seq 1 40); do echo tick-$i; sleep 0.05; done; echo ticks-$((40))-done');
+  await expectScreen(page, 0, /^tick-3$/m);
+  await context.setOffline(true);
+  await page.waitForTimeout(2500);
+  await context.setOffline(false);
+  await expect(page.getByTestId('connection')).toHaveText('connected', { timeout: 30_000 });
+  await expectScreen(page, 0, /^ticks-40-done$/m);
+  const lines = (await screen(page, 0)).split('\n');
+  for (let i = 1; i <= 40; i++) {
+    expect(lines.filter((l) => l === `tick-${i}`), `tick-${i} exactly once`).toHaveLength(1);
+  }
+});
+
+test('a second window shares the terminal and shows how many follow it', async ({ page, context }) => {
+  const name = startContainer('shared');
+  await page.reload();
+  await openTab(page, name, 0);
+  await type(page, 'echo first-window-$((1+1))');
+  await expectScreen(page, 0, /^first-window-2$/m);
+  const second = await context.newPage();
+  await second.goto('/');
+  await expect(second.getByTestId('tab')).toHaveCount(1);
+  await expectScreen(second, 0, /^first-window-2$/m);
+  await expect(page.getByTestId('viewers')).toHaveText('👥 2');
+  await expect(second.getByTestId('viewers')).toHaveText('👥 2');
+  await second.locator('.pane:not([hidden]) .xterm').click();
+  await type(second, 'echo second-window-$((2+2))');
+  await expectScreen(page, 0, /^second-window-4$/m);
+  await second.close();
+  await expect(page.getByTestId('viewers')).toHaveCount(0);
 });
 
 /** Page coordinates of the middle of cell (col, row) in the visible terminal. */

@@ -60,6 +60,22 @@ impl ConnState {
     }
 }
 
+/// This browser profile's client id, kept in localStorage (made up on first use).
+pub fn client_id() -> String {
+    const KEY: &str = "porthole.clientId";
+    let storage = web_sys::window().and_then(|w| w.local_storage().ok().flatten());
+    if let Some(id) = storage.as_ref().and_then(|s| s.get_item(KEY).ok().flatten())
+        && !id.is_empty()
+    {
+        return id;
+    }
+    let id: String = (0..32).map(|_| format!("{:x}", (js_sys::Math::random() * 16.0) as u8 & 15)).collect();
+    if let Some(s) = storage {
+        let _ = s.set_item(KEY, &id);
+    }
+    id
+}
+
 /// A Socket.IO connection to the serving origin. Cheap to clone.
 #[derive(Clone)]
 pub struct Client {
@@ -77,9 +93,15 @@ fn to_js<T: Serialize>(value: &T) -> JsValue {
 }
 
 impl Client {
-    /// Connects to the origin the page was served from.
-    pub fn connect() -> Client {
+    /// Connects to the origin the page was served from, as protocol version 2 client `client_id` (so this
+    /// browser's windows share terminals and a reload can resume them).
+    pub fn connect(client_id: &str) -> Client {
         let opts = js_sys::Object::new();
+        let auth = app::protocol::ClientAuth {
+            protocol_version: Some(app::protocol::PROTOCOL_VERSION),
+            client_id: Some(client_id.to_string()),
+        };
+        let _ = Reflect::set(&opts, &"auth".into(), &to_js(&auth));
         // Websocket first; long-polling only where websockets are blocked.
         let transports = js_sys::Array::of2(&"websocket".into(), &"polling".into());
         let _ = Reflect::set(&opts, &"transports".into(), &transports);
@@ -98,25 +120,25 @@ impl Client {
         cb.forget();
     }
 
-    /// `output` events, handed over without copying the bytes into Rust.
-    pub fn on_output(&self, mut f: impl FnMut(TerminalId, Uint8Array) + 'static) {
+    /// `output` events (terminal, offset, bytes), handed over without copying the bytes into Rust.
+    pub fn on_output(&self, mut f: impl FnMut(TerminalId, u64, Uint8Array) + 'static) {
         let cb = Closure::<dyn FnMut(JsValue)>::new(move |v: JsValue| {
             let id = Reflect::get(&v, &"terminalId".into()).ok().and_then(|i| i.as_string());
+            let offset = Reflect::get(&v, &"offset".into()).ok().and_then(|o| o.as_f64()).unwrap_or(0.0) as u64;
             let data = Reflect::get(&v, &"data".into()).ok();
             if let (Some(id), Some(data)) = (id, data) {
                 // socket.io-client delivers attachments as ArrayBuffer in browsers.
-                f(TerminalId(id), Uint8Array::new(&data));
+                f(TerminalId(id), offset, Uint8Array::new(&data));
             }
         });
         self.raw.on(app::protocol::event::OUTPUT, cb.as_ref().unchecked_ref());
         cb.forget();
     }
 
-    /// Calls `f` when the socket itself disconnects (the server then ends this connection's terminals).
-    /// Unlike the state, not triggered by the browser's `offline` event: a socket can survive a blip.
-    pub fn on_disconnect(&self, mut f: impl FnMut() + 'static) {
+    /// Calls `f` each time the socket (re)connects.
+    pub fn on_connect(&self, mut f: impl FnMut() + 'static) {
         let cb = Closure::<dyn FnMut(JsValue)>::new(move |_| f());
-        self.raw.on("disconnect", cb.as_ref().unchecked_ref());
+        self.raw.on("connect", cb.as_ref().unchecked_ref());
         cb.forget();
     }
 

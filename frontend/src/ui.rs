@@ -30,9 +30,12 @@ enum TabState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct TabKey(u32);
 
-/// Output flow control counters of one terminal.
+/// Where a terminal's output stream stands in this page (absolute offsets).
 #[derive(Debug, Default, Clone, Copy)]
 struct FlowCount {
+    /// End of the bytes received (what a resume asks for).
+    received: u64,
+    /// End of the bytes xterm has parsed (what flow control acknowledges).
     parsed: u64,
     acked: u64,
     in_flight: u32,
@@ -48,6 +51,10 @@ struct Tab {
     container_name: String,
     terminal: RwSignal<Option<TerminalId>>,
     state: RwSignal<TabState>,
+    /// Sockets following this terminal (this one included).
+    viewers: RwSignal<usize>,
+    /// A terminal to re-attach to when the tab's xterm is ready (restored after a reload).
+    restore: Option<TerminalId>,
 }
 
 /// Everything the UI shares; `Copy` handles only, so closures can capture it freely.
@@ -85,13 +92,14 @@ fn exit_text(exit: &Exit) -> (String, String) {
         ExitReason::DockerUnavailable => ("docker down".into(), "The Docker daemon stopped answering.".into()),
         ExitReason::ServerShutdown => ("server stopped".into(), "The Porthole server shut down.".into()),
         ExitReason::Disconnected => ("disconnected".into(), "The connection to Porthole was lost.".into()),
+        ExitReason::Abandoned => ("abandoned".into(), "Nobody came back to the terminal in time; it was ended.".into()),
     }
 }
 
 impl Ui {
     fn new() -> Ui {
         Ui {
-            client: StoredValue::new_local(Client::connect()),
+            client: StoredValue::new_local(Client::connect(&crate::socket::client_id())),
             xterms: StoredValue::new_local(HashMap::new()),
             routes: StoredValue::new_local(HashMap::new()),
             flows: StoredValue::new_local(HashMap::new()),
@@ -130,9 +138,89 @@ impl Ui {
             container_name,
             terminal: RwSignal::new(None),
             state: RwSignal::new(TabState::Starting),
+            viewers: RwSignal::new(1),
+            restore: None,
         };
         self.tabs.update(|t| t.push(tab));
         self.activate(key);
+    }
+
+    /// Brings back a tab for a terminal of this client that is still running on the server.
+    fn restore_tab(&self, info: protocol::TerminalInfo) {
+        let known = self.routes.with_value(|r| r.contains_key(&info.terminal_id))
+            || self.tabs.with_untracked(|t| t.iter().any(|t| t.restore.as_ref() == Some(&info.terminal_id)));
+        if known {
+            return;
+        }
+        let key = TabKey(self.next_key.get_value());
+        self.next_key.set_value(key.0 + 1);
+        let tab = Tab {
+            key,
+            container_id: info.container_id,
+            container_name: info.container_name,
+            terminal: RwSignal::new(None),
+            state: RwSignal::new(TabState::Starting),
+            viewers: RwSignal::new(info.attached + 1),
+            restore: Some(info.terminal_id),
+        };
+        self.tabs.update(|t| t.push(tab));
+        if self.active.get_untracked().is_none() {
+            self.activate(key);
+        }
+    }
+
+    /// Follows `id` in tab `key` from `since` (absent: all the output the server still has).
+    fn attach(&self, key: TabKey, id: TerminalId, since: Option<u64>) {
+        let Some(tab) = self.tab(key) else { return };
+        let ui = *self;
+        spawn_local(async move {
+            let req = protocol::AttachTerminal { terminal_id: id.clone(), since, flow_control: true };
+            let reply: Result<protocol::TerminalAttached, _> = ui.client().request(event::ATTACH_TERMINAL, &req).await;
+            match reply {
+                Ok(a) => {
+                    ui.flows.update_value(|f| {
+                        f.insert(
+                            id.clone(),
+                            FlowCount { received: a.offset, parsed: a.offset, acked: a.offset, in_flight: 0 },
+                        );
+                    });
+                    ui.routes.update_value(|r| {
+                        r.insert(id.clone(), key.0);
+                    });
+                    if a.truncated {
+                        ui.with_xterm(key, |x| x.write_str("\r\n\x1b[2m[earlier output no longer kept]\x1b[0m\r\n"));
+                    }
+                    tab.terminal.set(Some(id.clone()));
+                    tab.state.set(TabState::Running);
+                    // Make the terminal fit this window.
+                    if let Some((c, r)) = ui.with_xterm(key, |x| (x.cols() as u16, x.rows() as u16))
+                        && protocol::dimension_ok(c)
+                        && protocol::dimension_ok(r)
+                        && !a.ended
+                    {
+                        ui.client().emit(event::RESIZE, &Resize { terminal_id: id, cols: c, rows: r });
+                    }
+                }
+                Err(e) => {
+                    let detail = format!("The terminal could not be resumed: {}", e.message);
+                    ui.with_xterm(key, |x| x.write_str(&format!("\r\n\x1b[2m[{detail}]\x1b[0m\r\n")));
+                    tab.state.set(TabState::Ended { marker: "lost".into(), detail });
+                }
+            }
+        });
+    }
+
+    /// After a reconnect: every running tab resumes from the last byte it received.
+    fn resume_all(&self) {
+        let tabs: Vec<Tab> = self.tabs.with_untracked(|t| t.to_vec());
+        for tab in tabs {
+            if tab.state.get_untracked() != TabState::Running {
+                continue;
+            }
+            let Some(id) = tab.terminal.get_untracked() else { continue };
+            let since = self.flows.with_value(|f| f.get(&id).map(|c| c.received));
+            self.attach(tab.key, id, since);
+        }
     }
 
     /// Starts (or restarts) the terminal of a tab whose xterm exists.
@@ -163,6 +251,9 @@ impl Ui {
                     }
                     ui.routes.update_value(|r| {
                         r.insert(started.terminal_id.clone(), key.0);
+                    });
+                    ui.flows.update_value(|f| {
+                        f.insert(started.terminal_id.clone(), FlowCount::default());
                     });
                     tab.terminal.set(Some(started.terminal_id.clone()));
                     tab.state.set(TabState::Running);
@@ -284,22 +375,44 @@ impl Ui {
         }
     }
 
-    fn on_output(&self, id: TerminalId, data: js_sys::Uint8Array) {
+    fn on_output(&self, id: TerminalId, offset: u64, data: js_sys::Uint8Array) {
         let Some(key) = self.routes.with_value(|r| r.get(&id).copied()) else {
             return;
         };
         let len = u64::from(data.length());
-        self.flows.update_value(|f| f.entry(id.clone()).or_default().in_flight += 1);
+        // Offsets make a resume exact: skip what is already on screen, say so if something is missing.
+        let mut skip = 0u64;
+        let mut gap = 0u64;
+        self.flows.update_value(|f| {
+            let c = f.entry(id.clone()).or_default();
+            if offset < c.received {
+                skip = (c.received - offset).min(len);
+            } else if offset > c.received {
+                gap = offset - c.received;
+            }
+            c.received = c.received.max(offset + len);
+            if skip < len {
+                c.in_flight += 1;
+            }
+        });
+        if skip >= len {
+            return;
+        }
+        let data = if skip > 0 { data.subarray(skip as u32, len as u32) } else { data };
+        let end = offset + len;
         let ui = *self;
+        if gap > 0 {
+            self.with_xterm(TabKey(key), |x| x.write_str("\r\n\x1b[2m[some output was lost]\x1b[0m\r\n"));
+        }
         // Acknowledge once xterm has parsed the bytes, so a flood waits for the screen instead of piling up.
-        self.with_xterm(TabKey(key), |x| x.write_then(&data, move || ui.parsed(id, len)));
+        self.with_xterm(TabKey(key), |x| x.write_then(&data, move || ui.parsed(id, end)));
     }
 
-    fn parsed(&self, id: TerminalId, len: u64) {
+    fn parsed(&self, id: TerminalId, end: u64) {
         let mut ack = None;
         self.flows.update_value(|f| {
             if let Some(c) = f.get_mut(&id) {
-                c.parsed += len;
+                c.parsed = c.parsed.max(end);
                 c.in_flight = c.in_flight.saturating_sub(1);
                 if c.parsed - c.acked >= ACK_EVERY_BYTES || (c.in_flight == 0 && c.parsed > c.acked) {
                     c.acked = c.parsed;
@@ -330,15 +443,11 @@ impl Ui {
         });
     }
 
-    /// Without resumable sessions, a lost connection ends every terminal (the server closes them).
-    fn on_connection_lost(&self) {
-        let running: Vec<Tab> = self.tabs.with_untracked(|t| t.to_vec());
-        for tab in running {
-            if tab.state.get_untracked() == TabState::Running
-                && let Some(id) = tab.terminal.get_untracked()
-            {
-                self.on_exit(Exit { terminal_id: id, exit_code: None, reason: ExitReason::Disconnected });
-            }
+    fn on_viewers(&self, v: protocol::TerminalViewers) {
+        if let Some(key) = self.routes.with_value(|r| r.get(&v.terminal_id).copied())
+            && let Some(tab) = self.tab(TabKey(key))
+        {
+            tab.viewers.set(v.attached);
         }
     }
 
@@ -393,7 +502,10 @@ impl Ui {
         self.xterms.update_value(|m| {
             m.insert(key.0, x);
         });
-        self.start_terminal(key);
+        match self.tab(key).and_then(|t| t.restore) {
+            Some(id) => self.attach(key, id, None),
+            None => self.start_terminal(key),
+        }
     }
 
     fn send_input(&self, key: TabKey, data: Vec<u8>) {
@@ -482,7 +594,28 @@ pub fn App() -> impl IntoView {
     refresh();
 
     let client = ui.client();
-    client.on_output(move |id, data| ui.on_output(id, data));
+    client.on_output(move |id, offset, data| ui.on_output(id, offset, data));
+    client.on(event::TERMINAL_VIEWERS, move |v: protocol::TerminalViewers| ui.on_viewers(v));
+    // First connect: bring back this client's running terminals (a reload, a second window). Reconnects:
+    // resume every tab from the last byte it got.
+    let connects = StoredValue::new(0u32);
+    client.on_connect(move || {
+        let n = connects.get_value();
+        connects.set_value(n + 1);
+        if n == 0 {
+            spawn_local(async move {
+                if let Ok(list) = app::api::list_terminals().await {
+                    let mine = format!("client:{}", crate::socket::client_id());
+                    for t in list.into_iter().filter(|t| t.owner == mine && t.state != protocol::TerminalState::Exited)
+                    {
+                        ui.restore_tab(t);
+                    }
+                }
+            });
+        } else {
+            ui.resume_all();
+        }
+    });
     client.on(event::EXIT, move |exit: Exit| ui.on_exit(exit));
     // Coalesce bursts of container events into one refresh.
     let pending = StoredValue::new(false);
@@ -505,7 +638,6 @@ pub fn App() -> impl IntoView {
             refresh();
         }
     });
-    client.on_disconnect(move || ui.on_connection_lost());
 
     let keys = window_event_listener(leptos::ev::keydown, move |e| {
         let Some(s) = shortcut(&e) else { return };
@@ -634,6 +766,11 @@ fn TabBar(ui: Ui) -> impl IntoView {
                             aria-selected=move || (ui.active.get() == Some(key)).to_string()
                             on:click=move |_| ui.activate(key)>
                             <span class="title">{tab.container_name.clone()}</span>
+                            {move || (tab.viewers.get() > 1).then(|| view! {
+                                <span class="viewers" data-testid="viewers" title="Sockets following this terminal">
+                                    {format!("👥 {}", tab.viewers.get())}
+                                </span>
+                            })}
                             {move || match state.get() {
                                 TabState::Ended { marker, .. } => Some(view! { <span class="marker">{format!("⏻ {marker}")}</span> }),
                                 _ => None,

@@ -70,6 +70,8 @@ pub enum Offer {
 pub trait TerminalSink: Send + Sync + 'static {
     /// `data` starts at `offset` in the terminal's output.
     fn output(&self, id: &TerminalId, offset: u64, data: &Bytes) -> Offer;
+    /// The number of attached viewers changed.
+    fn viewers(&self, id: &TerminalId, attached: usize);
     fn exit(&self, exit: &Exit);
 }
 
@@ -154,6 +156,8 @@ struct Viewer {
     stop: CancellationToken,
     /// A protocol version 1 client: its leaving ends the terminal at once.
     v1: bool,
+    /// Where its output goes, once started.
+    sink: Mutex<Option<Arc<dyn TerminalSink>>>,
 }
 
 impl Viewer {
@@ -181,6 +185,8 @@ impl std::fmt::Debug for Attachment {
 
 impl Attachment {
     pub fn start(self, sink: Arc<dyn TerminalSink>) {
+        *self.viewer.sink.lock().unwrap_or_else(|e| e.into_inner()) = Some(sink.clone());
+        self.terminal.announce_viewers();
         let span = tracing::info_span!("viewer", terminal = %self.terminal.id, viewer = %self.viewer.id.0);
         tokio::spawn(viewer_pump(self.terminal, self.viewer, sink).instrument(span));
     }
@@ -268,6 +274,17 @@ impl Terminal {
 
     pub fn has_ended(&self) -> bool {
         self.exit_tx.borrow().is_some()
+    }
+
+    /// Tells every started viewer how many are attached.
+    fn announce_viewers(&self) {
+        let viewers: Vec<_> = self.viewers().values().cloned().collect();
+        let attached = viewers.len();
+        for v in viewers {
+            if let Some(sink) = v.sink.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+                sink.viewers(&self.id, attached);
+            }
+        }
     }
 
     /// How far the slowest viewer is behind the end of the output (0 with nobody attached).
@@ -362,6 +379,7 @@ impl Terminal {
         };
         TerminalInfo {
             terminal_id: self.id.clone(),
+            owner: self.owner.0.clone(),
             container_id: self.container_id.clone(),
             container_name: self.container_name.clone(),
             command: self.command.clone(),
@@ -888,6 +906,7 @@ impl Sessions {
             acked: flow_control.then(|| AtomicU64::new(offset)),
             stop: CancellationToken::new(),
             v1,
+            sink: Mutex::new(None),
         });
         if let Some(old) = terminal.viewers().insert(viewer, v.clone()) {
             old.stop.cancel();
@@ -924,6 +943,7 @@ impl Sessions {
             let Some(v) = removed else { continue };
             v.stop.cancel();
             t.progress.notify_waiters();
+            t.announce_viewers();
             if !t.viewers().is_empty() || t.has_ended() {
                 continue;
             }
@@ -1187,11 +1207,15 @@ async fn viewer_pump(terminal: Arc<Terminal>, viewer: Arc<Viewer>, sink: Arc<dyn
     }
     // Leave the terminal's viewer list, unless a newer attach of the same viewer replaced this one.
     let mut viewers = terminal.viewers();
-    if viewers.get(&viewer.id).is_some_and(|v| Arc::ptr_eq(v, &viewer)) {
+    let removed = viewers.get(&viewer.id).is_some_and(|v| Arc::ptr_eq(v, &viewer));
+    if removed {
         viewers.remove(&viewer.id);
     }
     drop(viewers);
     terminal.progress.notify_waiters();
+    if removed && !terminal.has_ended() {
+        terminal.announce_viewers();
+    }
 }
 
 /// Applies input and resizes in arrival order. Consecutive inputs are joined into one write.

@@ -164,6 +164,11 @@ impl TerminalSink for SocketSink {
     fn exit(&self, exit: &Exit) {
         emit_reliably(self.socket.clone(), event::EXIT, exit.clone(), None);
     }
+
+    fn viewers(&self, id: &TerminalId, attached: usize) {
+        let payload = app::protocol::TerminalViewers { terminal_id: id.clone(), attached };
+        emit_reliably(self.socket.clone(), event::TERMINAL_VIEWERS, payload, Some(self.conn.clone()));
+    }
 }
 
 /// Emits a control event, retrying for a while when the send queue is full. `budget`, when given, bounds how
