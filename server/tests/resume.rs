@@ -190,6 +190,11 @@ async fn two_sockets_on_one_terminal_see_the_same_bytes_and_both_may_type() {
     assert_eq!(info(&server, &id).await.attached, 2);
     bob.run(&id, "echo from-bob-$((2+3))", "from-bob-5").await;
     alice.wait_for(&id, "from-bob-5").await;
+    // The tty size follows whoever resized last.
+    bob.resize(&id, 101, 31).await;
+    alice.run(&id, "echo size=$(stty size)", "size=31 101").await;
+    alice.resize(&id, 93, 27).await;
+    bob.run(&id, "echo size=$(stty size)", "size=27 93").await;
     alice.run(&id, "seq 1 3000 | tail -1; exit 4", "3000").await;
     let (ea, eb) = (alice.wait_exit(&id).await, bob.wait_exit(&id).await);
     assert_eq!((ea.exit_code, eb.exit_code), (Some(4), Some(4)));
@@ -244,4 +249,20 @@ async fn heartbeat_settings_fit_behind_common_proxies() {
     let open: serde_json::Value = serde_json::from_str(body.trim_start_matches('0')).unwrap();
     assert_eq!(open["pingInterval"], porthole_server::PING_INTERVAL.as_millis() as u64);
     assert_eq!(open["pingTimeout"], porthole_server::PING_TIMEOUT.as_millis() as u64);
+}
+
+#[tokio::test]
+async fn a_zero_grace_period_ends_terminals_when_their_socket_leaves() {
+    let c = TestContainer::start("nograce", &bash_image()).await;
+    let mut config = test_config();
+    config.grace_period_secs = 0;
+    let server = start_server(config).await;
+    let client = TestClient::connect_v2(&base_url(&server), &client_id()).await;
+    assert_eq!(client.hello().grace_period_secs, 0);
+    let t = client.shell(&c.name).await;
+    client.run(&t.terminal_id, "sleep 4949 & echo bg-$((4+4))", "bg-8").await;
+    client.disconnect().await;
+    assert!(c.wait_no_strays(Duration::from_secs(10)).await.is_empty());
+    let i = info(&server, &t.terminal_id).await;
+    assert_eq!(i.exit.map(|e| e.reason), Some(ExitReason::Disconnected));
 }

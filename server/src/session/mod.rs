@@ -44,6 +44,8 @@ const START_WAIT: Duration = Duration::from_secs(10);
 const MAX_SINK_BACKOFF: Duration = Duration::from_millis(20);
 /// Container state checks (100 ms apart) after an exec ended as if killed, to tell a stopping container.
 const CONTAINER_STOP_CHECKS: usize = 30;
+/// How long shutdown waits for viewers to deliver the final `exit` events.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(2);
 /// Ended terminals kept (for clients returning to read how they ended), at most.
 pub const MAX_ENDED_KEPT: usize = 256;
 /// Ended terminals are kept at least this long, or the grace period if longer.
@@ -1130,6 +1132,11 @@ impl Sessions {
         let all: Vec<_> = self.registry().terminals.values().filter(|t| !t.has_ended()).cloned().collect();
         tracing::info!(terminals = all.len(), "closing every terminal for shutdown");
         futures_util::future::join_all(all.iter().map(|t| self.close(t, ExitReason::ServerShutdown))).await;
+        // Give viewers a moment to send their last output and `exit` before the sockets are closed.
+        let deadline = Instant::now() + SHUTDOWN_DRAIN;
+        while all.iter().any(|t| !t.viewers().is_empty()) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 
