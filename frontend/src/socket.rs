@@ -142,6 +142,14 @@ impl Client {
         cb.forget();
     }
 
+    /// Calls `f` when the socket itself disconnects (not on the browser's `offline` event: a socket can
+    /// survive a blip).
+    pub fn on_disconnect(&self, mut f: impl FnMut() + 'static) {
+        let cb = Closure::<dyn FnMut(JsValue)>::new(move |_| f());
+        self.raw.on("disconnect", cb.as_ref().unchecked_ref());
+        cb.forget();
+    }
+
     /// Follows the connection state.
     pub fn on_state(&self, f: impl Fn(ConnState) + 'static) {
         let f = Rc::new(f);

@@ -20,6 +20,8 @@ use crate::term::Xterm;
 enum TabState {
     Starting,
     Running,
+    /// Running on the server, but this page is (re)connecting to it; typed input waits.
+    Resuming,
     /// Ended; the short marker for the tab title and the sentence for the pane.
     Ended {
         marker: String,
@@ -40,6 +42,9 @@ struct FlowCount {
     acked: u64,
     in_flight: u32,
 }
+
+/// Bytes of input kept per tab while it resumes; more is dropped.
+const MAX_PENDING_INPUT: usize = 64 * 1024;
 
 /// Acknowledge parsed output at least this often (well below the server's low watermark).
 const ACK_EVERY_BYTES: u64 = 64 * 1024;
@@ -64,6 +69,8 @@ struct Ui {
     xterms: StoredValue<HashMap<u32, Xterm>, LocalStorage>,
     /// Which tab shows which terminal.
     routes: StoredValue<HashMap<TerminalId, u32>, LocalStorage>,
+    /// Input typed while a tab was resuming, sent once it is attached again (at most [`MAX_PENDING_INPUT`]).
+    pending_input: StoredValue<HashMap<u32, Vec<u8>>, LocalStorage>,
     /// Output flow control per terminal: bytes parsed by xterm, bytes acknowledged, writes in flight.
     flows: StoredValue<HashMap<TerminalId, FlowCount>, LocalStorage>,
     tabs: RwSignal<Vec<Tab>>,
@@ -103,6 +110,7 @@ impl Ui {
             xterms: StoredValue::new_local(HashMap::new()),
             routes: StoredValue::new_local(HashMap::new()),
             flows: StoredValue::new_local(HashMap::new()),
+            pending_input: StoredValue::new_local(HashMap::new()),
             tabs: RwSignal::new(Vec::new()),
             active: RwSignal::new(None),
             next_key: StoredValue::new(1),
@@ -176,6 +184,14 @@ impl Ui {
         spawn_local(async move {
             let req = protocol::AttachTerminal { terminal_id: id.clone(), since, flow_control: true };
             let reply: Result<protocol::TerminalAttached, _> = ui.client().request(event::ATTACH_TERMINAL, &req).await;
+            if ui.tab(key).is_none() {
+                // The tab was closed while attaching: end the terminal as closing a tab does.
+                if reply.is_ok() {
+                    let close = protocol::CloseTerminal { terminal_id: id };
+                    let _: Result<protocol::TerminalAck, _> = ui.client().request(event::CLOSE_TERMINAL, &close).await;
+                }
+                return;
+            }
             match reply {
                 Ok(a) => {
                     ui.flows.update_value(|f| {
@@ -192,6 +208,11 @@ impl Ui {
                     }
                     tab.terminal.set(Some(id.clone()));
                     tab.state.set(TabState::Running);
+                    let mut typed = Vec::new();
+                    ui.pending_input.update_value(|p| typed = p.remove(&key.0).unwrap_or_default());
+                    if !typed.is_empty() {
+                        ui.send_input(key, typed);
+                    }
                     // Make the terminal fit this window.
                     if let Some((c, r)) = ui.with_xterm(key, |x| (x.cols() as u16, x.rows() as u16))
                         && protocol::dimension_ok(c)
@@ -201,6 +222,8 @@ impl Ui {
                         ui.client().emit(event::RESIZE, &Resize { terminal_id: id, cols: c, rows: r });
                     }
                 }
+                // The connection dropped again meanwhile: the next reconnect retries.
+                Err(e) if e.code == protocol::ErrorCode::Internal => {}
                 Err(e) => {
                     let detail = format!("The terminal could not be resumed: {}", e.message);
                     ui.with_xterm(key, |x| x.write_str(&format!("\r\n\x1b[2m[{detail}]\x1b[0m\r\n")));
@@ -214,7 +237,7 @@ impl Ui {
     fn resume_all(&self) {
         let tabs: Vec<Tab> = self.tabs.with_untracked(|t| t.to_vec());
         for tab in tabs {
-            if tab.state.get_untracked() != TabState::Running {
+            if !matches!(tab.state.get_untracked(), TabState::Running | TabState::Resuming) {
                 continue;
             }
             let Some(id) = tab.terminal.get_untracked() else { continue };
@@ -332,7 +355,7 @@ impl Ui {
     fn close_tab(&self, key: TabKey) {
         if let Some(tab) = self.tab(key)
             && let Some(id) = tab.terminal.get_untracked()
-            && tab.state.get_untracked() == TabState::Running
+            && matches!(tab.state.get_untracked(), TabState::Running | TabState::Resuming)
         {
             let client = self.client();
             spawn_local(async move {
@@ -360,6 +383,9 @@ impl Ui {
             if let Some(mut x) = m.remove(&key.0) {
                 x.dispose();
             }
+        });
+        self.pending_input.update_value(|p| {
+            p.remove(&key.0);
         });
         self.tabs.update(|t| t.retain(|t| t.key != key));
         if self.active.get_untracked() != Some(key) {
@@ -511,6 +537,14 @@ impl Ui {
     fn send_input(&self, key: TabKey, data: Vec<u8>) {
         let Some(tab) = self.tab(key) else { return };
         let Some(id) = tab.terminal.get_untracked() else { return };
+        if tab.state.get_untracked() == TabState::Resuming {
+            self.pending_input.update_value(|p| {
+                let q = p.entry(key.0).or_default();
+                let room = MAX_PENDING_INPUT.saturating_sub(q.len());
+                q.extend_from_slice(&data[..data.len().min(room)]);
+            });
+            return;
+        }
         if tab.state.get_untracked() != TabState::Running {
             return;
         }
@@ -596,6 +630,14 @@ pub fn App() -> impl IntoView {
     let client = ui.client();
     client.on_output(move |id, offset, data| ui.on_output(id, offset, data));
     client.on(event::TERMINAL_VIEWERS, move |v: protocol::TerminalViewers| ui.on_viewers(v));
+    // The socket dropped: keystrokes now would reach a socket not attached yet, so they wait for the resume.
+    client.on_disconnect(move || {
+        ui.tabs.with_untracked(|tabs| {
+            for t in tabs.iter().filter(|t| t.state.get_untracked() == TabState::Running) {
+                t.state.set(TabState::Resuming);
+            }
+        });
+    });
     // First connect: bring back this client's running terminals (a reload, a second window). Reconnects:
     // resume every tab from the last byte it got.
     let connects = StoredValue::new(0u32);
@@ -634,6 +676,7 @@ pub fn App() -> impl IntoView {
     client.on_state(move |state| {
         let before = ui.conn.get_untracked();
         ui.conn.set(state);
+
         if state == ConnState::Connected && before != ConnState::Connected {
             refresh();
         }

@@ -795,13 +795,17 @@ impl Sessions {
     ) {
         let mut stream_error = None;
         let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+        // An attached viewer must never fall off the log: with a small log, pause earlier.
+        let cap = terminal.log().cap as u64;
+        let high = protocol::FLOW_HIGH_WATERMARK.min(cap / 2);
+        let low = protocol::FLOW_LOW_WATERMARK.min(high / 4);
         'reading: loop {
-            if terminal.lag() > protocol::FLOW_HIGH_WATERMARK {
+            if terminal.lag() > high {
                 loop {
                     let progressed = terminal.progress.notified();
                     tokio::pin!(progressed);
                     progressed.as_mut().enable();
-                    if terminal.lag() <= protocol::FLOW_LOW_WATERMARK {
+                    if terminal.lag() <= low {
                         break;
                     }
                     tokio::select! {
@@ -891,6 +895,7 @@ impl Sessions {
         since: Option<u64>,
         flow_control: bool,
         v1: bool,
+        socket_gone: &CancellationToken,
     ) -> Result<(Attachment, TerminalAttached), ServiceError> {
         let (start, end) = {
             let log = terminal.log();
@@ -906,7 +911,8 @@ impl Sessions {
             id: viewer.clone(),
             cursor: AtomicU64::new(offset),
             acked: flow_control.then(|| AtomicU64::new(offset)),
-            stop: CancellationToken::new(),
+            // Ends with the socket even if the terminal has left the registry by then.
+            stop: socket_gone.child_token(),
             v1,
             sink: Mutex::new(None),
         });
@@ -939,23 +945,25 @@ impl Sessions {
     /// for the grace period (or ends at once, for protocol version 1 clients or a zero grace period).
     pub async fn detach_everywhere(self: &Arc<Self>, viewer: &ViewerId) {
         let terminals: Vec<_> = self.registry().terminals.values().cloned().collect();
-        let mut to_close = Vec::new();
-        for t in terminals {
-            let removed = t.viewers().remove(viewer);
-            let Some(v) = removed else { continue };
-            v.stop.cancel();
-            t.progress.notify_waiters();
-            t.announce_viewers();
-            if !t.viewers().is_empty() || t.has_ended() {
-                continue;
-            }
-            if v.v1 || self.limits.grace.is_zero() {
-                to_close.push(t);
-            } else {
-                self.start_grace(&t);
-            }
+        futures_util::future::join_all(terminals.iter().map(|t| self.detach(t, viewer))).await;
+    }
+
+    /// `viewer` stops following `terminal`; if nobody is left, the grace period starts (or, for protocol
+    /// version 1 clients and a zero grace period, the terminal ends).
+    pub async fn detach(self: &Arc<Self>, terminal: &Arc<Terminal>, viewer: &ViewerId) {
+        let removed = terminal.viewers().remove(viewer);
+        let Some(v) = removed else { return };
+        v.stop.cancel();
+        terminal.progress.notify_waiters();
+        terminal.announce_viewers();
+        if !terminal.viewers().is_empty() || terminal.has_ended() {
+            return;
         }
-        futures_util::future::join_all(to_close.iter().map(|t| self.close(t, ExitReason::Disconnected))).await;
+        if v.v1 || self.limits.grace.is_zero() {
+            let _ = self.close(terminal, ExitReason::Disconnected).await;
+        } else {
+            self.start_grace(terminal);
+        }
     }
 
     fn start_grace(self: &Arc<Self>, terminal: &Arc<Terminal>) {
@@ -1156,7 +1164,11 @@ fn not_running(target: &ContainerTarget) -> ServiceError {
 async fn viewer_pump(terminal: Arc<Terminal>, viewer: Arc<Viewer>, sink: Arc<dyn TerminalSink>) {
     let mut end_rx = terminal.end_tx.subscribe();
     let mut exit_rx = terminal.exit_tx.subscribe();
+    let mut delivered_exit = false;
     'sending: loop {
+        if viewer.stop.is_cancelled() {
+            break;
+        }
         if let Some(acked) = &viewer.acked {
             loop {
                 let progressed = terminal.progress.notified();
@@ -1184,6 +1196,10 @@ async fn viewer_pump(terminal: Arc<Terminal>, viewer: Arc<Viewer>, sink: Arc<dyn
                 }
                 let mut pause = Duration::from_millis(1);
                 loop {
+                    // A replaced or detached viewer must not send another byte.
+                    if viewer.stop.is_cancelled() {
+                        break 'sending;
+                    }
                     match sink.output(&terminal.id, offset, &data) {
                         Offer::Delivered => break,
                         Offer::Gone => break 'sending,
@@ -1202,6 +1218,7 @@ async fn viewer_pump(terminal: Arc<Terminal>, viewer: Arc<Viewer>, sink: Arc<dyn
             None => {
                 if let Some(exit) = exit {
                     sink.exit(&exit);
+                    delivered_exit = true;
                     break;
                 }
                 tokio::select! {
@@ -1212,9 +1229,10 @@ async fn viewer_pump(terminal: Arc<Terminal>, viewer: Arc<Viewer>, sink: Arc<dyn
             }
         }
     }
-    // Leave the terminal's viewer list, unless a newer attach of the same viewer replaced this one.
+    // After the exit the viewer leaves the terminal's list (unless a newer attach replaced it). Otherwise it
+    // stays until its socket's disconnect handler detaches it, which also decides about the grace period.
     let mut viewers = terminal.viewers();
-    let removed = viewers.get(&viewer.id).is_some_and(|v| Arc::ptr_eq(v, &viewer));
+    let removed = delivered_exit && viewers.get(&viewer.id).is_some_and(|v| Arc::ptr_eq(v, &viewer));
     if removed {
         viewers.remove(&viewer.id);
     }

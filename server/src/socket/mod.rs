@@ -109,6 +109,8 @@ impl Ack {
 /// Per-socket state shared by its handlers and sinks.
 #[derive(Debug, Default)]
 struct Conn {
+    /// Cancelled when the socket disconnects: ends its viewers everywhere.
+    gone: tokio_util::sync::CancellationToken,
     /// Acks being sent. While non-zero, output is held back so the socket's bounded send queue drains and
     /// the answer fits.
     acks_pending: AtomicUsize,
@@ -240,8 +242,14 @@ fn on_connect(socket: SocketRef, auth: ClientAuth, state: AppState) {
                     match reply {
                         Ok((terminal, started)) => {
                             // Registered before the ack so no byte is missed; its output flows after the ack.
-                            let attached =
-                                state.sessions().attach(&terminal, viewer.clone(), Some(0), started.flow_control, v1);
+                            let attached = state.sessions().attach(
+                                &terminal,
+                                viewer.clone(),
+                                Some(0),
+                                started.flow_control,
+                                v1,
+                                &conn.gone,
+                            );
                             let delivered = send_ack(&conn, ack, &Reply::Ok(started)).await;
                             // A client that never learned the id can neither use nor close the terminal; and
                             // the socket may have left while Docker started the process, before its disconnect
@@ -306,10 +314,8 @@ fn on_connect(socket: SocketRef, auth: ClientAuth, state: AppState) {
                 let (id, result) = match req {
                     Err(e) => (None, Err(ServiceError::invalid(format!("output-ack payload: {e}")))),
                     Ok(OutputAck { terminal_id, processed }) => {
-                        let r = state
-                            .sessions()
-                            .get(&terminal_id, Some(&owner))
-                            .and_then(|t| t.ack_output(&owner, processed));
+                        // Acks stay valid after the process ended: the viewer may still be draining the log.
+                        let r = state.sessions().find(&terminal_id).and_then(|t| t.ack_output(&owner, processed));
                         (Some(terminal_id), r)
                     }
                 };
@@ -345,17 +351,26 @@ fn on_connect(socket: SocketRef, auth: ClientAuth, state: AppState) {
                 let task = async move {
                     let attached = match req {
                         Err(e) => Err(ServiceError::invalid(format!("attach-terminal payload: {e}"))),
-                        Ok(req) => state
-                            .sessions()
-                            .find(&req.terminal_id)
-                            .and_then(|t| state.sessions().attach(&t, viewer.clone(), req.since, req.flow_control, v1)),
+                        Ok(req) => state.sessions().find(&req.terminal_id).and_then(|t| {
+                            let a = state.sessions().attach(
+                                &t,
+                                viewer.clone(),
+                                req.since,
+                                req.flow_control,
+                                v1,
+                                &conn.gone,
+                            );
+                            a.map(|(attachment, reply)| (t, attachment, reply))
+                        }),
                     };
                     match attached {
-                        Ok((attachment, reply)) => {
+                        Ok((terminal, attachment, reply)) => {
                             if send_ack(&conn, ack, &Reply::Ok(reply)).await && socket.connected() {
                                 attachment.start(Arc::new(SocketSink { socket, conn }));
                             } else {
-                                state.sessions().detach_everywhere(&viewer).await;
+                                // Only this attachment failed; the socket's other terminals are unaffected.
+                                drop(attachment);
+                                state.sessions().detach(&terminal, &viewer).await;
                             }
                         }
                         Err(e) => {
@@ -370,8 +385,9 @@ fn on_connect(socket: SocketRef, auth: ClientAuth, state: AppState) {
         );
     }
     {
-        let (state, viewer, span) = (state.clone(), viewer.clone(), span.clone());
+        let (state, viewer, conn, span) = (state.clone(), viewer.clone(), conn.clone(), span.clone());
         socket.on_disconnect(move |reason: DisconnectReason| -> Ready<()> {
+            conn.gone.cancel();
             let task = async move {
                 tracing::info!(?reason, "disconnected");
                 state.sessions().detach_everywhere(&viewer).await;
