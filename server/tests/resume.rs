@@ -266,3 +266,39 @@ async fn a_zero_grace_period_ends_terminals_when_their_socket_leaves() {
     let i = info(&server, &t.terminal_id).await;
     assert_eq!(i.exit.map(|e| e.reason), Some(ExitReason::Disconnected));
 }
+
+#[tokio::test]
+async fn a_flow_controlled_viewer_drains_an_ended_terminal_with_acks() {
+    use app::protocol::{FLOW_HIGH_WATERMARK, event};
+    let c = TestContainer::start("drain", &bash_image()).await;
+    let server = start_server(test_config()).await;
+    let me = client_id();
+    let first = TestClient::connect_v2(&base_url(&server), &me).await;
+    // 900 KB, more than the flow window, written while nobody is attached; then the process ends.
+    let mut req = command("stty -opost; sleep 0.5; head -c 900000 /dev/zero | tr '\\0' 'z'; exit 5");
+    req.container_id = c.name.clone();
+    let t = first.start(req).await.unwrap();
+    let id = t.terminal_id.clone();
+    first.disconnect().await;
+    eventually("the terminal to end", || async { info(&server, &id).await.exit.is_some() }).await;
+
+    let second = TestClient::connect_v2(&base_url(&server), &me).await;
+    let a =
+        second.attach(&AttachTerminal { terminal_id: id.clone(), since: Some(0), flow_control: true }).await.unwrap();
+    assert!(a.ended && a.end >= 900_000 && a.end - a.offset > FLOW_HIGH_WATERMARK, "{a:?}");
+    // Acks after the process ended are accepted, so the whole log and then the exit arrive.
+    let mut acked = 0;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while second.exit_of(&id).is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "stalled at {acked} of {}", a.end);
+        let have = a.offset + second.bytes(&id).len() as u64;
+        if have > acked {
+            acked = have;
+            second.emit_raw(event::OUTPUT_ACK, serde_json::json!({"terminalId": id, "processed": acked})).await;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(a.offset + second.bytes(&id).len() as u64, a.end);
+    assert_eq!(second.exit_of(&id).unwrap().exit_code, Some(5));
+    assert!(second.errors().is_empty(), "{:?}", second.errors());
+}
