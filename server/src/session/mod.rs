@@ -218,7 +218,6 @@ pub struct Terminal {
     exec_id: String,
     started_at_ms: u64,
     size: Mutex<(u16, u16)>,
-    bytes_out: AtomicU64,
     commands: mpsc::UnboundedSender<Command>,
     /// Events and input bytes in `commands`, bounded by [`COMMAND_QUEUE_EVENTS`] and [`INPUT_QUEUE_BYTES`].
     queued_events: AtomicUsize,
@@ -242,8 +241,6 @@ pub struct Terminal {
     stop: CancellationToken,
     /// Cancelled when the process has ended and its exit is known.
     finished: CancellationToken,
-    /// When it ended (for how long it is kept).
-    ended_at: Mutex<Option<Instant>>,
 }
 
 impl std::fmt::Debug for Terminal {
@@ -253,14 +250,6 @@ impl std::fmt::Debug for Terminal {
 }
 
 impl Terminal {
-    pub fn id(&self) -> &TerminalId {
-        &self.id
-    }
-
-    pub fn owner(&self) -> &OwnerId {
-        &self.owner
-    }
-
     fn viewers(&self) -> std::sync::MutexGuard<'_, HashMap<ViewerId, Arc<Viewer>>> {
         self.viewers.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -388,7 +377,7 @@ impl Terminal {
             cols,
             rows,
             started_at_ms: self.started_at_ms,
-            bytes_out: self.bytes_out.load(Ordering::Relaxed),
+            bytes_out: self.log().end,
             state,
             attached,
             grace_left_ms,
@@ -562,11 +551,6 @@ impl Sessions {
 
     pub fn limits(&self) -> Limits {
         self.limits
-    }
-
-    /// Reaps waiting for the daemon to come back.
-    pub fn pending_reaps(&self) -> usize {
-        self.pending_reaps.len()
     }
 
     fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
@@ -752,7 +736,6 @@ impl Sessions {
             exec_id: stream.exec_id.clone(),
             started_at_ms: now_ms(),
             size: Mutex::new((cols, rows)),
-            bytes_out: AtomicU64::new(0),
             commands,
             queued_events: AtomicUsize::new(0),
             queued_bytes: AtomicUsize::new(0),
@@ -767,7 +750,6 @@ impl Sessions {
             close_reason: Mutex::new(None),
             stop: CancellationToken::new(),
             finished: CancellationToken::new(),
-            ended_at: Mutex::new(None),
         });
         {
             let mut reg = self.registry();
@@ -826,7 +808,6 @@ impl Sessions {
                 break;
             }
             let chunk = buf.split().freeze();
-            terminal.bytes_out.fetch_add(chunk.len() as u64, Ordering::Relaxed);
             let end = {
                 let mut log = terminal.log();
                 log.push(chunk);
@@ -838,7 +819,7 @@ impl Sessions {
         let (exit_code, reason) = self.exit_cause(&terminal, stream_error).await;
         terminal.stop.cancel();
         let exit = Exit { terminal_id: terminal.id.clone(), exit_code, reason };
-        tracing::info!(?exit_code, %reason, bytes_out = terminal.bytes_out.load(Ordering::Relaxed), "terminal ended");
+        tracing::info!(?exit_code, %reason, bytes_out = terminal.log().end, "terminal ended");
         self.ended(&terminal, exit);
     }
 
@@ -846,7 +827,6 @@ impl Sessions {
     /// terminal stays listed as exited for a while, unless a client closed it.
     fn ended(&self, terminal: &Arc<Terminal>, exit: Exit) {
         let reason = exit.reason;
-        *terminal.ended_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
         terminal.exit_tx.send_replace(Some(exit));
         {
             let mut reg = self.registry();
@@ -1125,13 +1105,6 @@ impl Sessions {
             terminal.finished.cancelled().await;
         }
         result
-    }
-
-    /// Closes every terminal `owner` holds, concurrently.
-    pub async fn close_owned_by(&self, owner: &OwnerId, reason: ExitReason) {
-        let mine: Vec<_> =
-            self.registry().terminals.values().filter(|t| t.owner == *owner && !t.has_ended()).cloned().collect();
-        futures_util::future::join_all(mine.iter().map(|t| self.close(t, reason))).await;
     }
 
     /// Refuses new terminals and closes every open one, concurrently.
