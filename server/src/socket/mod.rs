@@ -75,22 +75,21 @@ impl Ack {
         if !self.wanted() {
             return true;
         }
-        for _ in 0..SEND_ATTEMPTS {
-            match self.try_send(reply) {
-                Ok(()) => return true,
-                Err(SendError::Socket(SocketError::InternalChannelFull)) => tokio::time::sleep(SEND_RETRY).await,
-                Err(SendError::Socket(SocketError::Closed)) => {
-                    tracing::debug!("socket closed before its ack");
-                    return false;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not send ack");
-                    return false;
-                }
+        match retry_while_full(|| self.try_send(reply)).await {
+            Ok(()) => true,
+            Err(SendError::Socket(SocketError::Closed)) => {
+                tracing::debug!("socket closed before its ack");
+                false
+            }
+            Err(SendError::Socket(SocketError::InternalChannelFull)) => {
+                tracing::warn!("gave up sending an ack to a congested socket");
+                false
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not send ack");
+                false
             }
         }
-        tracing::warn!("gave up sending an ack to a congested socket");
-        false
     }
 
     /// For synchronous handlers: sends now if it fits, else from a task.
@@ -104,6 +103,20 @@ impl Ack {
             });
         }
     }
+}
+
+/// Repeats `send` while the socket's send queue is full (it drains at network speed), at most
+/// [`SEND_ATTEMPTS`] times [`SEND_RETRY`] apart; returns the last outcome.
+async fn retry_while_full(mut send: impl FnMut() -> Result<(), SendError>) -> Result<(), SendError> {
+    let mut outcome = send();
+    for _ in 1..SEND_ATTEMPTS {
+        match outcome {
+            Err(SendError::Socket(SocketError::InternalChannelFull)) => tokio::time::sleep(SEND_RETRY).await,
+            _ => break,
+        }
+        outcome = send();
+    }
+    outcome
 }
 
 /// Per-socket state shared by its handlers and sinks.
@@ -175,7 +188,7 @@ impl TerminalSink for SocketSink {
 
 /// Emits a control event, retrying for a while when the send queue is full. `budget`, when given, bounds how
 /// many such events of one socket may wait at once.
-fn emit_reliably<T: Serialize + Send + 'static>(
+fn emit_reliably<T: Serialize + Send + Sync + 'static>(
     socket: SocketRef,
     name: &'static str,
     payload: T,
@@ -192,12 +205,10 @@ fn emit_reliably<T: Serialize + Send + 'static>(
         return;
     }
     tokio::spawn(async move {
-        for _ in 0..SEND_ATTEMPTS {
-            tokio::time::sleep(SEND_RETRY).await;
-            match socket.emit(name, &payload) {
-                Err(SendError::Socket(SocketError::InternalChannelFull)) => continue,
-                _ => break,
-            }
+        if let Err(SendError::Socket(SocketError::InternalChannelFull)) =
+            retry_while_full(|| socket.emit(name, &payload)).await
+        {
+            tracing::warn!(event = name, "gave up sending an event to a congested socket");
         }
         if let Some(conn) = budget {
             conn.retrying.fetch_sub(1, Ordering::SeqCst);
