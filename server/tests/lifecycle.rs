@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use app::protocol::{ErrorReply, ExitReason, StartTerminal, TerminalId};
+use app::protocol::{ErrorReply, ExitReason, TerminalId};
 use common::proxy::DaemonProxy;
 use common::*;
 
@@ -161,16 +161,7 @@ async fn daemon_down_at_start_then_up_then_gone_mid_session_then_back() {
     let exit = client.wait_exit(&t.terminal_id).await;
     assert_eq!((exit.exit_code, exit.reason), (None, ExitReason::DockerUnavailable));
     assert_eq!(reqwest::get(format!("{base}/healthz")).await.unwrap().status(), 503);
-    let err = client
-        .start(StartTerminal {
-            container_id: c.name.clone(),
-            cols: None,
-            rows: None,
-            command: None,
-            flow_control: false,
-        })
-        .await;
-    assert_eq!(err.unwrap_err().code.as_str(), "docker_unavailable");
+    assert_eq!(client.shell_err(&c.name).await.code.as_str(), "docker_unavailable");
     // The shell is still running in the container (the real daemon never went away).
     assert!(c.stray_processes().await.iter().any(|p| p.contains("bash")));
 

@@ -196,6 +196,11 @@ struct Inbox {
     discontinuities: Vec<String>,
 }
 
+/// `start-terminal` for `container`'s default shell at the default size.
+pub fn shell_request(container: &str) -> StartTerminal {
+    StartTerminal { container_id: container.into(), cols: None, rows: None, command: None, flow_control: false }
+}
+
 /// A typed Socket.IO client over rust_socketio.
 pub struct TestClient {
     client: Client,
@@ -389,28 +394,12 @@ impl TestClient {
 
     /// Opens the default shell in `container`.
     pub async fn shell(&self, container: &str) -> TerminalStarted {
-        self.start(StartTerminal {
-            container_id: container.into(),
-            cols: None,
-            rows: None,
-            command: None,
-            flow_control: false,
-        })
-        .await
-        .expect("start-terminal")
+        self.start(shell_request(container)).await.expect("start-terminal")
     }
 
     /// `start-terminal` for the default shell, expecting a refusal.
     pub async fn shell_err(&self, container: &str) -> ErrorBody {
-        self.start(StartTerminal {
-            container_id: container.into(),
-            cols: None,
-            rows: None,
-            command: None,
-            flow_control: false,
-        })
-        .await
-        .expect_err("start-terminal should be refused")
+        self.start(shell_request(container)).await.expect_err("start-terminal should be refused")
     }
 
     pub async fn input(&self, id: &TerminalId, data: &str) {
