@@ -476,6 +476,19 @@ struct Registry {
     total: usize,
 }
 
+impl Registry {
+    /// Gives back one slot of `owner` (a terminal that ended, or a start that failed).
+    fn release(&mut self, owner: &OwnerId) {
+        if let Some(n) = self.per_owner.get_mut(owner) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_owner.remove(owner);
+            }
+        }
+        self.total = self.total.saturating_sub(1);
+    }
+}
+
 /// A slot counted against the limits while a terminal starts; given back on drop unless kept.
 struct Reservation<'a> {
     sessions: &'a Sessions,
@@ -581,17 +594,10 @@ impl Sessions {
     }
 
     fn release(&self, owner: &OwnerId) {
-        let mut reg = self.registry();
-        if let Some(n) = reg.per_owner.get_mut(owner) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                reg.per_owner.remove(owner);
-            }
-        }
-        reg.total = reg.total.saturating_sub(1);
+        self.registry().release(owner);
     }
 
-    /// Opens a terminal. Output is held until [`Terminal::attach`] is called.
+    /// Opens a terminal. Its output is kept from the first byte; viewers follow it with [`Sessions::attach`].
     pub async fn start(
         self: &Arc<Self>,
         owner: &OwnerId,
@@ -831,13 +837,7 @@ impl Sessions {
         {
             let mut reg = self.registry();
             if reg.running.remove(&terminal.id) {
-                if let Some(n) = reg.per_owner.get_mut(&terminal.owner) {
-                    *n = n.saturating_sub(1);
-                    if *n == 0 {
-                        reg.per_owner.remove(&terminal.owner);
-                    }
-                }
-                reg.total = reg.total.saturating_sub(1);
+                reg.release(&terminal.owner);
             }
             if reason == ExitReason::Closed {
                 reg.terminals.remove(&terminal.id);
