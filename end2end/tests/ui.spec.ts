@@ -155,6 +155,15 @@ test('an ended terminal says how and offers to reopen', async ({ page }) => {
   await expectScreen(page, 0, /^reopened-4$/m);
 });
 
+test('keys typed while a tab is still opening reach its shell', async ({ page }) => {
+  const name = startContainer('early');
+  await page.reload();
+  await picker(page, name).click();
+  // No wait for the prompt: the first keys arrive while the terminal is being started.
+  await type(page, 'echo early-$((6*7))');
+  await expectScreen(page, 0, /^early-42$/m);
+});
+
 test('reloading the page brings its tabs back with their recent output, same shell', async ({ page }, info) => {
   const name = startContainer('reload');
   await page.reload();

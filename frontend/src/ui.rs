@@ -208,11 +208,7 @@ impl Ui {
                     }
                     tab.terminal.set(Some(id.clone()));
                     tab.state.set(TabState::Running);
-                    let mut typed = Vec::new();
-                    ui.pending_input.update_value(|p| typed = p.remove(&key.0).unwrap_or_default());
-                    if !typed.is_empty() {
-                        ui.send_input(key, typed);
-                    }
+                    ui.send_pending_input(key);
                     // Make the terminal fit this window.
                     if let Some((c, r)) = ui.with_xterm(key, |x| (x.cols() as u16, x.rows() as u16))
                         && protocol::dimension_ok(c)
@@ -280,6 +276,7 @@ impl Ui {
                     });
                     tab.terminal.set(Some(started.terminal_id.clone()));
                     tab.state.set(TabState::Running);
+                    ui.send_pending_input(key);
                     // The pane may have changed size while the terminal started.
                     let now = ui.with_xterm(key, |x| (x.cols() as u16, x.rows() as u16));
                     if let Some((c, r)) = now
@@ -294,6 +291,9 @@ impl Ui {
                     }
                 }
                 Err(e) => {
+                    ui.pending_input.update_value(|p| {
+                        p.remove(&key.0);
+                    });
                     // Nothing to show in a tab that never had a terminal: say why where the user clicked.
                     let had_output = tab.terminal.get_untracked().is_some();
                     if had_output {
@@ -536,8 +536,9 @@ impl Ui {
 
     fn send_input(&self, key: TabKey, data: Vec<u8>) {
         let Some(tab) = self.tab(key) else { return };
-        let Some(id) = tab.terminal.get_untracked() else { return };
-        if tab.state.get_untracked() == TabState::Resuming {
+        let state = tab.state.get_untracked();
+        if matches!(state, TabState::Resuming | TabState::Starting) {
+            // Keys typed right after opening, reopening or a reconnect reach the shell once it runs.
             self.pending_input.update_value(|p| {
                 let q = p.entry(key.0).or_default();
                 let room = MAX_PENDING_INPUT.saturating_sub(q.len());
@@ -545,12 +546,22 @@ impl Ui {
             });
             return;
         }
-        if tab.state.get_untracked() != TabState::Running {
+        let Some(id) = tab.terminal.get_untracked() else { return };
+        if state != TabState::Running {
             return;
         }
         for chunk in data.chunks(protocol::MAX_INPUT_BYTES) {
             let input = Input { terminal_id: id.clone(), data: TerminalBytes(chunk.to_vec().into()) };
             self.client().emit(event::INPUT, &input);
+        }
+    }
+
+    /// Sends what was typed while the tab was starting or resuming.
+    fn send_pending_input(&self, key: TabKey) {
+        let mut typed = Vec::new();
+        self.pending_input.update_value(|p| typed = p.remove(&key.0).unwrap_or_default());
+        if !typed.is_empty() {
+            self.send_input(key, typed);
         }
     }
 
