@@ -52,6 +52,9 @@ pub mod event {
     /// Server -> every client: a container was created, started, stopped, paused, renamed or removed
     /// ([`super::ContainersChanged`]); refresh the container list.
     pub const CONTAINERS_CHANGED: &str = "containers-changed";
+    /// Server -> client: the socket's credential stopped being valid (expired, revoked, signed out)
+    /// ([`super::ErrorBody`]); the server disconnects the socket right after.
+    pub const AUTH_ERROR: &str = "auth-error";
 }
 
 /// REST paths.
@@ -64,6 +67,13 @@ pub mod rest {
     pub const TERMINALS: &str = "/api/v1/terminals";
     /// `GET` one terminal, `DELETE` (204) closes it. `{id}` is a [`super::TerminalId`].
     pub const TERMINAL: &str = "/api/v1/terminals/{id}";
+    /// `POST {"token": "..."}`: exchanges a token for the session cookie (204 with `Set-Cookie`). Browsers
+    /// may instead open any page with `?token=...`, which answers with the cookie and a redirect without it.
+    pub const LOGIN: &str = "/api/v1/login";
+    /// `POST`: ends the cookie's session (204, the cookie is cleared).
+    pub const LOGOUT: &str = "/api/v1/logout";
+    /// `GET`: who the credential belongs to ([`super::WhoAmI`]).
+    pub const WHOAMI: &str = "/api/v1/whoami";
 
     /// The concrete path of one terminal.
     pub fn terminal(id: &super::TerminalId) -> String {
@@ -241,6 +251,9 @@ pub struct TerminalAttached {
     pub truncated: bool,
     /// Whether the terminal had already ended (its `exit` follows the replay).
     pub ended: bool,
+    /// This socket may only watch: its `input`, `resize` and `close-terminal` are refused with `view_only`.
+    #[serde(default)]
+    pub read_only: bool,
 }
 
 /// `terminal-viewers` event.
@@ -353,6 +366,26 @@ pub enum ErrorCode {
     InputOverflow,
     /// No such REST route.
     NotFound,
+    /// No credential, or one that does not verify (bad signature, wrong issuer or audience, malformed).
+    Unauthenticated,
+    /// The credential has expired.
+    TokenExpired,
+    /// The credential was revoked or its session signed out.
+    TokenRevoked,
+    /// Too many failed sign-in attempts from this address; wait and retry.
+    TooManyAuthFailures,
+    /// The policy does not allow this (e.g. opening a terminal with view-only access).
+    Forbidden,
+    /// The policy's command allowlist does not include this command (or the default login shell).
+    CommandNotAllowed,
+    /// The terminal is attached read-only for this user: input, resize and close are refused.
+    ViewOnly,
+    /// The user's terminal quota (from the policy, or `--max-terminals-per-user`) is reached.
+    QuotaExceeded,
+    /// This socket sends more events per second than allowed; the event was dropped.
+    RateLimited,
+    /// The request's `Origin` is not this server's own or a configured one (cross-site request).
+    OriginNotAllowed,
     /// Anything else; the message says what.
     Internal,
 }
@@ -370,6 +403,16 @@ impl ErrorCode {
             ErrorCode::DockerUnavailable => "docker_unavailable",
             ErrorCode::InputOverflow => "input_overflow",
             ErrorCode::NotFound => "not_found",
+            ErrorCode::Unauthenticated => "unauthenticated",
+            ErrorCode::TokenExpired => "token_expired",
+            ErrorCode::TokenRevoked => "token_revoked",
+            ErrorCode::TooManyAuthFailures => "too_many_auth_failures",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::CommandNotAllowed => "command_not_allowed",
+            ErrorCode::ViewOnly => "view_only",
+            ErrorCode::QuotaExceeded => "quota_exceeded",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::OriginNotAllowed => "origin_not_allowed",
             ErrorCode::Internal => "internal",
         }
     }
@@ -472,6 +515,10 @@ pub struct ClientAuth {
     /// limits. At most [`MAX_CLIENT_ID_LEN`] bytes of `[A-Za-z0-9_-]`. Absent: each socket is its own client.
     #[serde(default)]
     pub client_id: Option<String>,
+    /// The credential: the local access token, a session token or a JWT. Browsers leave it out and are
+    /// authenticated by their session cookie; other clients may also send `Authorization: Bearer`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
 }
 
 /// `containers-changed` event.
@@ -499,6 +546,26 @@ pub struct ContainerSummary {
     pub status: String,
     /// Creation time, seconds since the Unix epoch.
     pub created: i64,
+    /// The container's labels.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+/// `GET /api/v1/whoami` body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WhoAmI {
+    pub subject: String,
+    pub groups: Vec<String>,
+    /// When the credential expires, seconds since the Unix epoch; absent: it does not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+}
+
+/// `POST /api/v1/login` body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Login {
+    pub token: String,
 }
 
 /// Where a terminal is in its life.
@@ -520,6 +587,9 @@ pub struct TerminalInfo {
     pub terminal_id: TerminalId,
     /// Who owns it: `client:<clientId>` for clients that sent one, else `socket:<socket id>`.
     pub owner: String,
+    /// The user (subject) who opened it.
+    #[serde(default)]
+    pub user: String,
     pub container_id: String,
     pub container_name: String,
     pub command: Vec<String>,
@@ -621,6 +691,16 @@ mod tests {
             ErrorCode::DockerUnavailable,
             ErrorCode::InputOverflow,
             ErrorCode::NotFound,
+            ErrorCode::Unauthenticated,
+            ErrorCode::TokenExpired,
+            ErrorCode::TokenRevoked,
+            ErrorCode::TooManyAuthFailures,
+            ErrorCode::Forbidden,
+            ErrorCode::CommandNotAllowed,
+            ErrorCode::ViewOnly,
+            ErrorCode::QuotaExceeded,
+            ErrorCode::RateLimited,
+            ErrorCode::OriginNotAllowed,
             ErrorCode::Internal,
         ] {
             assert_eq!(serde_json::to_value(code).unwrap(), serde_json::json!(code.as_str()));

@@ -1,9 +1,11 @@
 //! Command-line flags, each with an environment variable equivalent.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
 
+use crate::auth::JwtConfig;
 use crate::docker::engine::Endpoint;
 use crate::session::Limits;
 
@@ -43,10 +45,82 @@ pub struct Config {
     #[arg(long, env = "PORTHOLE_OUTPUT_LOG_BYTES", default_value_t = 1024 * 1024)]
     pub output_log_bytes: usize,
 
-    /// Serve on a non-loopback address although there is no authentication yet: anyone who can reach the
-    /// port gets a shell in every container.
-    #[arg(long, env = "PORTHOLE_INSECURE_ALLOW_REMOTE", default_value_t = false)]
-    pub insecure_allow_remote: bool,
+    /// Local access token (local mode, when no JWT key is given). Default: a random one, printed in the URL at
+    /// start. Setting it keeps browser sessions valid across restarts.
+    #[arg(long, env = "PORTHOLE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// JWT mode: file with the HS256 shared secret (at least 32 bytes).
+    #[arg(long, env = "PORTHOLE_JWT_SECRET_FILE")]
+    pub jwt_secret_file: Option<PathBuf>,
+
+    /// JWT mode: PEM file with an RSA (RS256) or EC P-256 (ES256) public key.
+    #[arg(long, env = "PORTHOLE_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<PathBuf>,
+
+    /// JWT mode: JWKS file with RSA (RS256) or P-256 (ES256) keys, chosen by `kid`.
+    #[arg(long, env = "PORTHOLE_JWT_JWKS")]
+    pub jwt_jwks: Option<PathBuf>,
+
+    /// Required `iss` of JWTs.
+    #[arg(long, env = "PORTHOLE_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Required `aud` of JWTs.
+    #[arg(long, env = "PORTHOLE_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// JWT claim with the user's subject (dotted paths reach into objects).
+    #[arg(long, env = "PORTHOLE_JWT_SUBJECT_CLAIM", default_value = "sub")]
+    pub jwt_subject_claim: String,
+
+    /// JWT claim with the user's groups (array of strings, or a string).
+    #[arg(long, env = "PORTHOLE_JWT_GROUPS_CLAIM", default_value = "groups")]
+    pub jwt_groups_claim: String,
+
+    /// Seconds of clock skew tolerated on `exp` and `nbf`.
+    #[arg(long, env = "PORTHOLE_JWT_LEEWAY_SECS", default_value_t = 30)]
+    pub jwt_leeway_secs: u64,
+
+    /// Authorization policy (TOML), re-read on SIGHUP. Without one, every authenticated user may do everything.
+    #[arg(long, env = "PORTHOLE_POLICY")]
+    pub policy: Option<PathBuf>,
+
+    /// TLS certificate chain (PEM); with --tls-key, serves HTTPS/WSS and sends HSTS.
+    #[arg(long, env = "PORTHOLE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// TLS private key (PEM).
+    #[arg(long, env = "PORTHOLE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Reverse proxies (IP or CIDR, repeatable or comma-separated) whose X-Forwarded-For/-Proto/-Host are
+    /// believed. Requests from other peers have those headers ignored.
+    #[arg(long, env = "PORTHOLE_TRUSTED_PROXY", value_delimiter = ',')]
+    pub trusted_proxy: Vec<ipnet::IpNet>,
+
+    /// Extra origins (e.g. https://porthole.example.com) allowed to open sockets and send API requests, besides
+    /// the origin the request was served on.
+    #[arg(long, env = "PORTHOLE_ALLOWED_ORIGIN", value_delimiter = ',')]
+    pub allowed_origin: Vec<String>,
+
+    /// Audit log: a file to append JSON lines to, or `-` for stderr.
+    #[arg(long, env = "PORTHOLE_AUDIT_LOG", default_value = "-")]
+    pub audit_log: String,
+
+    /// Most events one socket may send per second (bursts up to twice that); more are refused with
+    /// `rate_limited`.
+    #[arg(long, env = "PORTHOLE_MAX_EVENTS_PER_SEC", default_value_t = 1000)]
+    pub max_events_per_sec: u32,
+
+    /// Failed sign-in attempts allowed per client address per minute; after that the address is refused until
+    /// the minute is over.
+    #[arg(long, env = "PORTHOLE_MAX_AUTH_FAILURES", default_value_t = 10)]
+    pub max_auth_failures: u32,
+
+    /// Most terminals one user may hold at once (the policy's `max_terminals` overrides it).
+    #[arg(long, env = "PORTHOLE_MAX_TERMINALS_PER_USER", default_value_t = 64)]
+    pub max_terminals_per_user: usize,
 
     /// Seconds to wait for terminals to close on SIGINT/SIGTERM before exiting anyway.
     #[arg(long, env = "PORTHOLE_SHUTDOWN_TIMEOUT_SECS", default_value_t = 20)]
@@ -67,7 +141,24 @@ impl Config {
             max_terminals: 1024,
             grace_period_secs: 600,
             output_log_bytes: 1024 * 1024,
-            insecure_allow_remote: false,
+            token: None,
+            jwt_secret_file: None,
+            jwt_public_key: None,
+            jwt_jwks: None,
+            jwt_issuer: None,
+            jwt_audience: None,
+            jwt_subject_claim: "sub".into(),
+            jwt_groups_claim: "groups".into(),
+            jwt_leeway_secs: 30,
+            policy: None,
+            tls_cert: None,
+            tls_key: None,
+            trusted_proxy: Vec::new(),
+            allowed_origin: Vec::new(),
+            audit_log: "-".into(),
+            max_events_per_sec: 1000,
+            max_auth_failures: 10,
+            max_terminals_per_user: 64,
             shutdown_timeout_secs: 20,
             log_format: LogFormat::Text,
         }
@@ -75,13 +166,29 @@ impl Config {
 
     /// Checks the combination of flags; the message is shown to the user as is.
     pub fn validate(&self) -> Result<(), String> {
-        if !self.listen.ip().is_loopback() && !self.insecure_allow_remote {
+        if !self.listen.ip().is_loopback() && !self.jwt().configured() && self.token.is_none() {
             return Err(format!(
-                "refusing to listen on {}: Porthole has no authentication yet, so anyone reaching this address would \
-                 get a shell in every container. Listen on a loopback address (the default 127.0.0.1:7070), or pass \
-                 --insecure-allow-remote if you really mean it.",
+                "refusing to listen on {}: no authentication is configured for a network-facing server. Give JWT \
+                 keys (--jwt-secret-file, --jwt-public-key or --jwt-jwks) and a --policy, or at least set your own \
+                 --token; or listen on a loopback address (the default 127.0.0.1:7070).",
                 self.listen
             ));
+        }
+        if let Some(t) = &self.token
+            && (t.len() < 16 || t.len() > crate::auth::MAX_TOKEN_LEN || t.chars().any(|c| !c.is_ascii_graphic()))
+        {
+            return Err("--token must be 16 or more printable ASCII characters without spaces".into());
+        }
+        if self.token.is_some() && self.jwt().configured() {
+            return Err("--token is for local mode; with JWT keys configured, tokens come from your issuer".into());
+        }
+        for o in &self.allowed_origin {
+            if !(o.starts_with("http://") || o.starts_with("https://")) || o.ends_with('/') {
+                return Err(format!("--allowed-origin {o:?} must look like https://host[:port], without a path"));
+            }
+        }
+        if self.max_events_per_sec == 0 || self.max_auth_failures == 0 || self.max_terminals_per_user == 0 {
+            return Err("--max-events-per-sec, --max-auth-failures and --max-terminals-per-user must be at least 1".into());
         }
         if self.max_terminals_per_socket == 0 || self.max_terminals == 0 {
             return Err("terminal limits must be at least 1".into());
@@ -99,9 +206,27 @@ impl Config {
         }
     }
 
+    pub fn jwt(&self) -> JwtConfig {
+        JwtConfig {
+            hs256_secret_file: self.jwt_secret_file.clone(),
+            public_key_file: self.jwt_public_key.clone(),
+            jwks_file: self.jwt_jwks.clone(),
+            issuer: self.jwt_issuer.clone(),
+            audience: self.jwt_audience.clone(),
+            subject_claim: self.jwt_subject_claim.clone(),
+            groups_claim: self.jwt_groups_claim.clone(),
+            leeway_secs: self.jwt_leeway_secs,
+        }
+    }
+
+    pub fn tls(&self) -> bool {
+        self.tls_cert.is_some()
+    }
+
     pub fn limits(&self) -> Limits {
         Limits {
             per_owner: self.max_terminals_per_socket,
+            per_user: self.max_terminals_per_user,
             total: self.max_terminals,
             grace: std::time::Duration::from_secs(self.grace_period_secs),
             log_bytes: self.output_log_bytes,
@@ -114,13 +239,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn remote_listen_needs_an_explicit_opt_in() {
+    fn remote_listen_needs_configured_authentication() {
         let mut c = Config::defaults();
         assert!(c.validate().is_ok());
         c.listen = "0.0.0.0:7070".parse().unwrap();
-        assert!(c.validate().unwrap_err().contains("--insecure-allow-remote"));
-        c.insecure_allow_remote = true;
+        assert!(c.validate().unwrap_err().contains("no authentication is configured"));
+        c.jwt_secret_file = Some("/etc/porthole/secret".into());
         assert!(c.validate().is_ok());
+        c.token = Some("a-token-of-enough-length".into());
+        assert!(c.validate().unwrap_err().contains("local mode"));
+        c.jwt_secret_file = None;
+        assert!(c.validate().is_ok());
+        c.token = Some("short".into());
+        assert!(c.validate().unwrap_err().contains("16"));
     }
 
     #[test]

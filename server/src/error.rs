@@ -26,7 +26,7 @@ impl ServiceError {
     }
 
     pub fn unknown_terminal(id: &impl std::fmt::Display) -> Self {
-        ServiceError::new(ErrorCode::UnknownTerminal, format!("no terminal {id} is open for this client"))
+        ServiceError::new(ErrorCode::UnknownTerminal, format!("no terminal {id} is open for you"))
     }
 
     /// The HTTP status that fits the code.
@@ -38,6 +38,13 @@ impl ServiceError {
             ErrorCode::CommandNotFound => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorCode::TooManyTerminals | ErrorCode::InputOverflow => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::DockerUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unauthenticated | ErrorCode::TokenExpired | ErrorCode::TokenRevoked => StatusCode::UNAUTHORIZED,
+            ErrorCode::Forbidden | ErrorCode::CommandNotAllowed | ErrorCode::ViewOnly | ErrorCode::OriginNotAllowed => {
+                StatusCode::FORBIDDEN
+            }
+            ErrorCode::QuotaExceeded | ErrorCode::RateLimited | ErrorCode::TooManyAuthFailures => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -1,6 +1,8 @@
 //! Porthole's server as a library: configuration, the router (REST + Socket.IO on one port), and a
 //! [`start`] that binds and serves until told to stop. `main.rs` is a thin wrapper around it.
 
+pub mod audit;
+pub mod auth;
 pub mod config;
 pub mod docker;
 pub mod error;
@@ -32,9 +34,40 @@ pub const SOCKET_QUEUE_PACKETS: usize = 1024;
 pub const PING_INTERVAL: Duration = Duration::from_secs(25);
 pub const PING_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// Builds the axum router with the Socket.IO layer, over `runtime`.
-pub fn router(config: &Config, runtime: Arc<dyn ContainerRuntime>) -> (axum::Router, AppState, SocketIo) {
-    let state = AppState::new(runtime, config.limits());
+/// Window in which failed sign-ins per address are counted (`--max-auth-failures` per window).
+pub const AUTH_FAILURE_WINDOW: Duration = Duration::from_secs(60);
+
+/// Authentication, policy and audit log from the flags. Key, policy and log files are read now, so mistakes
+/// stop the server at start.
+pub fn security(config: &Config) -> anyhow::Result<state::Security> {
+    let jwt = config.jwt();
+    let auth = if jwt.configured() {
+        auth::Authenticator::jwt(jwt).map_err(anyhow::Error::msg)?
+    } else {
+        auth::Authenticator::local(config.token.clone().unwrap_or_else(auth::generate_token))
+    };
+    let policy = match &config.policy {
+        Some(path) => auth::policy::Policy::load(path).map_err(anyhow::Error::msg)?,
+        None => {
+            if !auth.is_local() {
+                tracing::warn!("no --policy given: every holder of a valid JWT may open any container");
+            }
+            auth::policy::Policy::allow_all()
+        }
+    };
+    Ok(state::Security {
+        auth,
+        policy: std::sync::RwLock::new(Arc::new(policy)),
+        audit: audit::Audit::open(&config.audit_log).map_err(anyhow::Error::msg)?,
+        failures: auth::FailureLimiter::new(config.max_auth_failures, AUTH_FAILURE_WINDOW),
+        epoch: tokio::sync::watch::channel(0).0,
+        events_per_sec: config.max_events_per_sec,
+    })
+}
+
+/// Builds the axum router with the Socket.IO layer and the edge guard, over `runtime`.
+pub fn router(config: &Config, runtime: Arc<dyn ContainerRuntime>) -> anyhow::Result<(axum::Router, AppState, SocketIo)> {
+    let state = AppState::new(runtime, config.limits(), security(config)?);
     let parser = ParserConfig::common().max_incoming_binaries(4).max_incoming_binary_buf_size(MAX_PACKET_BYTES);
     let (layer, io) = SocketIo::builder()
         .with_parser(parser)
@@ -46,14 +79,25 @@ pub fn router(config: &Config, runtime: Arc<dyn ContainerRuntime>) -> (axum::Rou
         .max_buffer_size(SOCKET_QUEUE_PACKETS)
         .build_layer();
     socket::register(&io, state.clone());
-    let router = http::router(state.clone()).layer(layer).layer(TraceLayer::new_for_http());
-    (router, state, io)
+    let edge = http::Edge {
+        trusted_proxies: config.trusted_proxy.clone(),
+        tls: config.tls(),
+        allowed_origins: config.allowed_origin.clone(),
+    };
+    let guard = http::Guard { state: state.clone(), edge: Arc::new(edge) };
+    let router = http::router(state.clone())
+        .layer(layer)
+        .layer(axum::middleware::from_fn_with_state(guard, http::guard))
+        .layer(TraceLayer::new_for_http());
+    Ok((router, state, io))
 }
 
 /// A server that is accepting connections.
 #[derive(Debug)]
 pub struct RunningServer {
     addr: SocketAddr,
+    tls: bool,
+    local_token: Option<String>,
     state: AppState,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
@@ -63,6 +107,23 @@ impl RunningServer {
     /// The bound address (useful with port 0).
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// `https` when serving TLS, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls { "https" } else { "http" }
+    }
+
+    /// The address to open in a browser: with the local access token, which the page exchanges for a cookie.
+    pub fn open_url(&self) -> String {
+        let host = match self.addr.ip() {
+            ip if ip.is_unspecified() => SocketAddr::new([127, 0, 0, 1].into(), self.addr.port()).to_string(),
+            _ => self.addr.to_string(),
+        };
+        match &self.local_token {
+            Some(t) => format!("{}://{host}/?token={t}", self.scheme()),
+            None => format!("{}://{host}/", self.scheme()),
+        }
     }
 
     pub fn state(&self) -> &AppState {
@@ -94,9 +155,21 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
 
 /// Like [`start`], with a given runtime.
 pub async fn start_with_runtime(config: &Config, runtime: Arc<dyn ContainerRuntime>) -> anyhow::Result<RunningServer> {
-    let (router, state, io) = router(config, runtime.clone());
+    let (router, state, io) = router(config, runtime.clone())?;
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => {
+            // One process-wide crypto provider (ring); a second install attempt is harmless.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+                .await
+                .with_context(|| format!("loading the TLS certificate {} and key {}", cert.display(), key.display()))?;
+            Some(tls)
+        }
+        _ => None,
+    };
     let listener =
-        tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+        std::net::TcpListener::bind(config.listen).with_context(|| format!("binding {}", config.listen))?;
+    listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
     let stop = CancellationToken::new();
     tokio::spawn(watch::container_events(runtime, io.clone(), stop.clone()));
@@ -108,8 +181,24 @@ pub async fn start_with_runtime(config: &Config, runtime: Arc<dyn ContainerRunti
             io.close().await;
         }
     };
+    let handle = axum_server::Handle::new();
+    {
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            handle.graceful_shutdown(Some(Duration::from_secs(1)));
+        });
+    }
+    let service = router.into_make_service_with_connect_info::<SocketAddr>();
+    let serving = tls.is_some();
     let task = tokio::spawn(async move {
-        axum::serve(listener, router).with_graceful_shutdown(shutdown).await.context("serving HTTP")
+        match tls {
+            Some(tls) => {
+                axum_server::from_tcp_rustls(listener, tls).handle(handle).serve(service).await.context("serving HTTPS")
+            }
+            None => axum_server::from_tcp(listener).handle(handle).serve(service).await.context("serving HTTP"),
+        }
     });
-    Ok(RunningServer { addr, state, stop, task })
+    let local_token = state.security().auth.local_token().map(str::to_string);
+    Ok(RunningServer { addr, tls: serving, local_token, state, stop, task })
 }

@@ -27,9 +27,10 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let url = format!("http://{}/", server.addr());
-    tracing::info!(%url, "listening");
-    // The one line meant for the person who started it (and for scripts waiting for the port).
+    let url = server.open_url();
+    tracing::info!(addr = %server.addr(), scheme = server.scheme(), "listening");
+    // The one line meant for the person who started it (and for scripts waiting for the port). It holds the
+    // local access token, so it goes to stdout only, never to the logs.
     let _ = writeln!(std::io::stdout(), "Porthole is listening on {url}");
     let _ = std::io::stdout().flush();
     if let Ok(health) = server.state().health().await {
@@ -37,6 +38,8 @@ async fn main() -> ExitCode {
     } else {
         tracing::warn!("the Docker daemon does not answer yet; Porthole will use it as soon as it does");
     }
+
+    tokio::spawn(reload_on_sighup(server.state().clone()));
 
     tokio::select! {
         r = server.wait() => {
@@ -52,6 +55,18 @@ async fn main() -> ExitCode {
                 Ok(()) => { tracing::info!("stopped"); ExitCode::SUCCESS }
                 Err(e) => { tracing::error!("{e:#}"); ExitCode::FAILURE }
             }
+        }
+    }
+}
+
+/// Re-reads the policy file on each SIGHUP; a bad file keeps the old policy.
+async fn reload_on_sighup(state: porthole_server::AppState) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+    while hup.recv().await.is_some() {
+        match state.reload_policy() {
+            Ok(()) => tracing::info!("policy reloaded"),
+            Err(e) => tracing::error!(error = %e, "policy not reloaded; the previous one stays in force"),
         }
     }
 }

@@ -49,7 +49,7 @@ async fn malformed_start_terminal_payloads_get_invalid_payload_and_the_socket_su
         assert!(!ack["error"]["message"].as_str().unwrap().is_empty());
     }
     // Nothing was opened by any of that, and the existing terminal still works.
-    assert_eq!(server.state().terminals().len(), 1);
+    assert_eq!(server.state().all_terminals().len(), 1);
     client.run(&t.terminal_id, "echo after-$((2+2))", "after-4").await;
 }
 

@@ -54,7 +54,7 @@ async fn rest_delete_leaves_no_process_and_tells_the_socket() {
     let client = TestClient::connect(&server).await;
     let t = client.shell(&c.name).await;
     leave_work_running(&client, &t.terminal_id, &c).await;
-    let http = reqwest::Client::new();
+    let http = http();
     let url = format!("{}/api/v1/terminals/{}", base_url(&server), t.terminal_id);
     let res = http.delete(&url).send().await.unwrap();
     assert_eq!(res.status(), 204);
@@ -79,7 +79,7 @@ async fn socket_disconnect_leaves_no_process() {
     assert_no_strays(&c).await;
     // They stay listed for a while as exited, so a returning client can see how they ended.
     eventually("the terminals to be listed as exited", || async {
-        server.state().terminals().iter().all(|t| {
+        server.state().all_terminals().iter().all(|t| {
             t.state == app::protocol::TerminalState::Exited
                 && t.exit.as_ref().is_some_and(|e| e.reason == ExitReason::Disconnected)
         })
@@ -113,8 +113,11 @@ async fn server_shutdown_on_sigterm_and_sigint_leaves_no_process() {
             .unwrap();
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let url = line.trim().strip_prefix("Porthole is listening on ").expect(&line).trim_end_matches('/').to_string();
-        let client = TestClient::connect_url(&url, rust_socketio::TransportType::Websocket).await;
+        // The printed URL carries the generated access token; it is what signs this client in.
+        let printed = line.trim().strip_prefix("Porthole is listening on ").expect(&line);
+        let (url, token) = printed.split_once("/?token=").expect(printed);
+        let auth = serde_json::json!({ "token": token });
+        let client = TestClient::connect_auth(url, rust_socketio::TransportType::Websocket, Some(auth)).await;
         let t = client.shell(&c.name).await;
         leave_work_running(&client, &t.terminal_id, &c).await;
 
@@ -138,11 +141,11 @@ async fn daemon_down_at_start_then_up_then_gone_mid_session_then_back() {
     let base = base_url(&server);
 
     // Down at start-up: a clear error everywhere, no crash.
-    let res = reqwest::get(format!("{base}/healthz")).await.unwrap();
+    let res = get(format!("{base}/healthz")).await;
     assert_eq!(res.status(), 503);
     let body: ErrorReply = res.json().await.unwrap();
     assert_eq!(body.error.code.as_str(), "docker_unavailable");
-    let res = reqwest::get(format!("{base}/api/v1/containers")).await.unwrap();
+    let res = get(format!("{base}/api/v1/containers")).await;
     assert_eq!(res.status(), 503);
     let client = TestClient::connect(&server).await;
     let err = client.shell_err(&c.name).await;
@@ -150,7 +153,7 @@ async fn daemon_down_at_start_then_up_then_gone_mid_session_then_back() {
 
     // The daemon appears: everything works without restarting Porthole.
     proxy.up();
-    assert_eq!(reqwest::get(format!("{base}/healthz")).await.unwrap().status(), 200);
+    assert_eq!(get(format!("{base}/healthz")).await.status(), 200);
     let t = client.shell(&c.name).await;
     client.run(&t.terminal_id, "echo alive-$((8*8))", "alive-64").await;
     client.input(&t.terminal_id, "sleep 4646 & echo bg-$((2+5))\n").await;
@@ -160,7 +163,7 @@ async fn daemon_down_at_start_then_up_then_gone_mid_session_then_back() {
     proxy.down();
     let exit = client.wait_exit(&t.terminal_id).await;
     assert_eq!((exit.exit_code, exit.reason), (None, ExitReason::DockerUnavailable));
-    assert_eq!(reqwest::get(format!("{base}/healthz")).await.unwrap().status(), 503);
+    assert_eq!(get(format!("{base}/healthz")).await.status(), 503);
     assert_eq!(client.shell_err(&c.name).await.code.as_str(), "docker_unavailable");
     // The shell is still running in the container (the real daemon never went away).
     assert!(c.stray_processes().await.iter().any(|p| p.contains("bash")));
@@ -169,7 +172,7 @@ async fn daemon_down_at_start_then_up_then_gone_mid_session_then_back() {
     proxy.up();
     let strays = c.wait_no_strays(Duration::from_secs(20)).await;
     assert!(strays.is_empty(), "processes left after the daemon returned: {strays:#?}");
-    assert_eq!(reqwest::get(format!("{base}/healthz")).await.unwrap().status(), 200);
+    assert_eq!(get(format!("{base}/healthz")).await.status(), 200);
     let t2 = client.shell(&c.name).await;
     client.run(&t2.terminal_id, "echo back-$((7*7))", "back-49").await;
 }

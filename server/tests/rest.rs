@@ -18,13 +18,13 @@ async fn healthz_and_container_list() {
     let server = start_server(test_config()).await;
     let base = base_url(&server);
 
-    let res = reqwest::get(format!("{base}/healthz")).await.unwrap();
+    let res = get(format!("{base}/healthz")).await;
     assert_eq!(res.status(), 200);
     let health: Health = res.json().await.unwrap();
     assert_eq!((health.status.as_str(), health.protocol_version), ("ok", app::protocol::PROTOCOL_VERSION));
     assert!(health.docker_api_version.starts_with("1."), "{}", health.docker_api_version);
 
-    let res = reqwest::get(format!("{base}/api/v1/containers")).await.unwrap();
+    let res = get(format!("{base}/api/v1/containers")).await;
     assert_eq!(res.status(), 200);
     assert_eq!(res.headers()["content-type"], "application/json");
     let list: Vec<ContainerSummary> = res.json().await.unwrap();
@@ -61,7 +61,7 @@ async fn terminal_status_and_unknown_ids() {
         .unwrap();
     client.run(&t.terminal_id, "echo listed-$((10+1))", "listed-11").await;
 
-    let list: Vec<TerminalInfo> = reqwest::get(format!("{base}/api/v1/terminals")).await.unwrap().json().await.unwrap();
+    let list: Vec<TerminalInfo> = get(format!("{base}/api/v1/terminals")).await.json().await.unwrap();
     assert_eq!(list.len(), 1);
     let info = &list[0];
     assert_eq!(info.terminal_id, t.terminal_id);
@@ -72,13 +72,13 @@ async fn terminal_status_and_unknown_ids() {
     assert!(info.started_at_ms > 1_700_000_000_000);
 
     let one: TerminalInfo =
-        reqwest::get(format!("{base}/api/v1/terminals/{}", t.terminal_id)).await.unwrap().json().await.unwrap();
+        get(format!("{base}/api/v1/terminals/{}", t.terminal_id)).await.json().await.unwrap();
     assert_eq!(one.terminal_id, t.terminal_id);
 
-    let res = reqwest::get(format!("{base}/api/v1/terminals/t-unknown")).await.unwrap();
+    let res = get(format!("{base}/api/v1/terminals/t-unknown")).await;
     assert_eq!(res.status(), 404);
     assert_eq!(res.json::<ErrorReply>().await.unwrap().error.code.as_str(), "unknown_terminal");
-    let res = reqwest::get(format!("{base}/api/v1/nothing-here")).await.unwrap();
+    let res = get(format!("{base}/api/v1/nothing-here")).await;
     assert_eq!(res.status(), 404);
     assert_eq!(res.json::<ErrorReply>().await.unwrap().error.code.as_str(), "not_found");
 }
@@ -111,9 +111,9 @@ async fn wire_format_binary_input_and_output_as_documented() {
     let url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", server.addr());
     let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
 
-    // Engine.IO open, Socket.IO connect to "/", then the hello event.
+    // Engine.IO open, Socket.IO connect to "/" with the token as auth, then the hello event.
     assert!(next_text(&mut ws).await.starts_with("0{"));
-    ws.send(Message::text("40")).await.unwrap();
+    ws.send(Message::text(format!("40{}", json!({"token": TEST_TOKEN})))).await.unwrap();
     assert!(next_text(&mut ws).await.starts_with("40{\"sid\""));
     let hello = next_text(&mut ws).await;
     let hello: Value = serde_json::from_str(hello.strip_prefix("42").unwrap()).unwrap();

@@ -25,7 +25,7 @@ fn client_id() -> String {
 }
 
 async fn info(server: &porthole_server::RunningServer, id: &app::protocol::TerminalId) -> TerminalInfo {
-    reqwest::get(format!("{}/api/v1/terminals/{id}", base_url(server))).await.unwrap().json().await.unwrap()
+    get(format!("{}/api/v1/terminals/{id}", base_url(server))).await.json().await.unwrap()
 }
 
 /// The container writes a stream (with `-opost`, so tty bytes equal written bytes) to the terminal and to a
@@ -240,9 +240,8 @@ async fn heartbeat_settings_fit_behind_common_proxies() {
     assert!(porthole_server::PING_INTERVAL + porthole_server::PING_TIMEOUT <= Duration::from_secs(60));
     // And the ping interval is what the server announces in the Engine.IO handshake.
     let server = start_server(test_config()).await;
-    let body = reqwest::get(format!("{}/socket.io/?EIO=4&transport=polling", base_url(&server)))
+    let body = get(format!("{}/socket.io/?EIO=4&transport=polling", base_url(&server)))
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();

@@ -111,9 +111,8 @@ async fn resize_is_visible_through_stty_size() {
     client.run(&t.terminal_id, "echo size=$(stty size)", "size=1000 1000").await;
     // The REST view follows too.
     let info: app::protocol::TerminalInfo =
-        reqwest::get(format!("{}/api/v1/terminals/{}", base_url(&server), t.terminal_id))
+        get(format!("{}/api/v1/terminals/{}", base_url(&server), t.terminal_id))
             .await
-            .unwrap()
             .json()
             .await
             .unwrap();
@@ -229,7 +228,7 @@ async fn container_stop_ends_the_terminal_promptly_and_the_server_keeps_running(
     c.stop().await;
     let exit = client.wait_exit(&t.terminal_id).await;
     assert_eq!(exit.reason, ExitReason::ContainerStopped);
-    let health = reqwest::get(format!("{}/healthz", base_url(&server))).await.unwrap();
+    let health = get(format!("{}/healthz", base_url(&server))).await;
     assert_eq!(health.status(), 200);
     // Opening it now says why it cannot.
     let err = client.shell_err(&c.name).await;
@@ -256,7 +255,7 @@ async fn flow_control_pauses_the_writer_until_output_is_acknowledged() {
     client.wait_for_bytes(&id, FLOW_HIGH_WATERMARK as usize).await;
     tokio::time::sleep(std::time::Duration::from_millis(800)).await;
     let info: TerminalInfo =
-        reqwest::get(format!("{}/api/v1/terminals/{id}", base_url(&server))).await.unwrap().json().await.unwrap();
+        get(format!("{}/api/v1/terminals/{id}", base_url(&server))).await.json().await.unwrap();
     let limit = FLOW_HIGH_WATERMARK + porthole_server::session::READ_CHUNK_BYTES as u64;
     assert!(info.bytes_out <= limit, "server read {} bytes without acks (limit {limit})", info.bytes_out);
     assert!(client.bytes(&id).len() as u64 <= limit);

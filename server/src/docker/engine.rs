@@ -269,6 +269,7 @@ impl ContainerRuntime for Engine {
                 state: c.state.map(|s| s.to_string()).unwrap_or_default(),
                 status: c.status.unwrap_or_default(),
                 created: c.created.unwrap_or_default(),
+                labels: c.labels.map(|l| l.into_iter().collect()).unwrap_or_default(),
             })
             .collect())
     }
@@ -284,6 +285,7 @@ impl ContainerRuntime for Engine {
             name: c.name.map(|n| strip_slash(&n)).unwrap_or_default(),
             state: state.status.map(|s| s.to_string()).unwrap_or_default(),
             accepts_exec: running && !paused && !restarting,
+            labels: c.config.and_then(|c| c.labels).map(|l| l.into_iter().collect()).unwrap_or_default(),
         })
     }
 

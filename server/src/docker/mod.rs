@@ -41,6 +41,7 @@ pub struct ContainerTarget {
     pub state: String,
     /// Running and not paused: an exec can start.
     pub accepts_exec: bool,
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// What to run in a container.

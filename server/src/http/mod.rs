@@ -1,19 +1,199 @@
 //! HTTP transport: the REST API, `/healthz`, Leptos server functions and the embedded browser UI, over the
-//! same service layer as the socket.
+//! same service layer as the socket; plus the edge every request passes first ([`guard`]): client address
+//! (through trusted proxies only), Origin check, sign-in by `?token=`, security headers.
 
-use app::protocol::{ErrorCode, TerminalId, rest};
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use app::protocol::{ErrorCode, Login, TerminalId, WhoAmI, rest};
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
 
 use crate::error::ServiceError;
-use crate::state::AppState;
+use crate::state::{AppState, Caller, CallerScope};
 
 impl IntoResponse for ServiceError {
     fn into_response(self) -> Response {
-        (self.status(), Json(self.reply())).into_response()
+        let mut res = (self.status(), Json(self.reply())).into_response();
+        if self.status() == StatusCode::UNAUTHORIZED {
+            res.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"porthole\""));
+        }
+        res
+    }
+}
+
+/// What the edge learned about a request; in the request's extensions (and so in a socket's handshake parts).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestContext {
+    /// The client's address: the peer, or for a trusted proxy the nearest untrusted X-Forwarded-For entry.
+    pub ip: Option<IpAddr>,
+    /// Served over HTTPS (directly, or a trusted proxy says so).
+    pub secure: bool,
+    /// `scheme://host[:port]` this request was served on, if it named a host.
+    pub origin: Option<String>,
+}
+
+/// Edge settings.
+#[derive(Debug, Clone, Default)]
+pub struct Edge {
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub tls: bool,
+    /// Origins allowed besides the served one.
+    pub allowed_origins: Vec<String>,
+}
+
+fn first_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name)?.to_str().ok()?.split(',').next().map(str::trim).filter(|v| !v.is_empty())
+}
+
+impl Edge {
+    fn trusted(&self, ip: IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|n| n.contains(&ip))
+    }
+
+    pub fn context(&self, peer: Option<IpAddr>, headers: &HeaderMap) -> RequestContext {
+        let via_proxy = peer.is_some_and(|p| self.trusted(p));
+        let mut ip = peer;
+        if via_proxy && let Some(xff) = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            let hops: Vec<IpAddr> = xff.split(',').filter_map(|h| h.trim().parse().ok()).collect();
+            // The nearest hop that is not one of ours is the client; if all are ours, the farthest.
+            ip = hops.iter().rev().find(|h| !self.trusted(**h)).or(hops.first()).copied().or(ip);
+        }
+        let secure = self.tls
+            || (via_proxy && first_value(headers, "x-forwarded-proto").is_some_and(|p| p.eq_ignore_ascii_case("https")));
+        let host = via_proxy
+            .then(|| first_value(headers, "x-forwarded-host"))
+            .flatten()
+            .or_else(|| headers.get(header::HOST).and_then(|h| h.to_str().ok()));
+        let origin = host.map(|h| format!("{}://{h}", if secure { "https" } else { "http" }));
+        RequestContext { ip, secure, origin }
+    }
+
+    fn origin_allowed(&self, origin: &str, ctx: &RequestContext) -> bool {
+        ctx.origin.as_deref().is_some_and(|o| o.eq_ignore_ascii_case(origin))
+            || self.allowed_origins.iter().any(|o| o.eq_ignore_ascii_case(origin))
+    }
+}
+
+/// State of the edge middleware.
+#[derive(Debug, Clone)]
+pub struct Guard {
+    pub state: AppState,
+    pub edge: Arc<Edge>,
+}
+
+/// Runs before everything else, the Socket.IO layer included.
+pub async fn guard(State(g): State<Guard>, mut req: Request, next: Next) -> Response {
+    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+    let ctx = g.edge.context(peer, req.headers());
+    req.extensions_mut().insert(ctx.clone());
+    let path = req.uri().path().to_string();
+    let is_socket = path.starts_with("/socket.io");
+    let safe_method = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    // Cross-site WebSocket hijacking and CSRF: browsers always send Origin on these; other clients need not.
+    if (is_socket || !safe_method)
+        && let Some(origin) = req.headers().get(header::ORIGIN)
+    {
+        let origin = origin.to_str().unwrap_or("");
+        if !g.edge.origin_allowed(origin, &ctx) {
+            let e = ServiceError::new(
+                ErrorCode::OriginNotAllowed,
+                format!("requests from origin {origin:?} are not allowed; this server is {:?}", ctx.origin),
+            );
+            g.state.audit(crate::audit::Record {
+                action: if is_socket { "connect" } else { "http" },
+                outcome: "denied",
+                ip: ctx.ip,
+                code: Some(e.code.to_string()),
+                reason: Some(e.message.clone()),
+                ..Default::default()
+            });
+            return with_security_headers(e.into_response(), &ctx);
+        }
+    }
+    let res = match token_in_query(&req) {
+        Some(token) if req.method() == Method::GET && !is_socket && !path.starts_with("/api/") => {
+            sign_in_by_link(&g.state, &token, &path, &ctx)
+        }
+        _ => next.run(req).await,
+    };
+    with_security_headers(res, &ctx)
+}
+
+fn token_in_query(req: &Request) -> Option<String> {
+    let query = req.uri().query()?;
+    let params: Vec<(String, String)> = serde_urlencoded_pairs(query);
+    params.into_iter().find(|(k, _)| k == "token").map(|(_, v)| v)
+}
+
+/// Parses `a=b&c=d` with percent-decoding.
+fn serde_urlencoded_pairs(query: &str) -> Vec<(String, String)> {
+    axum::extract::Query::<Vec<(String, String)>>::try_from_uri(
+        &format!("/?{query}").parse().unwrap_or_else(|_| axum::http::Uri::from_static("/")),
+    )
+    .map(|q| q.0)
+    .unwrap_or_default()
+}
+
+/// `GET /any/page?token=...`: sets the session cookie and redirects to the page without the token, so it
+/// leaves the address bar and the history.
+fn sign_in_by_link(state: &AppState, token: &str, path: &str, ctx: &RequestContext) -> Response {
+    match state.login(token, ctx.ip) {
+        Ok((_, value, max_age)) => {
+            let cookie = crate::auth::session_set_cookie(&value, max_age, ctx.secure);
+            let mut res = Response::new(axum::body::Body::empty());
+            *res.status_mut() = StatusCode::SEE_OTHER;
+            let h = res.headers_mut();
+            h.insert(header::LOCATION, HeaderValue::from_str(path).unwrap_or(HeaderValue::from_static("/")));
+            if let Ok(v) = HeaderValue::from_str(&cookie) {
+                h.insert(header::SET_COOKIE, v);
+            }
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            res
+        }
+        Err(e) => {
+            let body = format!(
+                "<!doctype html><meta charset=utf-8><title>Porthole: sign-in failed</title>\
+                 <body style=\"font-family:sans-serif;margin:3em\"><h1>Sign-in failed</h1><p>{}</p>\
+                 <p>Open the link Porthole printed when it started, or ask for a new token.</p>",
+                html_escape(&e.message)
+            );
+            (e.status(), [(header::CONTENT_TYPE, "text/html; charset=utf-8")], body).into_response()
+        }
+    }
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+fn with_security_headers(mut res: Response, ctx: &RequestContext) -> Response {
+    let h = res.headers_mut();
+    h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    h.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    if ctx.secure {
+        h.insert(header::STRICT_TRANSPORT_SECURITY, HeaderValue::from_static("max-age=31536000"));
+    }
+    res
+}
+
+/// Authenticates API requests (`Authorization: Bearer` or the session cookie); the [`Caller`] goes into the
+/// request's extensions.
+async fn require_auth(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let ip = req.extensions().get::<RequestContext>().and_then(|c| c.ip);
+    let token = crate::auth::credential(req.headers());
+    match state.authenticate(token.as_deref(), ip) {
+        Ok(caller) => {
+            req.extensions_mut().insert(caller);
+            next.run(req).await
+        }
+        Err(e) => e.into_response(),
     }
 }
 
@@ -34,31 +214,40 @@ fn static_files() -> Router {
     FILES.clone()
 }
 
-/// Leptos server functions (`app::api`), with the service layer in their context.
+/// Leptos server functions (`app::api`), with the service layer bound to the caller in their context.
 fn server_fn_router(state: AppState) -> Router {
-    let backend: app::api::backend::SharedBackend = std::sync::Arc::new(state);
-    Router::new().route(
-        &format!("{}/{{*name}}", app::api::SERVER_FN_PREFIX),
-        axum::routing::any(move |req: axum::extract::Request| {
-            let backend = backend.clone();
-            async move {
-                leptos_axum::handle_server_fns_with_context(
-                    move || leptos::prelude::provide_context(backend.clone()),
-                    req,
-                )
-                .await
-            }
-        }),
-    )
+    let auth_state = state.clone();
+    Router::new()
+        .route(
+            &format!("{}/{{*name}}", app::api::SERVER_FN_PREFIX),
+            axum::routing::any(move |Extension(caller): Extension<Caller>, req: Request| {
+                let state = state.clone();
+                async move {
+                    let scope: app::api::backend::SharedBackend = Arc::new(CallerScope { state, caller });
+                    leptos_axum::handle_server_fns_with_context(
+                        move || leptos::prelude::provide_context(scope.clone()),
+                        req,
+                    )
+                    .await
+                }
+            }),
+        )
+        .route_layer(axum::middleware::from_fn_with_state(auth_state, require_auth))
 }
 
 /// The REST routes.
 fn rest_router(state: AppState) -> Router {
-    Router::new()
-        .route(rest::HEALTHZ, get(healthz))
+    let protected = Router::new()
         .route(rest::CONTAINERS, get(containers))
         .route(rest::TERMINALS, get(terminals))
         .route(rest::TERMINAL, get(terminal).delete(close_terminal))
+        .route(rest::LOGOUT, post(logout))
+        .route(rest::WHOAMI, get(whoami))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), require_auth));
+    Router::new()
+        .route(rest::HEALTHZ, get(healthz))
+        .route(rest::LOGIN, post(login))
+        .merge(protected)
         .fallback(not_found)
         .with_state(state)
 }
@@ -70,26 +259,67 @@ async fn healthz(State(state): State<AppState>) -> Response {
     }
 }
 
-async fn containers(State(state): State<AppState>) -> Response {
-    match state.containers().await {
+async fn login(
+    State(state): State<AppState>,
+    Extension(ctx): Extension<RequestContext>,
+    body: Result<Json<Login>, JsonRejection>,
+) -> Response {
+    let Json(Login { token }) = match body {
+        Ok(b) => b,
+        Err(e) => return ServiceError::invalid(format!("login body: {}", e.body_text())).into_response(),
+    };
+    match state.login(&token, ctx.ip) {
+        Ok((_, value, max_age)) => {
+            let cookie = crate::auth::session_set_cookie(&value, max_age, ctx.secure);
+            (StatusCode::NO_CONTENT, [(header::SET_COOKIE, cookie)]).into_response()
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn logout(
+    State(state): State<AppState>,
+    Extension(ctx): Extension<RequestContext>,
+    Extension(caller): Extension<Caller>,
+) -> Response {
+    state.logout(&caller);
+    let cookie = crate::auth::session_set_cookie("", 0, ctx.secure);
+    (StatusCode::NO_CONTENT, [(header::SET_COOKIE, cookie)]).into_response()
+}
+
+async fn whoami(Extension(caller): Extension<Caller>) -> Response {
+    let p = caller.principal;
+    Json(WhoAmI { subject: p.subject, groups: p.groups, expires_at: p.expires_at }).into_response()
+}
+
+async fn containers(State(state): State<AppState>, Extension(caller): Extension<Caller>) -> Response {
+    match state.containers(&caller).await {
         Ok(list) => Json(list).into_response(),
         Err(e) => e.into_response(),
     }
 }
 
-async fn terminals(State(state): State<AppState>) -> Response {
-    Json(state.terminals()).into_response()
+async fn terminals(State(state): State<AppState>, Extension(caller): Extension<Caller>) -> Response {
+    Json(state.terminals(&caller)).into_response()
 }
 
-async fn terminal(State(state): State<AppState>, Path(id): Path<String>) -> Response {
-    match state.terminal(&TerminalId(id)) {
+async fn terminal(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Response {
+    match state.terminal(&caller, &TerminalId(id)) {
         Ok(t) => Json(t).into_response(),
         Err(e) => e.into_response(),
     }
 }
 
-async fn close_terminal(State(state): State<AppState>, Path(id): Path<String>) -> Response {
-    match state.close_terminal(&TerminalId(id)).await {
+async fn close_terminal(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Response {
+    match state.close_terminal_id(&caller, &TerminalId(id)).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => e.into_response(),
     }

@@ -53,9 +53,13 @@ const MIN_ENDED_RETENTION: Duration = Duration::from_secs(60);
 /// The login shells tried, in order, when `start-terminal` has no `command`.
 const DEFAULT_SHELLS: [&[&str]; 2] = [&["bash", "-l"], &["sh", "-l"]];
 
-/// Who owns a terminal (for now: the socket that opened it).
+/// Who owns a terminal: the user who opened it, and their client (`client:<id>`, or `socket:<sid>`) whose
+/// sockets may resume it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct OwnerId(pub String);
+pub struct OwnerId {
+    pub user: String,
+    pub client: String,
+}
 
 /// Outcome of offering output to a sink.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +86,8 @@ pub trait TerminalSink: Send + Sync + 'static {
 pub struct Limits {
     /// Terminals one owner (client) may hold at once.
     pub per_owner: usize,
+    /// Terminals one user may hold at once, unless the policy says otherwise.
+    pub per_user: usize,
     /// Terminals the whole server may hold at once.
     pub total: usize,
     /// How long a terminal keeps running with nobody attached (for clients of protocol version 2).
@@ -214,6 +220,8 @@ pub struct Terminal {
     owner: OwnerId,
     container_id: String,
     container_name: String,
+    /// The container's labels when the terminal started (the policy matches on them).
+    labels: std::collections::BTreeMap<String, String>,
     command: Vec<String>,
     exec_id: String,
     started_at_ms: u64,
@@ -256,6 +264,31 @@ impl Terminal {
 
     fn log(&self) -> std::sync::MutexGuard<'_, OutputLog> {
         self.log.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The user who opened it.
+    pub fn user(&self) -> &str {
+        &self.owner.user
+    }
+
+    pub fn container_id(&self) -> &str {
+        &self.container_id
+    }
+
+    pub fn container_name(&self) -> &str {
+        &self.container_name
+    }
+
+    pub fn labels(&self) -> &std::collections::BTreeMap<String, String> {
+        &self.labels
+    }
+
+    pub fn command(&self) -> &[String] {
+        &self.command
+    }
+
+    pub fn id(&self) -> &TerminalId {
+        &self.id
     }
 
     /// Whether `viewer` is attached (only attached sockets may write, resize or close).
@@ -370,7 +403,8 @@ impl Terminal {
         };
         TerminalInfo {
             terminal_id: self.id.clone(),
-            owner: self.owner.0.clone(),
+            owner: self.owner.client.clone(),
+            user: self.owner.user.clone(),
             container_id: self.container_id.clone(),
             container_name: self.container_name.clone(),
             command: self.command.clone(),
@@ -442,6 +476,12 @@ fn check_container_ref(r: &str) -> Result<(), ServiceError> {
     }
 }
 
+/// The answer for a container that does not exist, or that the caller may not see (the same, so that names
+/// cannot be probed).
+pub fn no_such_container(container_ref: &str) -> ServiceError {
+    ServiceError::new(ErrorCode::ContainerNotFound, format!("no container matches {container_ref:?}"))
+}
+
 fn check_command(cmd: &[String]) -> Result<(), ServiceError> {
     if cmd.is_empty() || cmd[0].is_empty() {
         return Err(ServiceError::invalid("command must name a program: a non-empty array of strings"));
@@ -458,6 +498,12 @@ fn check_command(cmd: &[String]) -> Result<(), ServiceError> {
     Ok(())
 }
 
+/// Orders a terminal list oldest first.
+pub fn sorted(mut list: Vec<TerminalInfo>) -> Vec<TerminalInfo> {
+    list.sort_by(|a, b| a.started_at_ms.cmp(&b.started_at_ms).then(a.terminal_id.cmp(&b.terminal_id)));
+    list
+}
+
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
@@ -472,6 +518,8 @@ struct Registry {
     ended: VecDeque<TerminalId>,
     /// Open plus starting terminals per owner.
     per_owner: HashMap<OwnerId, usize>,
+    /// Open plus starting terminals per user.
+    per_user: HashMap<String, usize>,
     /// Open plus starting terminals in all.
     total: usize,
 }
@@ -483,6 +531,12 @@ impl Registry {
             *n = n.saturating_sub(1);
             if *n == 0 {
                 self.per_owner.remove(owner);
+            }
+        }
+        if let Some(n) = self.per_user.get_mut(&owner.user) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_user.remove(&owner.user);
             }
         }
         self.total = self.total.saturating_sub(1);
@@ -570,7 +624,7 @@ impl Sessions {
         self.registry.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn reserve(&self, owner: &OwnerId) -> Result<Reservation<'_>, ServiceError> {
+    fn reserve(&self, owner: &OwnerId, user_quota: Option<usize>) -> Result<Reservation<'_>, ServiceError> {
         if self.shutting_down.load(Ordering::SeqCst) {
             return Err(ServiceError::new(ErrorCode::Internal, "the server is shutting down"));
         }
@@ -582,6 +636,14 @@ impl Sessions {
                 format!("this connection already has {mine} terminals open (limit {})", self.limits.per_owner),
             ));
         }
+        let quota = user_quota.unwrap_or(self.limits.per_user);
+        let theirs = reg.per_user.get(&owner.user).copied().unwrap_or(0);
+        if theirs >= quota {
+            return Err(ServiceError::new(
+                ErrorCode::QuotaExceeded,
+                format!("user {} already has {theirs} terminals open (quota {quota})", owner.user),
+            ));
+        }
         if reg.total >= self.limits.total {
             return Err(ServiceError::new(
                 ErrorCode::TooManyTerminals,
@@ -589,6 +651,7 @@ impl Sessions {
             ));
         }
         *reg.per_owner.entry(owner.clone()).or_default() += 1;
+        *reg.per_user.entry(owner.user.clone()).or_default() += 1;
         reg.total += 1;
         Ok(Reservation { sessions: self, owner: owner.clone(), kept: false })
     }
@@ -597,33 +660,44 @@ impl Sessions {
         self.registry().release(owner);
     }
 
-    /// Opens a terminal. Its output is kept from the first byte; viewers follow it with [`Sessions::attach`].
+    /// Checks a `start-terminal` request's fields (before any Docker work).
+    pub fn check_start(req: &StartTerminal) -> Result<(), ServiceError> {
+        check_container_ref(&req.container_id)?;
+        check_size(req.cols.unwrap_or(protocol::DEFAULT_COLS), req.rows.unwrap_or(protocol::DEFAULT_ROWS))?;
+        if let Some(cmd) = &req.command {
+            check_command(cmd)?;
+        }
+        Ok(())
+    }
+
+    /// Finds the container a request names (an id, id prefix or name, checked first).
+    pub async fn resolve(&self, container_ref: &str) -> Result<ContainerTarget, ServiceError> {
+        check_container_ref(container_ref)?;
+        let name = container_ref.strip_prefix('/').unwrap_or(container_ref);
+        self.runtime.resolve(name).await.map_err(|e| match e {
+            RuntimeError::NotFound(_) => no_such_container(container_ref),
+            other => ServiceError::from_runtime(other),
+        })
+    }
+
+    /// Opens a terminal in `target` (resolved and authorized by the caller). Its output is kept from the first
+    /// byte; viewers follow it with [`Sessions::attach`]. `user_quota` overrides the per-user limit.
     pub async fn start(
         self: &Arc<Self>,
         owner: &OwnerId,
+        target: ContainerTarget,
         req: StartTerminal,
+        user_quota: Option<usize>,
     ) -> Result<(Arc<Terminal>, TerminalStarted), ServiceError> {
-        check_container_ref(&req.container_id)?;
+        Sessions::check_start(&req)?;
         let flow_control = req.flow_control;
         let cols = req.cols.unwrap_or(protocol::DEFAULT_COLS);
         let rows = req.rows.unwrap_or(protocol::DEFAULT_ROWS);
-        check_size(cols, rows)?;
         let candidates: Vec<Vec<String>> = match req.command {
-            Some(cmd) => {
-                check_command(&cmd)?;
-                vec![cmd]
-            }
+            Some(cmd) => vec![cmd],
             None => DEFAULT_SHELLS.iter().map(|c| c.iter().map(|s| s.to_string()).collect()).collect(),
         };
-        let mut reservation = self.reserve(owner)?;
-
-        let container_ref = req.container_id.strip_prefix('/').unwrap_or(&req.container_id);
-        let target = self.runtime.resolve(container_ref).await.map_err(|e| match e {
-            RuntimeError::NotFound(_) => {
-                ServiceError::new(ErrorCode::ContainerNotFound, format!("no container matches {:?}", req.container_id))
-            }
-            other => ServiceError::from_runtime(other),
-        })?;
+        let mut reservation = self.reserve(owner, user_quota)?;
         if !target.accepts_exec {
             return Err(not_running(&target));
         }
@@ -738,6 +812,7 @@ impl Sessions {
             owner,
             container_id: target.id.clone(),
             container_name: target.name.clone(),
+            labels: target.labels.clone(),
             command,
             exec_id: stream.exec_id.clone(),
             started_at_ms: now_ms(),
@@ -875,6 +950,7 @@ impl Sessions {
         since: Option<u64>,
         flow_control: bool,
         v1: bool,
+        read_only: bool,
         socket_gone: &CancellationToken,
     ) -> Result<(Attachment, TerminalAttached), ServiceError> {
         let (start, end) = {
@@ -916,6 +992,7 @@ impl Sessions {
             end,
             truncated,
             ended: terminal.has_ended(),
+            read_only,
         };
         tracing::info!(terminal = %terminal.id, viewer = %v.id.0, offset, end, truncated, "viewer attached");
         Ok((Attachment { terminal: terminal.clone(), viewer: v }, attached))
@@ -1058,11 +1135,9 @@ impl Sessions {
         reg.terminals.remove(id);
     }
 
-    pub fn list(&self) -> Vec<TerminalInfo> {
-        let all: Vec<_> = self.registry().terminals.values().cloned().collect();
-        let mut list: Vec<_> = all.iter().map(|t| t.info_with(self.limits.grace)).collect();
-        list.sort_by(|a, b| a.started_at_ms.cmp(&b.started_at_ms).then(a.terminal_id.cmp(&b.terminal_id)));
-        list
+    /// Every listed terminal, running or ended.
+    pub fn all(&self) -> Vec<Arc<Terminal>> {
+        self.registry().terminals.values().cloned().collect()
     }
 
     pub fn info(&self, terminal: &Terminal) -> TerminalInfo {

@@ -6,6 +6,11 @@
 //!
 //! Every handler takes its payload as `TryData`, so malformed payloads get an `invalid_payload` answer
 //! instead of being dropped silently.
+//!
+//! Sockets are authenticated once, in a connect middleware (refusals are `connect_error`s reading
+//! `<code>: <message>`). Every event is then rate-limited and re-checked against the credential's expiry and
+//! revocation, and authorized by the service layer; a socket whose credential lapses is told (`auth-error`)
+//! and disconnected.
 
 use std::future::{Ready, ready};
 use std::sync::Arc;
@@ -13,7 +18,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use app::protocol::{
-    AttachTerminal, ClientAuth, CloseTerminal, ErrorEvent, Exit, ExitReason, Hello, Input, MAX_CLIENT_ID_LEN,
+    AttachTerminal, ErrorCode, ClientAuth, CloseTerminal, ErrorEvent, Exit, ExitReason, Hello, Input, MAX_CLIENT_ID_LEN,
     MIN_PROTOCOL_VERSION, Output, OutputAck, PROTOCOL_VERSION, Reply, Resize, StartTerminal, TerminalAck,
     TerminalBytes, TerminalId, event,
 };
@@ -27,8 +32,9 @@ use socketioxide::{SendError, SocketError};
 use tracing::Instrument;
 
 use crate::error::ServiceError;
-use crate::session::{Offer, OwnerId, TerminalSink, ViewerId};
-use crate::state::AppState;
+use crate::http::RequestContext;
+use crate::session::{Offer, TerminalSink, ViewerId};
+use crate::state::{AppState, Caller};
 
 /// Most attempts to put an ack or control event into a congested socket's send queue, [`SEND_RETRY`] apart.
 const SEND_ATTEMPTS: usize = 300;
@@ -38,10 +44,39 @@ const MAX_RETRYING_EVENTS: usize = 16;
 
 /// Registers the namespace handlers on `io`.
 pub fn register(io: &socketioxide::SocketIo, state: AppState) {
-    io.ns(app::protocol::NAMESPACE, move |socket: SocketRef, TryData(auth): TryData<ClientAuth>| -> Ready<()> {
+    use socketioxide::handler::ConnectHandler;
+    let authenticate = {
+        let state = state.clone();
+        move |socket: SocketRef, TryData(auth): TryData<ClientAuth>| {
+            let state = state.clone();
+            async move { authenticate(&socket, auth.ok().and_then(|a| a.token), &state) }
+        }
+    };
+    let handler = move |socket: SocketRef, TryData(auth): TryData<ClientAuth>| -> Ready<()> {
         on_connect(socket, auth.unwrap_or_default(), state.clone());
         ready(())
-    });
+    };
+    io.ns(app::protocol::NAMESPACE, handler.with(authenticate));
+}
+
+/// Connect middleware: the credential from `auth.token`, else `Authorization: Bearer` or the session cookie of
+/// the handshake request. The caller is kept in the socket's extensions.
+fn authenticate(socket: &SocketRef, token: Option<String>, state: &AppState) -> Result<(), ServiceError> {
+    let parts = socket.req_parts();
+    let token = token.or_else(|| crate::auth::credential(&parts.headers));
+    let ip = parts.extensions.get::<RequestContext>().and_then(|c| c.ip);
+    let caller = state.authenticate(token.as_deref(), ip)?;
+    let mut record = crate::audit::Record {
+        action: "connect",
+        outcome: "allowed",
+        user: Some(caller.principal.subject.clone()),
+        ip,
+        ..Default::default()
+    };
+    record.reason = Some(format!("socket {}", socket.id));
+    state.audit(record);
+    socket.extensions.insert(caller);
+    Ok(())
 }
 
 /// How to answer a request: whether the client asked for an ack, and a way to send one that can be retried
@@ -120,8 +155,12 @@ async fn retry_while_full(mut send: impl FnMut() -> Result<(), SendError>) -> Re
 }
 
 /// Per-socket state shared by its handlers and sinks.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Conn {
+    /// Who this socket is (authenticated at connect).
+    caller: Caller,
+    /// Events per second this socket may send ([`crate::Config::max_events_per_sec`], bursts of twice that).
+    rate: governor::DefaultDirectRateLimiter,
     /// Cancelled when the socket disconnects: ends its viewers everywhere.
     gone: tokio_util::sync::CancellationToken,
     /// Acks being sent. While non-zero, output is held back so the socket's bounded send queue drains and
@@ -228,27 +267,88 @@ fn client_id(auth: &ClientAuth) -> Option<String> {
     ok.then(|| id.to_string())
 }
 
+impl Conn {
+    /// Whether an event may be handled: within the rate limit, and the credential still valid.
+    fn admit(&self, state: &AppState) -> Result<(), ServiceError> {
+        if self.rate.check().is_err() {
+            return Err(ServiceError::new(
+                ErrorCode::RateLimited,
+                format!("more than {} events per second from this socket; event dropped", state.events_per_sec()),
+            ));
+        }
+        state.still_valid(&self.caller)
+    }
+}
+
+/// Ends the socket when its credential expires or is revoked (policy reload, logout), telling it why first.
+async fn watch_credential(socket: SocketRef, state: AppState, conn: Arc<Conn>) {
+    let mut changes = state.credential_changes();
+    loop {
+        let expiry = conn.caller.principal.expires_at.map(|exp| {
+            let at = exp.saturating_add(state.security().auth.leeway()).saturating_add(1);
+            Duration::from_secs(at.saturating_sub(crate::auth::now_secs()))
+        });
+        tokio::select! {
+            _ = conn.gone.cancelled() => return,
+            _ = tokio::time::sleep(expiry.unwrap_or(Duration::MAX / 4)), if expiry.is_some() => {}
+            changed = changes.changed() => if changed.is_err() { return },
+        }
+        if let Err(e) = state.still_valid(&conn.caller) {
+            tracing::info!(code = %e.code, "credential no longer valid; disconnecting");
+            let mut record = crate::audit::Record {
+                action: "connect",
+                outcome: "denied",
+                user: Some(conn.caller.principal.subject.clone()),
+                ip: conn.caller.ip,
+                code: Some(e.code.to_string()),
+                ..Default::default()
+            };
+            record.reason = Some(format!("socket {} disconnected: {}", socket.id, e.message));
+            state.audit(record);
+            let _ = socket.emit(event::AUTH_ERROR, &e.body());
+            let _ = socket.disconnect();
+            return;
+        }
+    }
+}
+
 fn on_connect(socket: SocketRef, auth: ClientAuth, state: AppState) {
+    let Some(caller) = socket.extensions.get::<Caller>() else {
+        tracing::error!("a socket connected without passing authentication");
+        let _ = socket.disconnect();
+        return;
+    };
     // Terminals belong to the client (one per browser profile, say), so its other sockets can resume them.
-    let owner = OwnerId(client_id(&auth).map_or_else(|| format!("socket:{}", socket.id), |c| format!("client:{c}")));
+    let client = client_id(&auth).map_or_else(|| format!("socket:{}", socket.id), |c| format!("client:{c}"));
     let viewer = ViewerId(socket.id.to_string());
     let version = auth.protocol_version.unwrap_or(1).clamp(MIN_PROTOCOL_VERSION, PROTOCOL_VERSION);
     let v1 = version < 2;
-    let conn = Arc::new(Conn::default());
-    let span = tracing::info_span!("socket", sid = %socket.id, transport = ?socket.transport_type(), owner = %owner.0, version);
+    let per_sec = std::num::NonZeroU32::new(state.events_per_sec()).unwrap_or(std::num::NonZeroU32::MIN);
+    let burst = per_sec.saturating_mul(std::num::NonZeroU32::new(2).unwrap_or(std::num::NonZeroU32::MIN));
+    let conn = Arc::new(Conn {
+        caller,
+        rate: governor::RateLimiter::direct(governor::Quota::per_second(per_sec).allow_burst(burst)),
+        gone: Default::default(),
+        acks_pending: Default::default(),
+        retrying: Default::default(),
+    });
+    let span = tracing::info_span!("socket", sid = %socket.id, transport = ?socket.transport_type(), user = %conn.caller.principal.subject, client = %client, version);
     tracing::info!(parent: &span, "connected");
+    tokio::spawn(watch_credential(socket.clone(), state.clone(), conn.clone()).instrument(span.clone()));
 
     // Every `on` is registered before anything awaits: events that arrive earlier would be dropped.
     {
-        let (state, owner, viewer, conn, span) =
-            (state.clone(), owner.clone(), viewer.clone(), conn.clone(), span.clone());
+        let (state, client, viewer, conn, span) =
+            (state.clone(), client.clone(), viewer.clone(), conn.clone(), span.clone());
         socket.on(
             event::START_TERMINAL,
             move |socket: SocketRef, ack: Ack, TryData(req): TryData<StartTerminal>| -> Ready<()> {
+                let admitted = conn.admit(&state);
                 let task = async move {
-                    let reply = match req {
-                        Err(e) => Err(ServiceError::invalid(format!("start-terminal payload: {e}"))),
-                        Ok(req) => state.sessions().start(&owner, req).await,
+                    let reply = match (admitted, req) {
+                        (Err(e), _) => Err(e),
+                        (_, Err(e)) => Err(ServiceError::invalid(format!("start-terminal payload: {e}"))),
+                        (Ok(()), Ok(req)) => state.start_terminal(&conn.caller, &client, req).await,
                     };
                     match reply {
                         Ok((terminal, started)) => {
@@ -259,6 +359,7 @@ fn on_connect(socket: SocketRef, auth: ClientAuth, state: AppState) {
                                 Some(0),
                                 started.flow_control,
                                 v1,
+                                false,
                                 &conn.gone,
                             );
                             let delivered = send_ack(&conn, ack, &Reply::Ok(started)).await;
@@ -289,10 +390,15 @@ fn on_connect(socket: SocketRef, auth: ClientAuth, state: AppState) {
         let (state, owner, conn, span) = (state.clone(), viewer.clone(), conn.clone(), span.clone());
         socket.on(event::INPUT, move |socket: SocketRef, ack: Ack, TryData(req): TryData<Input>| -> Ready<()> {
             let _g = span.enter();
-            let (id, result) = match req {
-                Err(e) => (None, Err(ServiceError::invalid(format!("input payload: {e}")))),
-                Ok(Input { terminal_id, data }) => {
-                    let r = state.sessions().get(&terminal_id, Some(&owner)).and_then(|t| t.send_input(data.0));
+            let (id, result) = match (conn.admit(&state), req) {
+                (Err(e), req) => (req.ok().map(|r| r.terminal_id), Err(e)),
+                (_, Err(e)) => (None, Err(ServiceError::invalid(format!("input payload: {e}")))),
+                (Ok(()), Ok(Input { terminal_id, data })) => {
+                    let r = state
+                        .sessions()
+                        .get(&terminal_id, Some(&owner))
+                        .and_then(|t| writable(&state, &conn, t, "terminal.input"))
+                        .and_then(|t| t.send_input(data.0));
                     (Some(terminal_id), r)
                 }
             };
@@ -304,11 +410,15 @@ fn on_connect(socket: SocketRef, auth: ClientAuth, state: AppState) {
         let (state, owner, conn, span) = (state.clone(), viewer.clone(), conn.clone(), span.clone());
         socket.on(event::RESIZE, move |socket: SocketRef, ack: Ack, TryData(req): TryData<Resize>| -> Ready<()> {
             let _g = span.enter();
-            let (id, result) = match req {
-                Err(e) => (None, Err(ServiceError::invalid(format!("resize payload: {e}")))),
-                Ok(r) => {
-                    let done =
-                        state.sessions().get(&r.terminal_id, Some(&owner)).and_then(|t| t.send_resize(r.cols, r.rows));
+            let (id, result) = match (conn.admit(&state), req) {
+                (Err(e), req) => (req.ok().map(|r| r.terminal_id), Err(e)),
+                (_, Err(e)) => (None, Err(ServiceError::invalid(format!("resize payload: {e}")))),
+                (Ok(()), Ok(r)) => {
+                    let done = state
+                        .sessions()
+                        .get(&r.terminal_id, Some(&owner))
+                        .and_then(|t| writable(&state, &conn, t, "terminal.resize"))
+                        .and_then(|t| t.send_resize(r.cols, r.rows));
                     (Some(r.terminal_id), done)
                 }
             };
@@ -322,9 +432,10 @@ fn on_connect(socket: SocketRef, auth: ClientAuth, state: AppState) {
             event::OUTPUT_ACK,
             move |socket: SocketRef, ack: Ack, TryData(req): TryData<OutputAck>| -> Ready<()> {
                 let _g = span.enter();
-                let (id, result) = match req {
-                    Err(e) => (None, Err(ServiceError::invalid(format!("output-ack payload: {e}")))),
-                    Ok(OutputAck { terminal_id, processed }) => {
+                let (id, result) = match (conn.admit(&state), req) {
+                    (Err(e), req) => (req.ok().map(|r| r.terminal_id), Err(e)),
+                    (_, Err(e)) => (None, Err(ServiceError::invalid(format!("output-ack payload: {e}")))),
+                    (Ok(()), Ok(OutputAck { terminal_id, processed })) => {
                         // Acks stay valid after the process ended: the viewer may still be draining the log.
                         let r = state.sessions().find(&terminal_id).and_then(|t| t.ack_output(&owner, processed));
                         (Some(terminal_id), r)
@@ -338,15 +449,17 @@ fn on_connect(socket: SocketRef, auth: ClientAuth, state: AppState) {
     {
         let (state, owner, conn, span) = (state.clone(), viewer.clone(), conn.clone(), span.clone());
         socket.on(event::CLOSE_TERMINAL, move |ack: Ack, TryData(req): TryData<CloseTerminal>| -> Ready<()> {
+            let admitted = conn.admit(&state);
             let task = async move {
-                let reply = match req {
-                    Err(e) => Err(ServiceError::invalid(format!("close-terminal payload: {e}"))),
-                    Ok(CloseTerminal { terminal_id }) => match state.sessions().get(&terminal_id, Some(&owner)) {
-                        Ok(t) => {
-                            state.sessions().close(&t, ExitReason::Closed).await.map(|()| TerminalAck { terminal_id })
+                let reply = match (admitted, req) {
+                    (Err(e), _) => Err(e),
+                    (_, Err(e)) => Err(ServiceError::invalid(format!("close-terminal payload: {e}"))),
+                    (Ok(()), Ok(CloseTerminal { terminal_id })) => {
+                        match state.sessions().get(&terminal_id, Some(&owner)) {
+                            Ok(t) => state.close_terminal(&conn.caller, &t).await.map(|()| TerminalAck { terminal_id }),
+                            Err(e) => Err(e),
                         }
-                        Err(e) => Err(e),
-                    },
+                    }
                 };
                 send_ack(&conn, ack, &Reply::from(reply.map_err(|e| e.body()))).await;
             };
@@ -359,16 +472,20 @@ fn on_connect(socket: SocketRef, auth: ClientAuth, state: AppState) {
         socket.on(
             event::ATTACH_TERMINAL,
             move |socket: SocketRef, ack: Ack, TryData(req): TryData<AttachTerminal>| -> Ready<()> {
+                let admitted = conn.admit(&state);
                 let task = async move {
-                    let attached = match req {
-                        Err(e) => Err(ServiceError::invalid(format!("attach-terminal payload: {e}"))),
-                        Ok(req) => state.sessions().find(&req.terminal_id).and_then(|t| {
+                    let attached = match (admitted, req) {
+                        (Err(e), _) => Err(e),
+                        (_, Err(e)) => Err(ServiceError::invalid(format!("attach-terminal payload: {e}"))),
+                        (Ok(()), Ok(req)) => state.sessions().find(&req.terminal_id).and_then(|t| {
+                            let read_only = state.authorize_attach(&conn.caller, &t)?;
                             let a = state.sessions().attach(
                                 &t,
                                 viewer.clone(),
                                 req.since,
                                 req.flow_control,
                                 v1,
+                                read_only,
                                 &conn.gone,
                             );
                             a.map(|(attachment, reply)| (t, attachment, reply))
@@ -420,6 +537,22 @@ fn on_connect(socket: SocketRef, auth: ClientAuth, state: AppState) {
         max_input_bytes: app::protocol::MAX_INPUT_BYTES,
     };
     emit_reliably(socket, event::HELLO, hello, None);
+}
+
+/// `terminal` if this socket's user may write to it (else the refusal, audited).
+fn writable(
+    state: &AppState,
+    conn: &Conn,
+    terminal: Arc<crate::session::Terminal>,
+    action: &'static str,
+) -> Result<Arc<crate::session::Terminal>, ServiceError> {
+    match state.authorize_write(&conn.caller, &terminal) {
+        Ok(()) => Ok(terminal),
+        Err(e) => {
+            state.audit_denied_write(&conn.caller, &terminal, action, &e);
+            Err(e)
+        }
+    }
 }
 
 /// Answers `input`, `resize` and `output-ack`: with an ack when the client asked for one, else failures as a

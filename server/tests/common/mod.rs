@@ -163,10 +163,32 @@ impl Drop for TestContainer {
 // ---------------------------------------------------------------------------------------------------------------
 // Server
 
+/// The local access token test servers use (`--token`).
+pub const TEST_TOKEN: &str = "test-token-0123456789abcdef";
+
 pub fn test_config() -> Config {
     let mut c = Config::defaults();
     c.listen = "127.0.0.1:0".parse().unwrap();
+    c.token = Some(TEST_TOKEN.into());
+    c.audit_log = "/dev/null".into();
     c
+}
+
+/// An HTTP client that presents `TEST_TOKEN` as a bearer token.
+pub fn http() -> reqwest::Client {
+    http_as(TEST_TOKEN)
+}
+
+/// An HTTP client that presents `token` as a bearer token.
+pub fn http_as(token: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
+    reqwest::Client::builder().default_headers(headers).build().unwrap()
+}
+
+/// `GET url` as the test user.
+pub async fn get(url: impl AsRef<str>) -> reqwest::Response {
+    http().get(url.as_ref()).send().await.unwrap()
 }
 
 pub async fn start_server(config: Config) -> RunningServer {
@@ -188,6 +210,12 @@ struct Inbox {
     exits: HashMap<TerminalId, Exit>,
     errors: Vec<ErrorEvent>,
     hello: Option<Hello>,
+    /// `auth-error` events.
+    auth_errors: Vec<ErrorBody>,
+    /// The server's `connect_error` message, if it refused the connection.
+    connect_error: Option<String>,
+    /// The server closed the connection.
+    closed: bool,
     changes: Vec<ContainersChanged>,
     /// Every output event in arrival order, for ordering checks.
     order: Vec<TerminalId>,
@@ -258,14 +286,56 @@ impl TestClient {
         Self::connect_auth(url, TransportType::Websocket, Some(auth)).await
     }
 
+    /// Connects with `auth` (the test token added unless it names one).
     pub async fn connect_auth(url: &str, transport: TransportType, auth: Option<Value>) -> TestClient {
+        let mut auth = auth.unwrap_or_else(|| serde_json::json!({}));
+        if auth.get("token").is_none() {
+            auth["token"] = Value::from(TEST_TOKEN);
+        }
+        match Self::try_connect(url, transport, auth, &[]).await {
+            Ok(c) => c,
+            Err(e) => panic!("socket.io connect refused: {e}"),
+        }
+    }
+
+    /// Connects with exactly `auth` and the handshake `headers`; the server's refusal message on failure.
+    pub async fn try_connect(
+        url: &str,
+        transport: TransportType,
+        auth: Value,
+        headers: &[(&str, &str)],
+    ) -> Result<TestClient, String> {
         let inbox = Arc::new(Mutex::new(Inbox::default()));
         let changed = Arc::new(Notify::new());
         let (i, n) = (inbox.clone(), changed.clone());
-        let mut builder = ClientBuilder::new(url);
-        if let Some(auth) = auth {
-            builder = builder.auth(auth);
+        let mut builder = ClientBuilder::new(url).auth(auth);
+        for (k, v) in headers {
+            builder = builder.opening_header(*k, *v);
         }
+        let (ei, en) = (inbox.clone(), changed.clone());
+        builder = builder.on("error", move |payload, _| {
+            let (inbox, changed) = (ei.clone(), en.clone());
+            async move {
+                #[allow(deprecated)]
+                let text = match payload {
+                    Payload::String(s) => s,
+                    Payload::Text(v) => serde_json::to_string(&v).unwrap_or_default(),
+                    Payload::Binary(_) => String::new(),
+                };
+                inbox.lock().unwrap().connect_error.get_or_insert(text);
+                changed.notify_waiters();
+            }
+            .boxed()
+        });
+        let (ci, cn) = (inbox.clone(), changed.clone());
+        builder = builder.on("close", move |_, _| {
+            let (inbox, changed) = (ci.clone(), cn.clone());
+            async move {
+                inbox.lock().unwrap().closed = true;
+                changed.notify_waiters();
+            }
+            .boxed()
+        });
         let client = builder
             .transport_type(transport)
             .reconnect(false)
@@ -304,6 +374,9 @@ impl TestClient {
                                     event::HELLO => {
                                         inbox.hello = Some(serde_json::from_value(v).expect("hello payload"))
                                     }
+                                    event::AUTH_ERROR => {
+                                        inbox.auth_errors.push(serde_json::from_value(v).expect("auth-error payload"))
+                                    }
                                     event::CONTAINERS_CHANGED => {
                                         inbox.changes.push(serde_json::from_value(v).expect("containers-changed"))
                                     }
@@ -318,10 +391,34 @@ impl TestClient {
             })
             .connect()
             .await
-            .expect("socket.io connect");
+            .map_err(|e| format!("transport: {e}"))?;
         let client = TestClient { client, inbox, changed };
-        client.wait_until("hello", |i| i.hello.clone()).await;
-        client
+        let outcome = client
+            .wait_until("hello or connect_error", |i| {
+                i.hello.as_ref().map(|_| Ok(())).or_else(|| i.connect_error.clone().map(Err))
+            })
+            .await;
+        match outcome {
+            Ok(()) => Ok(client),
+            Err(e) => {
+                let _ = client.client.disconnect().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// The `auth-error` events received.
+    pub fn auth_errors(&self) -> Vec<ErrorBody> {
+        self.inbox.lock().unwrap().auth_errors.clone()
+    }
+
+    /// Waits until the server has told this socket its credential lapsed and closed the connection.
+    pub async fn wait_auth_error(&self) -> ErrorBody {
+        self.wait_until("auth-error", |i| i.auth_errors.first().cloned()).await
+    }
+
+    pub async fn wait_closed(&self) {
+        self.wait_until("the server closing the connection", |i| i.closed.then_some(())).await
     }
 
     async fn wait_until<T>(&self, what: &str, mut f: impl FnMut(&Inbox) -> Option<T>) -> T

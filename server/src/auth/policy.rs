@@ -1,0 +1,357 @@
+//! Authorization policy: which containers a user may see and open, which commands they may exec there, at
+//! which access level, how many terminals at once. Read from a TOML file (`--policy`), reloaded on SIGHUP.
+//!
+//! A user is matched by subject or group; the rules that match them and a container are combined (the most
+//! permissive level, the union of commands). No matching rule: the container does not exist for that user.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use serde::Deserialize;
+
+use super::Principal;
+
+/// Most rules in one policy file.
+pub const MAX_RULES: usize = 1000;
+
+/// What a user may do in a container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Level {
+    /// Attach read-only to terminals (needs `shared` to reach other users' terminals).
+    View,
+    /// Open terminals, type into them, resize and close them.
+    Interact,
+}
+
+/// Commands a user may exec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Commands {
+    Any,
+    /// Exact argv lists.
+    Only(Vec<Vec<String>>),
+}
+
+impl Commands {
+    fn union(&mut self, other: &Commands) {
+        match (&mut *self, other) {
+            (Commands::Any, _) => {}
+            (_, Commands::Any) => *self = Commands::Any,
+            (Commands::Only(mine), Commands::Only(theirs)) => {
+                for c in theirs {
+                    if !mine.contains(c) {
+                        mine.push(c.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn allows(&self, argv: &[String]) -> bool {
+        match self {
+            Commands::Any => true,
+            Commands::Only(list) => list.iter().any(|c| c == argv),
+        }
+    }
+}
+
+/// What the matching rules allow a user in one container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub level: Level,
+    /// May open the default login shell (a `start-terminal` without `command`).
+    pub login_shell: bool,
+    pub commands: Commands,
+    /// May attach to other users' terminals in this container (at `level`).
+    pub shared: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    #[serde(default)]
+    rule: Vec<RuleFile>,
+    #[serde(default)]
+    revoked: RevokedFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokedFile {
+    #[serde(default)]
+    subjects: Vec<String>,
+    #[serde(default)]
+    token_ids: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum CommandsFile {
+    Word(String),
+    List(Vec<Vec<String>>),
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_level() -> Level {
+    Level::Interact
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleFile {
+    #[serde(default)]
+    subjects: Vec<String>,
+    #[serde(default)]
+    groups: Vec<String>,
+    containers: Option<Vec<String>>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default = "default_level")]
+    access: Level,
+    commands: Option<CommandsFile>,
+    #[serde(default = "default_true")]
+    login_shell: bool,
+    #[serde(default)]
+    shared: bool,
+    max_terminals: Option<usize>,
+}
+
+#[derive(Debug)]
+struct Rule {
+    subjects: Vec<String>,
+    groups: Vec<String>,
+    /// Container name globs; `None` matches every name.
+    names: Option<GlobSet>,
+    /// Labels the container must carry; `{sub}` in a value stands for the user's subject.
+    labels: BTreeMap<String, String>,
+    grant: Grant,
+    max_terminals: Option<usize>,
+}
+
+impl Rule {
+    fn applies_to(&self, p: &Principal) -> bool {
+        self.subjects.iter().any(|s| s == "*" || *s == p.subject) || self.groups.iter().any(|g| p.groups.contains(g))
+    }
+
+    fn matches(&self, p: &Principal, name: &str, labels: &BTreeMap<String, String>) -> bool {
+        self.names.as_ref().is_none_or(|g| g.is_match(name))
+            && self.labels.iter().all(|(k, v)| labels.get(k).is_some_and(|have| *have == v.replace("{sub}", &p.subject)))
+    }
+}
+
+/// A loaded policy.
+#[derive(Debug)]
+pub struct Policy {
+    rules: Vec<Rule>,
+    revoked_subjects: HashSet<String>,
+    revoked_token_ids: HashSet<String>,
+    /// Where it came from (`None`: the built-in allow-all).
+    pub source: Option<std::path::PathBuf>,
+}
+
+impl Policy {
+    /// Without a policy file: whoever is authenticated may do everything.
+    pub fn allow_all() -> Policy {
+        Policy {
+            rules: vec![Rule {
+                subjects: vec!["*".into()],
+                groups: Vec::new(),
+                names: None,
+                labels: BTreeMap::new(),
+                grant: Grant { level: Level::Interact, login_shell: true, commands: Commands::Any, shared: true },
+                max_terminals: None,
+            }],
+            revoked_subjects: HashSet::new(),
+            revoked_token_ids: HashSet::new(),
+            source: None,
+        }
+    }
+
+    pub fn load(path: &Path) -> Result<Policy, String> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| format!("cannot read the policy {}: {e}", path.display()))?;
+        let mut p = Policy::parse(&text).map_err(|e| format!("policy {}: {e}", path.display()))?;
+        p.source = Some(path.to_path_buf());
+        Ok(p)
+    }
+
+    pub fn parse(text: &str) -> Result<Policy, String> {
+        let file: PolicyFile = toml::from_str(text).map_err(|e| e.to_string())?;
+        if file.rule.len() > MAX_RULES {
+            return Err(format!("more than {MAX_RULES} rules"));
+        }
+        let mut rules = Vec::new();
+        for (i, r) in file.rule.into_iter().enumerate() {
+            let n = i + 1;
+            if r.subjects.is_empty() && r.groups.is_empty() {
+                return Err(format!("rule {n} names no subjects or groups, so it would apply to nobody"));
+            }
+            let names = match r.containers {
+                None => None,
+                Some(globs) => {
+                    let mut b = GlobSetBuilder::new();
+                    for g in &globs {
+                        b.add(Glob::new(g).map_err(|e| format!("rule {n}: container pattern {g:?}: {e}"))?);
+                    }
+                    Some(b.build().map_err(|e| format!("rule {n}: {e}"))?)
+                }
+            };
+            let commands = match r.commands {
+                None => Commands::Only(Vec::new()),
+                Some(CommandsFile::Word(w)) if w == "any" => Commands::Any,
+                Some(CommandsFile::Word(w)) => {
+                    return Err(format!("rule {n}: commands must be \"any\" or a list of argv lists, not {w:?}"));
+                }
+                Some(CommandsFile::List(list)) => {
+                    if list.iter().any(|c| c.is_empty()) {
+                        return Err(format!("rule {n}: an allowed command is an empty list"));
+                    }
+                    Commands::Only(list)
+                }
+            };
+            if r.max_terminals == Some(0) {
+                return Err(format!("rule {n}: max_terminals must be at least 1 (leave the user out instead)"));
+            }
+            rules.push(Rule {
+                subjects: r.subjects,
+                groups: r.groups,
+                names,
+                labels: r.labels,
+                grant: Grant { level: r.access, login_shell: r.login_shell, commands, shared: r.shared },
+                max_terminals: r.max_terminals,
+            });
+        }
+        Ok(Policy {
+            rules,
+            revoked_subjects: file.revoked.subjects.into_iter().collect(),
+            revoked_token_ids: file.revoked.token_ids.into_iter().collect(),
+            source: None,
+        })
+    }
+
+    /// What `p` may do in the container `name` with `labels`; `None`: nothing (it is hidden from them).
+    pub fn grant(&self, p: &Principal, name: &str, labels: &BTreeMap<String, String>) -> Option<Grant> {
+        let mut out: Option<Grant> = None;
+        for rule in self.rules.iter().filter(|r| r.applies_to(p) && r.matches(p, name, labels)) {
+            let g = &rule.grant;
+            match &mut out {
+                None => out = Some(g.clone()),
+                Some(acc) => {
+                    acc.level = acc.level.max(g.level);
+                    acc.login_shell |= g.login_shell;
+                    acc.shared |= g.shared;
+                    acc.commands.union(&g.commands);
+                }
+            }
+        }
+        out
+    }
+
+    /// The most terminals `p` may hold at once: the largest `max_terminals` of the rules that apply to them.
+    pub fn quota(&self, p: &Principal) -> Option<usize> {
+        self.rules.iter().filter(|r| r.applies_to(p)).filter_map(|r| r.max_terminals).max()
+    }
+
+    /// Why `p`'s credential is no longer honoured, if it is not.
+    pub fn revoked(&self, p: &Principal) -> Option<&'static str> {
+        if self.revoked_subjects.contains(&p.subject) {
+            return Some("this user's access was revoked");
+        }
+        if p.token_id.as_ref().is_some_and(|j| self.revoked_token_ids.contains(j)) {
+            return Some("this token was revoked");
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(sub: &str, groups: &[&str]) -> Principal {
+        Principal {
+            subject: sub.into(),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+            expires_at: None,
+            token_id: Some(format!("jti-{sub}")),
+        }
+    }
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    const EXAMPLE: &str = r#"
+        [[rule]]
+        groups = ["dev"]
+        labels = { "porthole.owner" = "{sub}" }
+        max_terminals = 3
+
+        [[rule]]
+        subjects = ["alice"]
+        containers = ["web-*"]
+        commands = [["psql", "-U", "app"]]
+        login_shell = false
+
+        [[rule]]
+        groups = ["audit"]
+        containers = ["*"]
+        access = "view"
+        shared = true
+
+        [revoked]
+        subjects = ["mallory"]
+        token_ids = ["jti-bob"]
+    "#;
+
+    #[test]
+    fn rules_combine_per_user_and_container() {
+        let p = Policy::parse(EXAMPLE).unwrap();
+        let alice = user("alice", &["dev"]);
+        let own = labels(&[("porthole.owner", "alice")]);
+        let g = p.grant(&alice, "db", &own).unwrap();
+        assert_eq!(g.level, Level::Interact);
+        assert!(g.login_shell && !g.shared);
+        assert!(p.grant(&alice, "db", &labels(&[("porthole.owner", "bob")])).is_none());
+        let web = p.grant(&alice, "web-1", &BTreeMap::new()).unwrap();
+        assert!(!web.login_shell);
+        assert!(web.commands.allows(&["psql".into(), "-U".into(), "app".into()]));
+        assert!(!web.commands.allows(&["psql".into()]));
+        // Two rules on one container: the union.
+        let both = p.grant(&alice, "web-2", &own).unwrap();
+        assert!(both.login_shell && both.commands.allows(&["psql".into(), "-U".into(), "app".into()]));
+        assert_eq!(p.quota(&alice), Some(3));
+        let auditor = user("carol", &["audit"]);
+        let g = p.grant(&auditor, "anything", &BTreeMap::new()).unwrap();
+        assert_eq!((g.level, g.shared), (Level::View, true));
+        assert!(p.grant(&user("dave", &[]), "web-1", &BTreeMap::new()).is_none());
+    }
+
+    #[test]
+    fn revocations() {
+        let p = Policy::parse(EXAMPLE).unwrap();
+        assert!(p.revoked(&user("mallory", &[])).is_some());
+        assert!(p.revoked(&user("bob", &[])).is_some());
+        assert!(p.revoked(&user("alice", &[])).is_none());
+    }
+
+    #[test]
+    fn mistakes_are_reported_clearly() {
+        assert!(Policy::parse("[[rule]]\ncontainers = [\"x\"]").unwrap_err().contains("rule 1"));
+        assert!(Policy::parse("[[rule]]\nsubjects = [\"a\"]\naccess = \"root\"").is_err());
+        assert!(Policy::parse("[[rule]]\nsubjects = [\"a\"]\ncommands = \"all\"").unwrap_err().contains("any"));
+        assert!(Policy::parse("[[rule]]\nsubjects = [\"a\"]\nbogus = 1").unwrap_err().contains("bogus"));
+        assert!(Policy::parse("[[rule]]\nsubjects = [\"a\"]\ncontainers = [\"[\"]").is_err());
+    }
+
+    #[test]
+    fn allow_all_allows_everything() {
+        let p = Policy::allow_all();
+        let g = p.grant(&user("x", &[]), "any", &BTreeMap::new()).unwrap();
+        assert!(g.commands.allows(&["anything".into()]) && g.shared && g.level == Level::Interact);
+    }
+}
