@@ -4,6 +4,9 @@ import { defineConfig } from '@playwright/test';
 
 const port = Number(process.env.PORTHOLE_E2E_PORT ?? 7181);
 const bin = process.env.PORTHOLE_BIN ?? '../target/release/porthole';
+// The shared server's access token (tests sign in with it, see tests/auth.ts) and policy: only containers
+// named porthole-e2e-* exist for the test user.
+export const TOKEN = process.env.PORTHOLE_E2E_TOKEN ?? 'e2e-access-token-4f1c9a7d2b';
 
 export default defineConfig({
   testDir: './tests',
@@ -27,7 +30,7 @@ export default defineConfig({
     },
   },
   webServer: {
-    command: `${bin} --listen 127.0.0.1:${port}`,
+    command: `${bin} --listen 127.0.0.1:${port} --token ${TOKEN} --policy policy.toml --audit-log audit.log`,
     url: `http://127.0.0.1:${port}/healthz`,
     reuseExistingServer: false,
     timeout: 30_000,

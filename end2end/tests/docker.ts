@@ -24,6 +24,14 @@ export function startContainer(what: string, image = BASH_IMAGE): string {
   return name;
 }
 
+/** Starts a container the suite's policy (policy.toml) hides from the test user. */
+export function startHidden(what: string, image = BASH_IMAGE): string {
+  const name = `porthole-hidden-${what}-${randomBytes(3).toString('hex')}`;
+  made.push(name);
+  docker('run', '-d', '--init', '--label', 'porthole.test=e2e', '--name', name, image);
+  return name;
+}
+
 export function stopContainer(name: string): void {
   docker('stop', '-t', '1', name);
 }

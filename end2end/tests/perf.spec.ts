@@ -1,6 +1,7 @@
 // Measurements for the UI's performance budgets (docs/performance.md). They report figures; they do not
 // pass or fail on timings (benchmarks measure, tests check).
 import { test, expect, type Page } from '@playwright/test';
+import { signIn } from './auth';
 import { removeAll, startContainer } from './docker';
 
 test.afterEach(() => removeAll());
@@ -36,7 +37,7 @@ async function echoLatencies(page: Page, i: number, n: number): Promise<number[]
 test('first load: transferred bytes and time to the picker', async ({ page }, info) => {
   const name = startContainer('perf-load');
   // A fresh context has an empty cache: this is a first visit.
-  await page.goto('/');
+  await signIn(page);
   await expect(page.locator(`button.container[data-name="${name}"]`)).toBeVisible();
   const figures = await page.evaluate(() => {
     const nav = performance.getEntriesByType('navigation')[0] as PerformanceNavigationTiming;
@@ -59,7 +60,7 @@ test('first load: transferred bytes and time to the picker', async ({ page }, in
 test('typing latency, alone and while another tab floods output', async ({ page }, info) => {
   const quiet = startContainer('perf-quiet');
   const noisy = startContainer('perf-noisy');
-  await page.goto('/');
+  await signIn(page);
   await page.locator(`button.container[data-name="${quiet}"]`).click();
   await expect.poll(() => screen(page, 0)).toMatch(/[#$]$/m);
   const alone = await echoLatencies(page, 0, 30);

@@ -1,5 +1,6 @@
 // What a user does with Porthole in a browser, checked on what they would see.
 import { test, expect, type Page } from '@playwright/test';
+import { signIn } from './auth';
 import { createStopped, removeAll, startContainer, stopContainer, strayProcesses } from './docker';
 
 test.afterEach(() => removeAll());
@@ -29,7 +30,7 @@ async function openTab(page: Page, name: string, index: number) {
 }
 
 test.beforeEach(async ({ page }) => {
-  await page.goto('/');
+  await signIn(page);
   await expect(page.getByTestId('connection')).toHaveText('connected');
 });
 

@@ -47,6 +47,8 @@ pub enum ConnState {
     Connected,
     Reconnecting,
     Offline,
+    /// The server refused this browser's credential (none, expired, revoked); it will not retry by itself.
+    SignedOut,
 }
 
 impl ConnState {
@@ -56,6 +58,7 @@ impl ConnState {
             ConnState::Connected => "connected",
             ConnState::Reconnecting => "reconnecting",
             ConnState::Offline => "offline",
+            ConnState::SignedOut => "signed out",
         }
     }
 }
@@ -100,6 +103,8 @@ impl Client {
         let auth = app::protocol::ClientAuth {
             protocol_version: Some(app::protocol::PROTOCOL_VERSION),
             client_id: Some(client_id.to_string()),
+            // The session cookie authenticates the browser; the token never reaches page scripts.
+            token: None,
         };
         let _ = Reflect::set(&opts, &"auth".into(), &to_js(&auth));
         // Websocket first; long-polling only where websockets are blocked.
@@ -150,6 +155,31 @@ impl Client {
         cb.forget();
     }
 
+    /// Calls `f` with the server's reason when it refuses this socket's credential: a `connect_error` whose
+    /// message starts with an authentication error code, or an `auth-error` event mid-session.
+    pub fn on_auth_error(&self, f: impl Fn(String) + 'static) {
+        let f = Rc::new(f);
+        let g = f.clone();
+        let refused = Closure::<dyn FnMut(JsValue)>::new(move |err: JsValue| {
+            let message = Reflect::get(&err, &"message".into()).ok().and_then(|m| m.as_string()).unwrap_or_default();
+            let auth_codes = [
+                ErrorCode::Unauthenticated,
+                ErrorCode::TokenExpired,
+                ErrorCode::TokenRevoked,
+                ErrorCode::TooManyAuthFailures,
+            ];
+            let is_auth =
+                auth_codes.iter().any(|c| message.strip_prefix(c.as_str()).is_some_and(|rest| rest.starts_with(':')));
+            if is_auth {
+                let text = message.split_once(": ").map_or(message.as_str(), |(_, m)| m).to_string();
+                g(text);
+            }
+        });
+        self.raw.on("connect_error", refused.as_ref().unchecked_ref());
+        refused.forget();
+        self.on(app::protocol::event::AUTH_ERROR, move |e: app::protocol::ErrorBody| f(e.message));
+    }
+
     /// Follows the connection state.
     pub fn on_state(&self, f: impl Fn(ConnState) + 'static) {
         let f = Rc::new(f);
@@ -192,6 +222,32 @@ impl Client {
                 Rc::new(move |_| Some(if raw.connected() { ConnState::Connected } else { ConnState::Reconnecting })),
             );
         }
+    }
+
+    /// Exchanges `token` for the session cookie (`POST /api/v1/login`); the server's message on refusal.
+    pub async fn sign_in(token: &str) -> Result<(), String> {
+        let window = web_sys::window().ok_or("no window")?;
+        let init = web_sys::RequestInit::new();
+        init.set_method("POST");
+        let body = js_sys::JSON::stringify(&to_js(&app::protocol::Login { token: token.to_string() }))
+            .map_err(|_| "could not encode the token")?;
+        init.set_body(&body);
+        let headers = web_sys::Headers::new().map_err(|_| "no headers")?;
+        let _ = headers.set("content-type", "application/json");
+        init.set_headers(&headers);
+        let response = JsFuture::from(window.fetch_with_str_and_init(app::protocol::rest::LOGIN, &init))
+            .await
+            .map_err(|_| "Porthole could not be reached".to_string())?;
+        let response: web_sys::Response = response.unchecked_into();
+        if response.ok() {
+            return Ok(());
+        }
+        let json = match response.json() {
+            Ok(p) => JsFuture::from(p).await.ok(),
+            Err(_) => None,
+        };
+        let reply = json.and_then(|j| serde_wasm_bindgen::from_value::<app::protocol::ErrorReply>(j).ok());
+        Err(reply.map_or_else(|| format!("sign-in failed ({})", response.status()), |r| r.error.message))
     }
 
     /// Fire-and-forget event.

@@ -78,6 +78,8 @@ struct Ui {
     next_key: StoredValue<u32>,
     notice: RwSignal<Option<String>>,
     conn: RwSignal<ConnState>,
+    /// Why the server refused this browser's credential, while signed out.
+    auth_problem: RwSignal<Option<String>>,
     dark: RwSignal<bool>,
 }
 
@@ -116,6 +118,7 @@ impl Ui {
             next_key: StoredValue::new(1),
             notice: RwSignal::new(None),
             conn: RwSignal::new(ConnState::Connecting),
+            auth_problem: RwSignal::new(None),
             dark: RwSignal::new(prefers_dark()),
         }
     }
@@ -684,8 +687,16 @@ pub fn App() -> impl IntoView {
             );
         }
     });
+    client.on_auth_error(move |why| {
+        ui.auth_problem.set(Some(why));
+        ui.conn.set(ConnState::SignedOut);
+    });
     client.on_state(move |state| {
         let before = ui.conn.get_untracked();
+        if before == ConnState::SignedOut && state != ConnState::Connected {
+            // Only a successful sign-in (and reload) leaves this state.
+            return;
+        }
         ui.conn.set(state);
 
         if state == ConnState::Connected && before != ConnState::Connected {
@@ -735,6 +746,9 @@ pub fn App() -> impl IntoView {
                     {move || ui.conn.get().label()}
                 </span>
             </header>
+            <Show when=move || ui.conn.get() == ConnState::SignedOut>
+                <SignIn ui=ui />
+            </Show>
             <Picker ui=ui containers=containers />
             <main class="main">
                 <TabBar ui=ui />
@@ -750,6 +764,51 @@ pub fn App() -> impl IntoView {
                     </For>
                 </div>
             </main>
+        </div>
+    }
+}
+
+/// Shown when the server refuses this browser: why, and a field for a token (the local access token or a
+/// JWT), exchanged for a session cookie.
+#[component]
+fn SignIn(ui: Ui) -> impl IntoView {
+    let input = NodeRef::<leptos::html::Input>::new();
+    let failure = RwSignal::new(None::<String>);
+    let submit = move |e: leptos::ev::SubmitEvent| {
+        e.prevent_default();
+        let Some(token) = input.get_untracked().map(|i| i.value()) else { return };
+        let token = token.trim().to_string();
+        if token.is_empty() {
+            return;
+        }
+        spawn_local(async move {
+            match Client::sign_in(&token).await {
+                Ok(()) => {
+                    if let Some(w) = web_sys::window() {
+                        let _ = w.location().reload();
+                    }
+                }
+                Err(why) => failure.set(Some(why)),
+            }
+        });
+    };
+    view! {
+        <div class="signin-backdrop">
+            <form class="signin" data-testid="signin" on:submit=submit>
+                <h1>"Sign in to Porthole"</h1>
+                <p class="why">{move || ui.auth_problem.get()}</p>
+                <p>"Open the link Porthole printed when it started, or paste your access token or JWT:"</p>
+                <input
+                    node_ref=input
+                    type="password"
+                    autocomplete="off"
+                    spellcheck="false"
+                    aria-label="Access token"
+                    data-testid="token-input"
+                />
+                <button type="submit">"Sign in"</button>
+                {move || failure.get().map(|f| view! { <p class="failure" role="alert">{f}</p> })}
+            </form>
         </div>
     }
 }

@@ -188,7 +188,9 @@ impl Config {
             }
         }
         if self.max_events_per_sec == 0 || self.max_auth_failures == 0 || self.max_terminals_per_user == 0 {
-            return Err("--max-events-per-sec, --max-auth-failures and --max-terminals-per-user must be at least 1".into());
+            return Err(
+                "--max-events-per-sec, --max-auth-failures and --max-terminals-per-user must be at least 1".into()
+            );
         }
         if self.max_terminals_per_socket == 0 || self.max_terminals == 0 {
             return Err("terminal limits must be at least 1".into());

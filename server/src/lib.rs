@@ -66,7 +66,10 @@ pub fn security(config: &Config) -> anyhow::Result<state::Security> {
 }
 
 /// Builds the axum router with the Socket.IO layer and the edge guard, over `runtime`.
-pub fn router(config: &Config, runtime: Arc<dyn ContainerRuntime>) -> anyhow::Result<(axum::Router, AppState, SocketIo)> {
+pub fn router(
+    config: &Config,
+    runtime: Arc<dyn ContainerRuntime>,
+) -> anyhow::Result<(axum::Router, AppState, SocketIo)> {
     let state = AppState::new(runtime, config.limits(), security(config)?);
     let parser = ParserConfig::common().max_incoming_binaries(4).max_incoming_binary_buf_size(MAX_PACKET_BYTES);
     let (layer, io) = SocketIo::builder()
@@ -167,8 +170,7 @@ pub async fn start_with_runtime(config: &Config, runtime: Arc<dyn ContainerRunti
         }
         _ => None,
     };
-    let listener =
-        std::net::TcpListener::bind(config.listen).with_context(|| format!("binding {}", config.listen))?;
+    let listener = std::net::TcpListener::bind(config.listen).with_context(|| format!("binding {}", config.listen))?;
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
     let stop = CancellationToken::new();

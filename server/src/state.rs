@@ -272,7 +272,12 @@ impl AppState {
     }
 
     /// Decides whether `caller` may open `req` in `target`.
-    fn authorize_start(&self, caller: &Caller, target: &ContainerTarget, req: &StartTerminal) -> Result<(), ServiceError> {
+    fn authorize_start(
+        &self,
+        caller: &Caller,
+        target: &ContainerTarget,
+        req: &StartTerminal,
+    ) -> Result<(), ServiceError> {
         let policy = self.policy();
         let Some(grant) = policy.grant(&caller.principal, &target.name, &target.labels) else {
             return Err(no_such_container(&req.container_id));
@@ -280,7 +285,10 @@ impl AppState {
         if grant.level != Level::Interact {
             return Err(ServiceError::new(
                 ErrorCode::Forbidden,
-                format!("you have view-only access to {}: you may watch its shared terminals, not open one", target.name),
+                format!(
+                    "you have view-only access to {}: you may watch its shared terminals, not open one",
+                    target.name
+                ),
             ));
         }
         match &req.command {

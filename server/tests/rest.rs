@@ -71,8 +71,7 @@ async fn terminal_status_and_unknown_ids() {
     assert!(info.bytes_out >= "listed-11".len() as u64);
     assert!(info.started_at_ms > 1_700_000_000_000);
 
-    let one: TerminalInfo =
-        get(format!("{base}/api/v1/terminals/{}", t.terminal_id)).await.json().await.unwrap();
+    let one: TerminalInfo = get(format!("{base}/api/v1/terminals/{}", t.terminal_id)).await.json().await.unwrap();
     assert_eq!(one.terminal_id, t.terminal_id);
 
     let res = get(format!("{base}/api/v1/terminals/t-unknown")).await;

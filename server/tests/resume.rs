@@ -240,11 +240,7 @@ async fn heartbeat_settings_fit_behind_common_proxies() {
     assert!(porthole_server::PING_INTERVAL + porthole_server::PING_TIMEOUT <= Duration::from_secs(60));
     // And the ping interval is what the server announces in the Engine.IO handshake.
     let server = start_server(test_config()).await;
-    let body = get(format!("{}/socket.io/?EIO=4&transport=polling", base_url(&server)))
-        .await
-        .text()
-        .await
-        .unwrap();
+    let body = get(format!("{}/socket.io/?EIO=4&transport=polling", base_url(&server))).await.text().await.unwrap();
     let open: serde_json::Value = serde_json::from_str(body.trim_start_matches('0')).unwrap();
     assert_eq!(open["pingInterval"], porthole_server::PING_INTERVAL.as_millis() as u64);
     assert_eq!(open["pingTimeout"], porthole_server::PING_TIMEOUT.as_millis() as u64);

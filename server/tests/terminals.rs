@@ -111,11 +111,7 @@ async fn resize_is_visible_through_stty_size() {
     client.run(&t.terminal_id, "echo size=$(stty size)", "size=1000 1000").await;
     // The REST view follows too.
     let info: app::protocol::TerminalInfo =
-        get(format!("{}/api/v1/terminals/{}", base_url(&server), t.terminal_id))
-            .await
-            .json()
-            .await
-            .unwrap();
+        get(format!("{}/api/v1/terminals/{}", base_url(&server), t.terminal_id)).await.json().await.unwrap();
     assert_eq!((info.cols, info.rows), (1000, 1000));
 }
 
@@ -254,8 +250,7 @@ async fn flow_control_pauses_the_writer_until_output_is_acknowledged() {
     // Without acks the server stops after the high watermark (plus at most one read), and the writer blocks.
     client.wait_for_bytes(&id, FLOW_HIGH_WATERMARK as usize).await;
     tokio::time::sleep(std::time::Duration::from_millis(800)).await;
-    let info: TerminalInfo =
-        get(format!("{}/api/v1/terminals/{id}", base_url(&server))).await.json().await.unwrap();
+    let info: TerminalInfo = get(format!("{}/api/v1/terminals/{id}", base_url(&server))).await.json().await.unwrap();
     let limit = FLOW_HIGH_WATERMARK + porthole_server::session::READ_CHUNK_BYTES as u64;
     assert!(info.bytes_out <= limit, "server read {} bytes without acks (limit {limit})", info.bytes_out);
     assert!(client.bytes(&id).len() as u64 <= limit);

@@ -253,6 +253,9 @@ impl Authenticator {
                         token_id: None,
                     });
                 }
+                if token.matches('.').count() != 2 {
+                    return Err(unauthenticated("wrong access token"));
+                }
                 let mut v = Validation::new(Algorithm::HS256);
                 v.set_issuer(&[LOCAL_ISSUER]);
                 v.validate_aud = false;

@@ -139,7 +139,10 @@ impl Rule {
 
     fn matches(&self, p: &Principal, name: &str, labels: &BTreeMap<String, String>) -> bool {
         self.names.as_ref().is_none_or(|g| g.is_match(name))
-            && self.labels.iter().all(|(k, v)| labels.get(k).is_some_and(|have| *have == v.replace("{sub}", &p.subject)))
+            && self
+                .labels
+                .iter()
+                .all(|(k, v)| labels.get(k).is_some_and(|have| *have == v.replace("{sub}", &p.subject)))
     }
 }
 

@@ -65,7 +65,8 @@ impl Edge {
             ip = hops.iter().rev().find(|h| !self.trusted(**h)).or(hops.first()).copied().or(ip);
         }
         let secure = self.tls
-            || (via_proxy && first_value(headers, "x-forwarded-proto").is_some_and(|p| p.eq_ignore_ascii_case("https")));
+            || (via_proxy
+                && first_value(headers, "x-forwarded-proto").is_some_and(|p| p.eq_ignore_ascii_case("https")));
         let host = via_proxy
             .then(|| first_value(headers, "x-forwarded-host"))
             .flatten()

@@ -96,6 +96,19 @@ pub struct Limits {
     pub log_bytes: usize,
 }
 
+/// How a viewer attaches (see [`Sessions::attach`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AttachOptions {
+    /// Deliver output from this offset (absent: the oldest kept byte).
+    pub since: Option<u64>,
+    /// The viewer acknowledges output (`output-ack`).
+    pub flow_control: bool,
+    /// A protocol version 1 client: its leaving ends the terminal at once.
+    pub v1: bool,
+    /// The viewer may only watch (reported in the ack; writes are refused by the service layer).
+    pub read_only: bool,
+}
+
 /// Identifies an attached viewer (a socket).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ViewerId(pub String);
@@ -947,12 +960,10 @@ impl Sessions {
         &self,
         terminal: &Arc<Terminal>,
         viewer: ViewerId,
-        since: Option<u64>,
-        flow_control: bool,
-        v1: bool,
-        read_only: bool,
+        how: AttachOptions,
         socket_gone: &CancellationToken,
     ) -> Result<(Attachment, TerminalAttached), ServiceError> {
+        let AttachOptions { since, flow_control, v1, read_only } = how;
         let (start, end) = {
             let log = terminal.log();
             (log.start, log.end)

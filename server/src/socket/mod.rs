@@ -18,9 +18,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use app::protocol::{
-    AttachTerminal, ErrorCode, ClientAuth, CloseTerminal, ErrorEvent, Exit, ExitReason, Hello, Input, MAX_CLIENT_ID_LEN,
-    MIN_PROTOCOL_VERSION, Output, OutputAck, PROTOCOL_VERSION, Reply, Resize, StartTerminal, TerminalAck,
-    TerminalBytes, TerminalId, event,
+    AttachTerminal, ClientAuth, CloseTerminal, ErrorCode, ErrorEvent, Exit, ExitReason, Hello, Input,
+    MAX_CLIENT_ID_LEN, MIN_PROTOCOL_VERSION, Output, OutputAck, PROTOCOL_VERSION, Reply, Resize, StartTerminal,
+    TerminalAck, TerminalBytes, TerminalId, event,
 };
 use bytes::Bytes;
 use serde::Serialize;
@@ -33,7 +33,7 @@ use tracing::Instrument;
 
 use crate::error::ServiceError;
 use crate::http::RequestContext;
-use crate::session::{Offer, TerminalSink, ViewerId};
+use crate::session::{AttachOptions, Offer, TerminalSink, ViewerId};
 use crate::state::{AppState, Caller};
 
 /// Most attempts to put an ack or control event into a congested socket's send queue, [`SEND_RETRY`] apart.
@@ -353,15 +353,13 @@ fn on_connect(socket: SocketRef, auth: ClientAuth, state: AppState) {
                     match reply {
                         Ok((terminal, started)) => {
                             // Registered before the ack so no byte is missed; its output flows after the ack.
-                            let attached = state.sessions().attach(
-                                &terminal,
-                                viewer.clone(),
-                                Some(0),
-                                started.flow_control,
+                            let how = AttachOptions {
+                                since: Some(0),
+                                flow_control: started.flow_control,
                                 v1,
-                                false,
-                                &conn.gone,
-                            );
+                                read_only: false,
+                            };
+                            let attached = state.sessions().attach(&terminal, viewer.clone(), how, &conn.gone);
                             let delivered = send_ack(&conn, ack, &Reply::Ok(started)).await;
                             // A client that never learned the id can neither use nor close the terminal; and
                             // the socket may have left while Docker started the process, before its disconnect
@@ -479,15 +477,8 @@ fn on_connect(socket: SocketRef, auth: ClientAuth, state: AppState) {
                         (_, Err(e)) => Err(ServiceError::invalid(format!("attach-terminal payload: {e}"))),
                         (Ok(()), Ok(req)) => state.sessions().find(&req.terminal_id).and_then(|t| {
                             let read_only = state.authorize_attach(&conn.caller, &t)?;
-                            let a = state.sessions().attach(
-                                &t,
-                                viewer.clone(),
-                                req.since,
-                                req.flow_control,
-                                v1,
-                                read_only,
-                                &conn.gone,
-                            );
+                            let how = AttachOptions { since: req.since, flow_control: req.flow_control, v1, read_only };
+                            let a = state.sessions().attach(&t, viewer.clone(), how, &conn.gone);
                             a.map(|(attachment, reply)| (t, attachment, reply))
                         }),
                     };

@@ -69,12 +69,19 @@ pub struct TestContainer {
 impl TestContainer {
     /// Starts a container of `image` running `sleep infinity` under docker-init (so orphans get reaped).
     pub async fn start(test: &str, image: &str) -> TestContainer {
+        TestContainer::start_labeled(test, image, &[]).await
+    }
+
+    /// Like [`TestContainer::start`], with extra labels.
+    pub async fn start_labeled(test: &str, image: &str, labels: &[(&str, &str)]) -> TestContainer {
         let docker = docker().await;
         let name = format!("porthole-it-{test}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let mut all = HashMap::from([("porthole.test".to_string(), test.to_string())]);
+        all.extend(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let body = ContainerCreateBody {
             image: Some(image.to_string()),
             cmd: Some(vec!["sleep".into(), "infinity".into()]),
-            labels: Some(HashMap::from([("porthole.test".to_string(), test.to_string())])),
+            labels: Some(all),
             host_config: Some(HostConfig { init: Some(true), ..Default::default() }),
             ..Default::default()
         };

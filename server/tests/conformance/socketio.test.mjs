@@ -23,7 +23,7 @@ const WAIT_MS = 20_000; // every single wait: a hang fails instead of blocking
 const TEST_MS = 90_000; // every test as a whole
 const LOG = process.env.PORTHOLE_CONF_LOG === '1';
 
-let server; // { proc, url, exited: Promise<{code, signal}>, log: () => string }
+let server; // { proc, url, token, printed, exited: Promise<{code, signal}>, log: () => string }
 const containers = []; // names to `docker rm -f` in after()
 const clients = new Set(); // every Client, to close in after()
 let container; // { name, id } of the main container
@@ -78,16 +78,19 @@ function startServer() {
     proc.stdout.setEncoding('utf8');
     proc.stdout.on('data', (d) => {
       stdout += d;
-      const m = stdout.match(/^Porthole is listening on (http:\/\/127\.0\.0\.1:(\d+)\/)\n/);
-      if (m) resolve(m[1]);
+      // The printed URL carries the generated access token.
+      const m = stdout.match(/^Porthole is listening on ((http:\/\/127\.0\.0\.1:\d+\/)\?token=([A-Za-z0-9]+))\n/);
+      if (m) resolve({ printed: m[1], url: m[2], token: m[3] });
     });
     exited.then(({ code, signal }) =>
       reject(new Error(`server exited before listening (code ${code}, signal ${signal}); stderr:\n${stderr}`)),
     );
   });
-  return withTimeout(listening, WAIT_MS, 'the server to print its port').then((url) => ({
+  return withTimeout(listening, WAIT_MS, 'the server to print its port').then(({ printed, url, token }) => ({
     proc,
     url,
+    token,
+    printed,
     exited,
     stdout: () => stdout,
     log: () => stderr,
@@ -97,7 +100,8 @@ function startServer() {
 /** A Socket.IO client that records everything the server sends. */
 class Client {
   constructor(opts = {}) {
-    this.socket = io(server.url, { reconnection: false, forceNew: true, autoConnect: false, ...opts });
+    const auth = { token: server.token, ...opts.auth };
+    this.socket = io(server.url, { reconnection: false, forceNew: true, autoConnect: false, ...opts, auth });
     this.hellos = [];
     this.outputs = new Map(); // terminalId -> [Buffer]
     this.dataTypes = []; // description of each `output` data seen
@@ -445,7 +449,8 @@ describe('Porthole with the official socket.io-client', { timeout: 10 * TEST_MS 
 
   test('REST: healthz, containers, and a terminal by id', { timeout: TEST_MS }, async () => {
     const get = async (p, init) => {
-      const res = await fetch(new URL(p, server.url), { ...init, signal: AbortSignal.timeout(WAIT_MS) });
+      const headers = { authorization: `Bearer ${server.token}` };
+      const res = await fetch(new URL(p, server.url), { ...init, headers, signal: AbortSignal.timeout(WAIT_MS) });
       const body = res.status === 204 ? null : await res.json();
       return { status: res.status, body };
     };
@@ -491,7 +496,7 @@ describe('Porthole with the official socket.io-client', { timeout: 10 * TEST_MS 
     const { code, signal } = await withTimeout(server.exited, 30_000, 'the server to exit after SIGTERM');
     assert.equal(signal, null);
     assert.equal(code, 0, `server exit code; log tail:\n${server.log().slice(-4000)}`);
-    assert.equal(server.stdout(), `Porthole is listening on ${server.url}\n`, 'exactly one line on stdout');
+    assert.equal(server.stdout(), `Porthole is listening on ${server.printed}\n`, 'exactly one line on stdout');
 
     const exit = await c.waitForExit(terminalId);
     assert.equal(exit.reason, 'server_shutdown', JSON.stringify(exit));
