@@ -502,6 +502,9 @@ pub struct Hello {
     pub max_terminals_per_socket: usize,
     /// Largest `input` `data`, in bytes.
     pub max_input_bytes: usize,
+    /// Who this socket is signed in as (the credential's subject).
+    #[serde(default)]
+    pub user: String,
 }
 
 /// The Socket.IO handshake `auth` payload a client may send (`io(url, { auth: { ... } })`).

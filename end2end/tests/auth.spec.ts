@@ -48,6 +48,7 @@ test('the printed link signs in with an HttpOnly SameSite=Strict cookie and leav
   await page.goto(printed);
   await expect(page).toHaveURL(`${origin}/`);
   await expect(page.getByTestId('connection')).toHaveText('connected');
+  await expect(page.getByTestId('user')).toHaveText('local');
   expect(page.url()).not.toContain(token);
 
   const session = (await context.cookies(origin)).find((c) => c.name === 'porthole_session');
@@ -90,7 +91,15 @@ test('without the link the page asks for a token, refuses a wrong one and accept
   await form.getByRole('button', { name: 'Sign in' }).click();
   await expect(page.getByTestId('connection')).toHaveText('connected');
   await expect(form).toHaveCount(0);
-  expect((await context.cookies(origin)).find((c) => c.name === 'porthole_session')?.httpOnly).toBe(true);
+  const session = (await context.cookies(origin)).find((c) => c.name === 'porthole_session');
+  expect(session?.httpOnly).toBe(true);
+
+  // Signing out ends that session on the server, not just in this browser.
+  await page.getByTestId('sign-out').click();
+  await expect(page.getByTestId('signin')).toBeVisible();
+  expect((await context.cookies(origin)).find((c) => c.name === 'porthole_session')).toBeFalsy();
+  const replayed = await fetch(`${origin}/api/v1/whoami`, { headers: { cookie: `porthole_session=${session!.value}` } });
+  expect(replayed.status).toBe(401);
 });
 
 test('a wrong token in the link is refused with a readable page, and no cookie', async ({ page, context }) => {

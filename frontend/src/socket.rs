@@ -250,6 +250,14 @@ impl Client {
         Err(reply.map_or_else(|| format!("sign-in failed ({})", response.status()), |r| r.error.message))
     }
 
+    /// Ends this browser's session (`POST /api/v1/logout`); the cookie is cleared.
+    pub async fn sign_out() {
+        let Some(window) = web_sys::window() else { return };
+        let init = web_sys::RequestInit::new();
+        init.set_method("POST");
+        let _ = JsFuture::from(window.fetch_with_str_and_init(app::protocol::rest::LOGOUT, &init)).await;
+    }
+
     /// Fire-and-forget event.
     pub fn emit<T: Serialize>(&self, event: &str, payload: &T) {
         self.raw.emit(event, &to_js(payload));

@@ -80,6 +80,8 @@ struct Ui {
     conn: RwSignal<ConnState>,
     /// Why the server refused this browser's credential, while signed out.
     auth_problem: RwSignal<Option<String>>,
+    /// Who this browser is signed in as (from `hello`).
+    user: RwSignal<Option<String>>,
     dark: RwSignal<bool>,
 }
 
@@ -119,6 +121,7 @@ impl Ui {
             notice: RwSignal::new(None),
             conn: RwSignal::new(ConnState::Connecting),
             auth_problem: RwSignal::new(None),
+            user: RwSignal::new(None),
             dark: RwSignal::new(prefers_dark()),
         }
     }
@@ -687,6 +690,7 @@ pub fn App() -> impl IntoView {
             );
         }
     });
+    client.on(event::HELLO, move |hello: protocol::Hello| ui.user.set(Some(hello.user)));
     client.on_auth_error(move |why| {
         ui.auth_problem.set(Some(why));
         ui.conn.set(ConnState::SignedOut);
@@ -742,6 +746,22 @@ pub fn App() -> impl IntoView {
                 <span class="hint">
                     <kbd>"Alt+T"</kbd>" new tab · "<kbd>"Alt+W"</kbd>" close · "<kbd>"Alt+["</kbd>" "<kbd>"Alt+]"</kbd>" switch"
                 </span>
+                {move || {
+                    ui.user.get().map(|user| {
+                        let sign_out = move |_| {
+                            spawn_local(async move {
+                                Client::sign_out().await;
+                                if let Some(w) = web_sys::window() {
+                                    let _ = w.location().reload();
+                                }
+                            })
+                        };
+                        view! {
+                            <span class="user" data-testid="user" title="Signed in as">{user}</span>
+                            <button class="signout" data-testid="sign-out" on:click=sign_out>"Sign out"</button>
+                        }
+                    })
+                }}
                 <span class="conn" data-testid="connection" data-state=move || ui.conn.get().label()>
                     {move || ui.conn.get().label()}
                 </span>

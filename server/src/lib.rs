@@ -174,7 +174,7 @@ pub async fn start_with_runtime(config: &Config, runtime: Arc<dyn ContainerRunti
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
     let stop = CancellationToken::new();
-    tokio::spawn(watch::container_events(runtime, io.clone(), stop.clone()));
+    tokio::spawn(watch::container_events(runtime, io.clone(), state.clone(), stop.clone()));
     let shutdown = {
         let (stop, state) = (stop.clone(), state.clone());
         async move {

@@ -201,6 +201,16 @@ impl AppState {
         Ok(list)
     }
 
+    /// Whether `caller` may see the container `name` with `labels`.
+    pub fn may_see_container(
+        &self,
+        caller: &Caller,
+        name: &str,
+        labels: &std::collections::BTreeMap<String, String>,
+    ) -> bool {
+        self.policy().grant(&caller.principal, name, labels).is_some()
+    }
+
     /// What `caller` may do with `terminal`: `None` if they may not even see it.
     fn terminal_grant(&self, caller: &Caller, terminal: &Terminal) -> Option<Grant> {
         let grant = self.policy().grant(&caller.principal, terminal.container_name(), terminal.labels())?;

@@ -1,6 +1,6 @@
-//! Watches the daemon's container events and tells every connected client, so container lists refresh by
-//! themselves. Reconnects (with a short pause) whenever the daemon goes away, and then tells clients to
-//! refresh once, since events may have been missed meanwhile.
+//! Watches the daemon's container events and tells the connected clients that may see the container, so
+//! container lists refresh by themselves. Reconnects (with a short pause) whenever the daemon goes away, and
+//! then tells every client to refresh once, since events may have been missed meanwhile.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,13 +10,19 @@ use futures_util::StreamExt;
 use socketioxide::SocketIo;
 use tokio_util::sync::CancellationToken;
 
-use crate::docker::ContainerRuntime;
+use crate::docker::{ContainerEvent, ContainerRuntime};
+use crate::state::{AppState, Caller};
 
 /// Pause before reconnecting to the event stream after it broke.
 const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
 
 /// Runs until `stop` is cancelled.
-pub async fn container_events(runtime: Arc<dyn ContainerRuntime>, io: SocketIo, stop: CancellationToken) {
+pub async fn container_events(
+    runtime: Arc<dyn ContainerRuntime>,
+    io: SocketIo,
+    state: AppState,
+    stop: CancellationToken,
+) {
     let mut missed = false;
     loop {
         let stream = tokio::select! {
@@ -26,7 +32,8 @@ pub async fn container_events(runtime: Arc<dyn ContainerRuntime>, io: SocketIo, 
         match stream {
             Ok(mut events) => {
                 if std::mem::take(&mut missed) {
-                    broadcast(&io, ContainersChanged { container_id: String::new(), action: "resync".into() }).await;
+                    let change = ContainersChanged { container_id: String::new(), action: "resync".into() };
+                    send(&io, &state, &change, None);
                 }
                 loop {
                     let next = tokio::select! {
@@ -34,9 +41,9 @@ pub async fn container_events(runtime: Arc<dyn ContainerRuntime>, io: SocketIo, 
                         _ = stop.cancelled() => return,
                     };
                     match next {
-                        Some(Ok(change)) => {
-                            tracing::debug!(container = %change.container_id, action = %change.action, "container event");
-                            broadcast(&io, change).await;
+                        Some(Ok(e)) => {
+                            tracing::debug!(container = %e.change.container_id, action = %e.change.action, "container event");
+                            send(&io, &state, &e.change, Some(&e));
                         }
                         Some(Err(e)) => {
                             tracing::debug!(error = %e, "container event stream broke");
@@ -59,8 +66,15 @@ pub async fn container_events(runtime: Arc<dyn ContainerRuntime>, io: SocketIo, 
     }
 }
 
-async fn broadcast(io: &SocketIo, change: ContainersChanged) {
-    if let Err(e) = io.emit(event::CONTAINERS_CHANGED, &change).await {
-        tracing::debug!(error = ?e, "could not broadcast a container event");
+/// Emits `change` to every socket whose user may see the container (`about`); to all for a resync.
+fn send(io: &SocketIo, state: &AppState, change: &ContainersChanged, about: Option<&ContainerEvent>) {
+    for socket in io.sockets() {
+        let Some(caller) = socket.extensions.get::<Caller>() else { continue };
+        if about.is_some_and(|e| !state.may_see_container(&caller, &e.name, &e.labels)) {
+            continue;
+        }
+        if let Err(e) = socket.emit(event::CONTAINERS_CHANGED, change) {
+            tracing::debug!(error = ?e, "could not send a container event");
+        }
     }
 }

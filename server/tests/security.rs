@@ -389,6 +389,15 @@ async fn users_see_and_open_only_what_the_policy_allows() {
     bob.shell(&b.name).await;
     alice.close(&t1.terminal_id).await.unwrap();
     alice.shell(&a.name).await;
+
+    // Container events reach only those who may see the container.
+    b.stop().await;
+    other.stop().await;
+    bob.wait_change(&b.id, "die").await;
+    a.stop().await;
+    alice.wait_change(&a.id, "die").await;
+    let heard: Vec<String> = alice.changes().into_iter().map(|c| c.container_id).collect();
+    assert!(!heard.contains(&b.id) && !heard.contains(&other.id), "alice heard of hidden containers: {heard:?}");
 }
 
 #[tokio::test]

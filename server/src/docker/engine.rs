@@ -25,7 +25,7 @@ use futures_util::stream::BoxStream;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpStream, UnixStream};
 
-use super::{ContainerRuntime, ContainerTarget, ExecSpec, ExecStatus, ExecStream, RuntimeError};
+use super::{ContainerEvent, ContainerRuntime, ContainerTarget, ExecSpec, ExecStatus, ExecStream, RuntimeError};
 
 /// Container event actions that change what a container list shows.
 const LIST_EVENTS: [&str; 9] = ["create", "start", "die", "stop", "pause", "unpause", "rename", "restart", "destroy"];
@@ -318,9 +318,7 @@ impl ContainerRuntime for Engine {
         self.with_client(|d| async move { d.resize_exec(exec_id, options).await }).await
     }
 
-    async fn container_events(
-        &self,
-    ) -> Result<BoxStream<'static, Result<ContainersChanged, RuntimeError>>, RuntimeError> {
+    async fn container_events(&self) -> Result<BoxStream<'static, Result<ContainerEvent, RuntimeError>>, RuntimeError> {
         let client = self.client().await?;
         let filters = std::collections::HashMap::from([("type", vec!["container"]), ("event", LIST_EVENTS.to_vec())]);
         let options = EventsOptionsBuilder::new().filters(&filters).build();
@@ -328,9 +326,13 @@ impl ContainerRuntime for Engine {
             match item {
                 Ok(e) => {
                     let action = e.action.unwrap_or_default();
-                    let id = e.actor.and_then(|a| a.id).unwrap_or_default();
+                    let actor = e.actor.unwrap_or_default();
+                    let labels: std::collections::BTreeMap<String, String> =
+                        actor.attributes.unwrap_or_default().into_iter().collect();
+                    let name = labels.get("name").cloned().unwrap_or_default();
+                    let change = ContainersChanged { container_id: actor.id.unwrap_or_default(), action };
                     // Health checks report as e.g. "health_status: healthy"; only list-changing actions pass.
-                    LIST_EVENTS.contains(&action.as_str()).then_some(Ok(ContainersChanged { container_id: id, action }))
+                    LIST_EVENTS.contains(&change.action.as_str()).then_some(Ok(ContainerEvent { change, name, labels }))
                 }
                 Err(e) => Some(Err(classify(e))),
             }

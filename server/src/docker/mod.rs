@@ -44,6 +44,16 @@ pub struct ContainerTarget {
     pub labels: std::collections::BTreeMap<String, String>,
 }
 
+/// A container lifecycle event, with what the policy needs to decide who may hear of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerEvent {
+    pub change: ContainersChanged,
+    /// The container's name (without `/`).
+    pub name: String,
+    /// The event's attributes: the container's labels, plus Docker's `name`, `image` and the like.
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
 /// What to run in a container.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExecSpec {
@@ -93,7 +103,5 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     async fn inspect_exec(&self, exec_id: &str) -> Result<ExecStatus, RuntimeError>;
     async fn resize_exec(&self, exec_id: &str, cols: u16, rows: u16) -> Result<(), RuntimeError>;
     /// Container lifecycle events (not exec events) from now on, until the connection breaks.
-    async fn container_events(
-        &self,
-    ) -> Result<BoxStream<'static, Result<ContainersChanged, RuntimeError>>, RuntimeError>;
+    async fn container_events(&self) -> Result<BoxStream<'static, Result<ContainerEvent, RuntimeError>>, RuntimeError>;
 }

@@ -430,7 +430,9 @@ fn on_connect(socket: SocketRef, auth: ClientAuth, state: AppState) {
             event::OUTPUT_ACK,
             move |socket: SocketRef, ack: Ack, TryData(req): TryData<OutputAck>| -> Ready<()> {
                 let _g = span.enter();
-                let (id, result) = match (conn.admit(&state), req) {
+                // Not rate-limited: acks are cumulative and cheap, and dropping the last one would leave a
+                // flow-controlled terminal paused for good.
+                let (id, result) = match (state.still_valid(&conn.caller), req) {
                     (Err(e), req) => (req.ok().map(|r| r.terminal_id), Err(e)),
                     (_, Err(e)) => (None, Err(ServiceError::invalid(format!("output-ack payload: {e}")))),
                     (Ok(()), Ok(OutputAck { terminal_id, processed })) => {
@@ -526,6 +528,7 @@ fn on_connect(socket: SocketRef, auth: ClientAuth, state: AppState) {
         server_version: env!("CARGO_PKG_VERSION").to_string(),
         max_terminals_per_socket: state.sessions().limits().per_owner,
         max_input_bytes: app::protocol::MAX_INPUT_BYTES,
+        user: conn.caller.principal.subject.clone(),
     };
     emit_reliably(socket, event::HELLO, hello, None);
 }
