@@ -26,7 +26,7 @@ scripts/toolchain.sh --browser
 
 step "format and lints"
 cargo fmt --all -- --check
-cargo clippy -p app -p porthole-server --all-targets --locked -- -D warnings
+cargo clippy -p app -p porthole-server -p porthole-bench --all-targets --locked -- -D warnings
 cargo clippy -p app -p frontend --target wasm32-unknown-unknown --locked -- -D warnings
 
 step "browser UI build (trunk, release)"
@@ -51,5 +51,10 @@ cargo build --release --locked --bin porthole
   cd end2end
   PORTHOLE_BIN="$target_dir/release/porthole" npx playwright test
 )
+
+step "benchmark smoke run (tiny sizes: proves scripts/bench.sh works; figures are not checked)"
+cargo build --release --locked --bin porthole-bench
+"$target_dir/release/porthole-bench" --bin "$target_dir/release/porthole" \
+  --mib 4 --rounds 1 --samples 20 --idle 20 --flood 5 --flood-secs 2 > /dev/null
 
 step "all tests passed"

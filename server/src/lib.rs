@@ -193,12 +193,22 @@ pub async fn start_with_runtime(config: &Config, runtime: Arc<dyn ContainerRunti
     }
     let service = router.into_make_service_with_connect_info::<SocketAddr>();
     let serving = tls.is_some();
+    // TCP_NODELAY: a keystroke's echo is a small packet that must not wait for Nagle's algorithm.
+    let no_delay = axum_server::accept::NoDelayAcceptor::new();
     let task = tokio::spawn(async move {
         match tls {
-            Some(tls) => {
-                axum_server::from_tcp_rustls(listener, tls).handle(handle).serve(service).await.context("serving HTTPS")
-            }
-            None => axum_server::from_tcp(listener).handle(handle).serve(service).await.context("serving HTTP"),
+            Some(tls) => axum_server::from_tcp_rustls(listener, tls)
+                .map(|tls| tls.acceptor(no_delay))
+                .handle(handle)
+                .serve(service)
+                .await
+                .context("serving HTTPS"),
+            None => axum_server::from_tcp(listener)
+                .acceptor(no_delay)
+                .handle(handle)
+                .serve(service)
+                .await
+                .context("serving HTTP"),
         }
     });
     let local_token = state.security().auth.local_token().map(str::to_string);

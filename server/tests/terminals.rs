@@ -295,3 +295,62 @@ async fn output_acks_are_checked() {
     let ack = client.request_raw(event::OUTPUT_ACK, serde_json::json!({"terminalId": "t-nope", "processed": 0})).await;
     assert_eq!(ack["error"]["code"], "unknown_terminal", "{ack}");
 }
+
+#[tokio::test]
+async fn flow_control_pause_and_resume_cycles_lose_and_repeat_nothing() {
+    use app::protocol::{FLOW_HIGH_WATERMARK, TerminalInfo, event};
+    let c = TestContainer::start("flowcycles", &bash_image()).await;
+    let server = start_server(test_config()).await;
+    let client = TestClient::connect(&server).await;
+    // About 6.9 MB of numbered lines: a dozen pause/resume cycles of the 512 KiB window.
+    let last = 1_000_000;
+    let total: u64 = (1..=last).map(|i: u64| i.to_string().len() as u64 + 2).sum();
+    // Between the tty and the server sit the shim's pipe, the daemon's own stream buffer (about 1 MB) and the
+    // socket buffer, about 2 MiB in all (measured): near the end, the writer may finish into those while the
+    // client still holds back its acks.
+    let slack = 3 * 1024 * 1024;
+    let mut req = start(&c.name, Some(&["seq", "1", &last.to_string()]), None);
+    req.flow_control = true;
+    let t = client.start(req).await.unwrap();
+    let id = t.terminal_id.clone();
+    let limit = FLOW_HIGH_WATERMARK + porthole_server::session::READ_CHUNK_BYTES as u64;
+    let info = || async {
+        let i: TerminalInfo = get(format!("{}/api/v1/terminals/{id}", base_url(&server))).await.json().await.unwrap();
+        i
+    };
+    let mut acked = 0u64;
+    let mut pauses = 0;
+    while client.exit_of(&id).is_none() {
+        // Wait until nothing more arrives: the window is used up, or the process ended.
+        let mut seen = client.bytes(&id).len();
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            let now = client.bytes(&id).len();
+            if now == seen {
+                break;
+            }
+            seen = now;
+        }
+        if client.exit_of(&id).is_some() {
+            break;
+        }
+        // Paused: the server holds at most the window past what was acknowledged, and seq is still there,
+        // blocked on its tty rather than finished into a buffer.
+        let out = info().await.bytes_out;
+        assert!(out - acked <= limit, "server read {} bytes past the last ack (limit {limit})", out - acked);
+        if total - acked > limit + slack {
+            let (_, ps) = c.exec(&["ps", "-o", "args"]).await;
+            assert!(ps.lines().any(|l| l.starts_with("seq ")), "the writer finished while paused:\n{ps}");
+        }
+        pauses += 1;
+        acked = seen as u64;
+        client.emit_raw(event::OUTPUT_ACK, serde_json::json!({"terminalId": id, "processed": acked})).await;
+    }
+    assert!(pauses >= 8, "only {pauses} pauses");
+    assert_eq!(client.wait_exit(&id).await.exit_code, Some(0));
+    // Every line once, in order, across all the pauses.
+    let text = String::from_utf8(client.bytes(&id)).unwrap().replace("\r\n", "\n");
+    let expected: String = (1..=last).map(|i| format!("{i}\n")).collect();
+    assert!(text == expected, "output differs: {} bytes, expected {}", text.len(), expected.len());
+    assert!(client.discontinuities().is_empty(), "{:?}", client.discontinuities());
+}

@@ -30,6 +30,8 @@ use reaper::PendingReaps;
 
 /// Bytes read from an exec stream at once; a flood leaves in chunks up to this size.
 pub const READ_CHUNK_BYTES: usize = 64 * 1024;
+/// Smallest read buffer of an exec stream (an idle terminal's); it doubles while reads fill it.
+pub const MIN_READ_BYTES: usize = 4 * 1024;
 /// Input/resize events queued per terminal (not yet written to the tty) before `input_overflow` is reported.
 pub const COMMAND_QUEUE_EVENTS: usize = 16 * 1024;
 /// Input bytes queued per terminal before `input_overflow` is reported (a process that does not read).
@@ -870,7 +872,10 @@ impl Sessions {
         mut output: std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>>,
     ) {
         let mut stream_error = None;
-        let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+        // The read buffer grows while reads fill it (a flood) and starts small, so an idle terminal holds
+        // [`MIN_READ_BYTES`], not [`READ_CHUNK_BYTES`].
+        let mut want = MIN_READ_BYTES;
+        let mut buf = BytesMut::with_capacity(want);
         // An attached viewer must never fall off the log: with a small log, pause earlier.
         let cap = terminal.log().cap as u64;
         let high = protocol::FLOW_HIGH_WATERMARK.min(cap / 2);
@@ -890,7 +895,7 @@ impl Sessions {
                     }
                 }
             }
-            buf.reserve(READ_CHUNK_BYTES);
+            buf.reserve(want);
             let n = tokio::select! {
                 r = output.read_buf(&mut buf) => match r {
                     Ok(n) => n,
@@ -901,7 +906,27 @@ impl Sessions {
             if n == 0 {
                 break;
             }
-            let chunk = buf.split().freeze();
+            let chunk = if n * 2 >= buf.capacity() {
+                // Mostly full: hand the allocation over as is, and read more at once next time.
+                if n == buf.capacity() {
+                    want = (want * 2).min(READ_CHUNK_BYTES);
+                }
+                buf.split().freeze()
+            } else {
+                // A small read (a keystroke's echo): copy it out, so the log never pins a mostly empty buffer,
+                // and keep the buffer for the next read.
+                let chunk = Bytes::copy_from_slice(&buf);
+                if n * 8 < want {
+                    want = (want / 2).max(MIN_READ_BYTES);
+                }
+                if buf.capacity() > 2 * want {
+                    // The flood is over: give the big buffer back.
+                    buf = BytesMut::with_capacity(want);
+                } else {
+                    buf.clear();
+                }
+                chunk
+            };
             let end = {
                 let mut log = terminal.log();
                 log.push(chunk);
