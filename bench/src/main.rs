@@ -192,6 +192,15 @@ impl Container {
     }
 }
 
+/// Where the servers' logs go: `porthole-bench-server.log` in the temp dir (appended).
+fn server_log() -> Stdio {
+    let path = std::env::temp_dir().join("porthole-bench-server.log");
+    match std::fs::OpenOptions::new().create(true).append(true).open(&path) {
+        Ok(f) => Stdio::from(f),
+        Err(_) => Stdio::null(),
+    }
+}
+
 /// A running `porthole` with the limits raised for the benchmark.
 struct Server {
     child: Child,
@@ -206,9 +215,9 @@ impl Server {
             .args(["--listen", "127.0.0.1:0", "--token", token, "--audit-log", "/dev/null"])
             .args(["--max-terminals-per-socket", "4000", "--max-terminals", "4000", "--max-terminals-per-user", "4000"])
             .args(["--max-events-per-sec", "1000000"])
-            .env("RUST_LOG", std::env::var("PORTHOLE_BENCH_LOG").unwrap_or_else(|_| "error".into()))
+            .env("RUST_LOG", std::env::var("PORTHOLE_BENCH_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(server_log())
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
         let mut line = String::new();
@@ -283,16 +292,24 @@ async fn raw_cat(
     let mut stream = engine.start_exec(container, &spec).await?;
     let mut buf = vec![0u8; read_size];
     let mut total = 0u64;
-    let mut first = None;
+    let (mut first, mut last) = (None, Instant::now());
     loop {
-        let n = stream.output.read(&mut buf).await?;
+        // The daemon sometimes keeps the stream open after the process ended (Porthole's read pump watches
+        // for that with exec inspect); here a quiet second after the data means the end. Timing stops at the
+        // last byte either way.
+        let n = match tokio::time::timeout(Duration::from_secs(1), stream.output.read(&mut buf)).await {
+            Ok(r) => r?,
+            Err(_) if first.is_some() => 0,
+            Err(_) => continue,
+        };
         if n == 0 {
             break;
         }
         first.get_or_insert_with(Instant::now);
+        last = Instant::now();
         total += n as u64;
     }
-    Ok((total, first.map_or(0.0, |t| t.elapsed().as_secs_f64())))
+    Ok((total, first.map_or(0.0, |t: Instant| last.duration_since(t).as_secs_f64())))
 }
 
 /// `docker exec -t <container> cat /tmp/big.txt`, its stdout read here.
@@ -440,6 +457,8 @@ async fn porthole_echo(server: &Server, container: &str, samples: usize) -> anyh
 
 struct Idle {
     opened: usize,
+    failed: usize,
+    first_failure: Option<String>,
     answered: usize,
     open_secs: f64,
     rss_before_kib: u64,
@@ -458,11 +477,18 @@ async fn idle_terminals(args: &Args, docker: &Docker) -> anyhow::Result<Idle> {
     let rss_before_kib = server.rss_kib();
     let t0 = Instant::now();
     let mut ids = Vec::with_capacity(args.idle);
+    let (mut failed, mut first_failure) = (0, None);
     let batches: Vec<usize> = (0..args.idle).collect();
     for batch in batches.chunks(32) {
         let starts = batch.iter().map(|_| start_terminal(&client, &container.name, &["cat"], false));
         for r in futures_util::future::join_all(starts).await {
-            ids.push(r?);
+            match r {
+                Ok(id) => ids.push(id),
+                Err(e) => {
+                    failed += 1;
+                    first_failure.get_or_insert_with(|| format!("{e:#}"));
+                }
+            }
         }
     }
     let open_secs = t0.elapsed().as_secs_f64();
@@ -504,7 +530,16 @@ async fn idle_terminals(args: &Args, docker: &Docker) -> anyhow::Result<Idle> {
     }
     drop(server);
     container.remove().await;
-    Ok(Idle { opened: ids.len(), answered: answered.len(), open_secs, rss_before_kib, rss_after_kib, cli_rss_kib })
+    Ok(Idle {
+        opened: ids.len(),
+        failed,
+        first_failure,
+        answered: answered.len(),
+        open_secs,
+        rss_before_kib,
+        rss_after_kib,
+        cli_rss_kib,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -744,12 +779,16 @@ async fn idle_report(args: &Args, docker: &Docker) -> anyhow::Result<String> {
     Ok(format!(
         "\n| {} idle terminals | Porthole | `docker exec` CLI | target |\n|---|---|---|---|\n\
          | memory per open terminal | {per:.0} KiB (server RSS {:.1} → {:.1} MiB) | {:.1} MiB (one CLI process each) | ≤ 200 KiB |\n\
+         | opened | {} of {}{} | | all |\n\
          | answered an echo | {} of {} | | all |\n\
          | time to open them, 32 at a time | {:.1} s | | |\n",
         args.idle,
         idle.rss_before_kib as f64 / 1024.0,
         idle.rss_after_kib as f64 / 1024.0,
         idle.cli_rss_kib as f64 / 1024.0,
+        idle.opened,
+        args.idle,
+        idle.first_failure.as_ref().map_or(String::new(), |e| format!(" ({} failed; first: {e})", idle.failed)),
         idle.answered,
         idle.opened,
         idle.open_secs,
