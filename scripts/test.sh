@@ -53,7 +53,7 @@ cargo build --release --locked --bin porthole
 )
 
 step "benchmark smoke run (tiny sizes: proves scripts/bench.sh works; figures are not checked)"
-cargo build --release --locked --bin porthole-bench
+cargo build --release --locked -p porthole-bench --bin porthole-bench
 "$target_dir/release/porthole-bench" --bin "$target_dir/release/porthole" \
   --mib 4 --rounds 1 --samples 20 --idle 20 --flood 5 --flood-secs 2 > /dev/null
 
