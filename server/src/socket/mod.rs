@@ -45,23 +45,43 @@ const MAX_RETRYING_EVENTS: usize = 16;
 /// Registers the namespace handlers on `io`.
 pub fn register(io: &socketioxide::SocketIo, state: AppState) {
     use socketioxide::handler::ConnectHandler;
+    // The event handlers are registered in the middleware, before the server sends the connect packet: a client
+    // may emit the moment it is connected (socket.io-client flushes its buffer then), and an event that arrived
+    // before its handler existed would be dropped.
     let authenticate = {
         let state = state.clone();
         move |socket: SocketRef, TryData(auth): TryData<ClientAuth>| {
             let state = state.clone();
-            async move { authenticate(&socket, auth.ok().and_then(|a| a.token), &state) }
+            async move {
+                let auth = auth.unwrap_or_default();
+                let caller = authenticate(&socket, auth.token.clone(), &state)?;
+                on_connect(socket, auth, state, caller);
+                Ok::<(), ServiceError>(())
+            }
         }
     };
-    let handler = move |socket: SocketRef, TryData(auth): TryData<ClientAuth>| -> Ready<()> {
-        on_connect(socket, auth.unwrap_or_default(), state.clone());
+    let handler = move |socket: SocketRef| -> Ready<()> {
+        if let Some(connected) = socket.extensions.get::<Connected>() {
+            let Connected { conn, hello, span } = connected;
+            tokio::spawn(watch_credential(socket.clone(), state.clone(), conn).instrument(span));
+            emit_reliably(socket, event::HELLO, hello, None);
+        }
         ready(())
     };
     io.ns(app::protocol::NAMESPACE, handler.with(authenticate));
 }
 
+/// What the connect middleware leaves for the connect handler (in the socket's extensions).
+#[derive(Debug, Clone)]
+struct Connected {
+    conn: Arc<Conn>,
+    hello: Hello,
+    span: tracing::Span,
+}
+
 /// Connect middleware: the credential from `auth.token`, else `Authorization: Bearer` or the session cookie of
 /// the handshake request. The caller is kept in the socket's extensions.
-fn authenticate(socket: &SocketRef, token: Option<String>, state: &AppState) -> Result<(), ServiceError> {
+fn authenticate(socket: &SocketRef, token: Option<String>, state: &AppState) -> Result<Caller, ServiceError> {
     let parts = socket.req_parts();
     let token = token.or_else(|| crate::auth::credential(&parts.headers));
     let ip = parts.extensions.get::<RequestContext>().and_then(|c| c.ip);
@@ -75,8 +95,8 @@ fn authenticate(socket: &SocketRef, token: Option<String>, state: &AppState) -> 
     };
     record.reason = Some(format!("socket {}", socket.id));
     state.audit(record);
-    socket.extensions.insert(caller);
-    Ok(())
+    socket.extensions.insert(caller.clone());
+    Ok(caller)
 }
 
 /// How to answer a request: whether the client asked for an ack, and a way to send one that can be retried
@@ -312,12 +332,8 @@ async fn watch_credential(socket: SocketRef, state: AppState, conn: Arc<Conn>) {
     }
 }
 
-fn on_connect(socket: SocketRef, auth: ClientAuth, state: AppState) {
-    let Some(caller) = socket.extensions.get::<Caller>() else {
-        tracing::error!("a socket connected without passing authentication");
-        let _ = socket.disconnect();
-        return;
-    };
+/// Registers the socket's event handlers (from the connect middleware, see [`register`]).
+fn on_connect(socket: SocketRef, auth: ClientAuth, state: AppState, caller: Caller) {
     // Terminals belong to the client (one per browser profile, say), so its other sockets can resume them.
     let client = client_id(&auth).map_or_else(|| format!("socket:{}", socket.id), |c| format!("client:{c}"));
     let viewer = ViewerId(socket.id.to_string());
@@ -334,7 +350,6 @@ fn on_connect(socket: SocketRef, auth: ClientAuth, state: AppState) {
     });
     let span = tracing::info_span!("socket", sid = %socket.id, transport = ?socket.transport_type(), user = %conn.caller.principal.subject, client = %client, version);
     tracing::info!(parent: &span, "connected");
-    tokio::spawn(watch_credential(socket.clone(), state.clone(), conn.clone()).instrument(span.clone()));
 
     // Every `on` is registered before anything awaits: events that arrive earlier would be dropped.
     {
@@ -530,7 +545,7 @@ fn on_connect(socket: SocketRef, auth: ClientAuth, state: AppState) {
         max_input_bytes: app::protocol::MAX_INPUT_BYTES,
         user: conn.caller.principal.subject.clone(),
     };
-    emit_reliably(socket, event::HELLO, hello, None);
+    socket.extensions.insert(Connected { conn, hello, span });
 }
 
 /// `terminal` if this socket's user may write to it (else the refusal, audited).
