@@ -394,17 +394,23 @@ async fn raw_echo(
     Ok(out)
 }
 
-/// `docker exec -it <container> cat` on a pty of ours (the CLI needs a terminal for `-t` with `-i`).
-fn cli_echo(container: &str, samples: usize) -> anyhow::Result<Vec<f64>> {
+/// `docker exec -it <container> cat` on a pty of ours (the CLI needs a terminal for `-t` with `-i`): the
+/// process and the pty's master side.
+fn cli_on_pty(container: &str) -> anyhow::Result<(Child, std::fs::File)> {
     let pty = nix::pty::openpty(None, None)?;
     let slave = std::fs::File::from(pty.slave);
-    let mut child = Command::new("docker")
+    let child = Command::new("docker")
         .args(["exec", "-it", container, "cat"])
         .stdin(slave.try_clone()?)
         .stdout(slave.try_clone()?)
         .stderr(slave)
         .spawn()?;
-    let mut master = std::fs::File::from(pty.master);
+    Ok((child, std::fs::File::from(pty.master)))
+}
+
+/// Echo through the CLI.
+fn cli_echo(container: &str, samples: usize) -> anyhow::Result<Vec<f64>> {
+    let (mut child, mut master) = cli_on_pty(container)?;
     std::thread::sleep(Duration::from_millis(800));
     let mut buf = [0u8; 4096];
     let mut out = Vec::new();
@@ -512,15 +518,7 @@ async fn idle_terminals(args: &Args, docker: &Docker) -> anyhow::Result<Idle> {
     // One docker exec CLI process per terminal, as the CLI-based peers spend: measured on 10.
     let mut clis = Vec::new();
     for _ in 0..10 {
-        let pty = nix::pty::openpty(None, None)?;
-        let slave = std::fs::File::from(pty.slave);
-        let child = Command::new("docker")
-            .args(["exec", "-it", &container.name, "cat"])
-            .stdin(slave.try_clone()?)
-            .stdout(slave.try_clone()?)
-            .stderr(slave)
-            .spawn()?;
-        clis.push((child, pty.master));
+        clis.push(cli_on_pty(&container.name)?);
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let cli_rss_kib = clis.iter().map(|(c, _)| proc_rss_kib(c.id())).sum::<u64>() / clis.len() as u64;

@@ -27,7 +27,8 @@ pub struct Caller {
 }
 
 impl Caller {
-    fn record(&self, action: &'static str, outcome: &'static str) -> Record {
+    /// An audit record of `action` by this caller.
+    pub fn record(&self, action: &'static str, outcome: &'static str) -> Record {
         Record { action, outcome, user: Some(self.principal.subject.clone()), ip: self.ip, ..Record::default() }
     }
 }

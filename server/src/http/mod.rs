@@ -127,18 +127,8 @@ pub async fn guard(State(g): State<Guard>, mut req: Request, next: Next) -> Resp
 }
 
 fn token_in_query(req: &Request) -> Option<String> {
-    let query = req.uri().query()?;
-    let params: Vec<(String, String)> = serde_urlencoded_pairs(query);
-    params.into_iter().find(|(k, _)| k == "token").map(|(_, v)| v)
-}
-
-/// Parses `a=b&c=d` with percent-decoding.
-fn serde_urlencoded_pairs(query: &str) -> Vec<(String, String)> {
-    axum::extract::Query::<Vec<(String, String)>>::try_from_uri(
-        &format!("/?{query}").parse().unwrap_or_else(|_| axum::http::Uri::from_static("/")),
-    )
-    .map(|q| q.0)
-    .unwrap_or_default()
+    let params = axum::extract::Query::<Vec<(String, String)>>::try_from_uri(req.uri()).ok()?;
+    params.0.into_iter().find(|(k, _)| k == "token").map(|(_, v)| v)
 }
 
 /// `GET /any/page?token=...`: sets the session cookie and redirects to the page without the token, so it

@@ -542,19 +542,19 @@ struct Registry {
 impl Registry {
     /// Gives back one slot of `owner` (a terminal that ended, or a start that failed).
     fn release(&mut self, owner: &OwnerId) {
-        if let Some(n) = self.per_owner.get_mut(owner) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                self.per_owner.remove(owner);
-            }
-        }
-        if let Some(n) = self.per_user.get_mut(&owner.user) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                self.per_user.remove(&owner.user);
-            }
-        }
+        count_down(&mut self.per_owner, owner);
+        count_down(&mut self.per_user, &owner.user);
         self.total = self.total.saturating_sub(1);
+    }
+}
+
+/// Takes one from `key`'s count, forgetting the key at zero (the maps stay as small as what is open).
+fn count_down<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, usize>, key: &K) {
+    if let Some(n) = counts.get_mut(key) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            counts.remove(key);
+        }
     }
 }
 

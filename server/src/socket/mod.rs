@@ -86,15 +86,10 @@ fn authenticate(socket: &SocketRef, token: Option<String>, state: &AppState) -> 
     let token = token.or_else(|| crate::auth::credential(&parts.headers));
     let ip = parts.extensions.get::<RequestContext>().and_then(|c| c.ip);
     let caller = state.authenticate(token.as_deref(), ip)?;
-    let mut record = crate::audit::Record {
-        action: "connect",
-        outcome: "allowed",
-        user: Some(caller.principal.subject.clone()),
-        ip,
-        ..Default::default()
-    };
-    record.reason = Some(format!("socket {}", socket.id));
-    state.audit(record);
+    state.audit(crate::audit::Record {
+        reason: Some(format!("socket {}", socket.id)),
+        ..caller.record("connect", "allowed")
+    });
     socket.extensions.insert(caller.clone());
     Ok(caller)
 }
@@ -287,6 +282,17 @@ fn client_id(auth: &ClientAuth) -> Option<String> {
     ok.then(|| id.to_string())
 }
 
+/// The request of an `event`, once the socket may send it (`admission`) and its payload parsed (`req`).
+/// Admission is refused first.
+fn admitted<T>(
+    admission: Result<(), ServiceError>,
+    req: Result<T, impl std::fmt::Display>,
+    event: &str,
+) -> Result<T, ServiceError> {
+    admission?;
+    req.map_err(|e| ServiceError::invalid(format!("{event} payload: {e}")))
+}
+
 impl Conn {
     /// Whether an event may be handled: within the rate limit, and the credential still valid.
     fn admit(&self, state: &AppState) -> Result<(), ServiceError> {
@@ -315,16 +321,11 @@ async fn watch_credential(socket: SocketRef, state: AppState, conn: Arc<Conn>) {
         }
         if let Err(e) = state.still_valid(&conn.caller) {
             tracing::info!(code = %e.code, "credential no longer valid; disconnecting");
-            let mut record = crate::audit::Record {
-                action: "connect",
-                outcome: "denied",
-                user: Some(conn.caller.principal.subject.clone()),
-                ip: conn.caller.ip,
+            state.audit(crate::audit::Record {
                 code: Some(e.code.to_string()),
-                ..Default::default()
-            };
-            record.reason = Some(format!("socket {} disconnected: {}", socket.id, e.message));
-            state.audit(record);
+                reason: Some(format!("socket {} disconnected: {}", socket.id, e.message)),
+                ..conn.caller.record("connect", "denied")
+            });
             let _ = socket.emit(event::AUTH_ERROR, &e.body());
             let _ = socket.disconnect();
             return;
@@ -358,12 +359,11 @@ fn on_connect(socket: SocketRef, auth: ClientAuth, state: AppState, caller: Call
         socket.on(
             event::START_TERMINAL,
             move |socket: SocketRef, ack: Ack, TryData(req): TryData<StartTerminal>| -> Ready<()> {
-                let admitted = conn.admit(&state);
+                let req = admitted(conn.admit(&state), req, event::START_TERMINAL);
                 let task = async move {
-                    let reply = match (admitted, req) {
-                        (Err(e), _) => Err(e),
-                        (_, Err(e)) => Err(ServiceError::invalid(format!("start-terminal payload: {e}"))),
-                        (Ok(()), Ok(req)) => state.start_terminal(&conn.caller, &client, req).await,
+                    let reply = match req {
+                        Err(e) => Err(e),
+                        Ok(req) => state.start_terminal(&conn.caller, &client, req).await,
                     };
                     match reply {
                         Ok((terminal, started)) => {
@@ -403,18 +403,14 @@ fn on_connect(socket: SocketRef, auth: ClientAuth, state: AppState, caller: Call
         let (state, owner, conn, span) = (state.clone(), viewer.clone(), conn.clone(), span.clone());
         socket.on(event::INPUT, move |socket: SocketRef, ack: Ack, TryData(req): TryData<Input>| -> Ready<()> {
             let _g = span.enter();
-            let (id, result) = match (conn.admit(&state), req) {
-                (Err(e), req) => (req.ok().map(|r| r.terminal_id), Err(e)),
-                (_, Err(e)) => (None, Err(ServiceError::invalid(format!("input payload: {e}")))),
-                (Ok(()), Ok(Input { terminal_id, data })) => {
-                    let r = state
-                        .sessions()
-                        .get(&terminal_id, Some(&owner))
-                        .and_then(|t| writable(&state, &conn, t, "terminal.input"))
-                        .and_then(|t| t.send_input(data.0));
-                    (Some(terminal_id), r)
-                }
-            };
+            let id = req.as_ref().ok().map(|r| r.terminal_id.clone());
+            let result = admitted(conn.admit(&state), req, event::INPUT).and_then(|Input { terminal_id, data }| {
+                state
+                    .sessions()
+                    .get(&terminal_id, Some(&owner))
+                    .and_then(|t| writable(&state, &conn, t, "terminal.input"))
+                    .and_then(|t| t.send_input(data.0))
+            });
             answer(&socket, &conn, ack, event::INPUT, id, result);
             ready(())
         });
@@ -423,18 +419,14 @@ fn on_connect(socket: SocketRef, auth: ClientAuth, state: AppState, caller: Call
         let (state, owner, conn, span) = (state.clone(), viewer.clone(), conn.clone(), span.clone());
         socket.on(event::RESIZE, move |socket: SocketRef, ack: Ack, TryData(req): TryData<Resize>| -> Ready<()> {
             let _g = span.enter();
-            let (id, result) = match (conn.admit(&state), req) {
-                (Err(e), req) => (req.ok().map(|r| r.terminal_id), Err(e)),
-                (_, Err(e)) => (None, Err(ServiceError::invalid(format!("resize payload: {e}")))),
-                (Ok(()), Ok(r)) => {
-                    let done = state
-                        .sessions()
-                        .get(&r.terminal_id, Some(&owner))
-                        .and_then(|t| writable(&state, &conn, t, "terminal.resize"))
-                        .and_then(|t| t.send_resize(r.cols, r.rows));
-                    (Some(r.terminal_id), done)
-                }
-            };
+            let id = req.as_ref().ok().map(|r| r.terminal_id.clone());
+            let result = admitted(conn.admit(&state), req, event::RESIZE).and_then(|r| {
+                state
+                    .sessions()
+                    .get(&r.terminal_id, Some(&owner))
+                    .and_then(|t| writable(&state, &conn, t, "terminal.resize"))
+                    .and_then(|t| t.send_resize(r.cols, r.rows))
+            });
             answer(&socket, &conn, ack, event::RESIZE, id, result);
             ready(())
         });
@@ -447,15 +439,12 @@ fn on_connect(socket: SocketRef, auth: ClientAuth, state: AppState, caller: Call
                 let _g = span.enter();
                 // Not rate-limited: acks are cumulative and cheap, and dropping the last one would leave a
                 // flow-controlled terminal paused for good.
-                let (id, result) = match (state.still_valid(&conn.caller), req) {
-                    (Err(e), req) => (req.ok().map(|r| r.terminal_id), Err(e)),
-                    (_, Err(e)) => (None, Err(ServiceError::invalid(format!("output-ack payload: {e}")))),
-                    (Ok(()), Ok(OutputAck { terminal_id, processed })) => {
-                        // Acks stay valid after the process ended: the viewer may still be draining the log.
-                        let r = state.sessions().find(&terminal_id).and_then(|t| t.ack_output(&owner, processed));
-                        (Some(terminal_id), r)
-                    }
-                };
+                let id = req.as_ref().ok().map(|r| r.terminal_id.clone());
+                let admission = state.still_valid(&conn.caller);
+                let result = admitted(admission, req, event::OUTPUT_ACK).and_then(|a| {
+                    // Acks stay valid after the process ended: the viewer may still be draining the log.
+                    state.sessions().find(&a.terminal_id).and_then(|t| t.ack_output(&owner, a.processed))
+                });
                 answer(&socket, &conn, ack, event::OUTPUT_ACK, id, result);
                 ready(())
             },
@@ -464,17 +453,13 @@ fn on_connect(socket: SocketRef, auth: ClientAuth, state: AppState, caller: Call
     {
         let (state, owner, conn, span) = (state.clone(), viewer.clone(), conn.clone(), span.clone());
         socket.on(event::CLOSE_TERMINAL, move |ack: Ack, TryData(req): TryData<CloseTerminal>| -> Ready<()> {
-            let admitted = conn.admit(&state);
+            let req = admitted(conn.admit(&state), req, event::CLOSE_TERMINAL);
             let task = async move {
-                let reply = match (admitted, req) {
-                    (Err(e), _) => Err(e),
-                    (_, Err(e)) => Err(ServiceError::invalid(format!("close-terminal payload: {e}"))),
-                    (Ok(()), Ok(CloseTerminal { terminal_id })) => {
-                        match state.sessions().get(&terminal_id, Some(&owner)) {
-                            Ok(t) => state.close_terminal(&conn.caller, &t).await.map(|()| TerminalAck { terminal_id }),
-                            Err(e) => Err(e),
-                        }
+                let reply = match req.and_then(|r| Ok((state.sessions().get(&r.terminal_id, Some(&owner))?, r))) {
+                    Ok((t, CloseTerminal { terminal_id })) => {
+                        state.close_terminal(&conn.caller, &t).await.map(|()| TerminalAck { terminal_id })
                     }
+                    Err(e) => Err(e),
                 };
                 send_ack(&conn, ack, &Reply::from(reply.map_err(|e| e.body()))).await;
             };
@@ -487,18 +472,15 @@ fn on_connect(socket: SocketRef, auth: ClientAuth, state: AppState, caller: Call
         socket.on(
             event::ATTACH_TERMINAL,
             move |socket: SocketRef, ack: Ack, TryData(req): TryData<AttachTerminal>| -> Ready<()> {
-                let admitted = conn.admit(&state);
+                let req = admitted(conn.admit(&state), req, event::ATTACH_TERMINAL);
                 let task = async move {
-                    let attached = match (admitted, req) {
-                        (Err(e), _) => Err(e),
-                        (_, Err(e)) => Err(ServiceError::invalid(format!("attach-terminal payload: {e}"))),
-                        (Ok(()), Ok(req)) => state.sessions().find(&req.terminal_id).and_then(|t| {
-                            let read_only = state.authorize_attach(&conn.caller, &t)?;
-                            let how = AttachOptions { since: req.since, flow_control: req.flow_control, v1, read_only };
-                            let a = state.sessions().attach(&t, viewer.clone(), how, &conn.gone);
-                            a.map(|(attachment, reply)| (t, attachment, reply))
-                        }),
-                    };
+                    let attached = req.and_then(|req| {
+                        let t = state.sessions().find(&req.terminal_id)?;
+                        let read_only = state.authorize_attach(&conn.caller, &t)?;
+                        let how = AttachOptions { since: req.since, flow_control: req.flow_control, v1, read_only };
+                        let (attachment, reply) = state.sessions().attach(&t, viewer.clone(), how, &conn.gone)?;
+                        Ok((t, attachment, reply))
+                    });
                     match attached {
                         Ok((terminal, attachment, reply)) => {
                             if send_ack(&conn, ack, &Reply::Ok(reply)).await && socket.connected() {
