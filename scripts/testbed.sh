@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Brings up Porthole's test bed on a Debian machine, idempotently:
-#   - Debian packages: docker.io (the engine), busybox-static and bash-static (image contents), procps
+#   - Debian packages: docker.io (the engine), busybox-static and bash-static (image contents), procps,
+#     curl and util-linux (prlimit) for the tests
 #   - a running dockerd (started here when none answers)
 #   - the local test images, built with `docker import` because no registry is reachable:
 #       porthole-test/bash:$IMAGE_TAG  busybox applets + /bin/bash
@@ -21,7 +22,7 @@ as_root() {
 
 install_packages() {
   local missing=()
-  for pkg in docker.io busybox-static bash-static procps; do
+  for pkg in docker.io busybox-static bash-static procps curl util-linux; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
   done
   if [ ${#missing[@]} -gt 0 ]; then

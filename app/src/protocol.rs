@@ -386,6 +386,11 @@ pub enum ErrorCode {
     RateLimited,
     /// The request's `Origin` is not this server's own or a configured one (cross-site request).
     OriginNotAllowed,
+    /// A connection cap is reached: too many connections (or unauthenticated Socket.IO connections) from this
+    /// address, or in total. Retry later.
+    TooManyConnections,
+    /// A Socket.IO connection did not sign in (complete its CONNECT) in time, or sent too much before it did.
+    SignInTimeout,
     /// Anything else; the message says what.
     Internal,
 }
@@ -413,6 +418,8 @@ impl ErrorCode {
             ErrorCode::QuotaExceeded => "quota_exceeded",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::OriginNotAllowed => "origin_not_allowed",
+            ErrorCode::TooManyConnections => "too_many_connections",
+            ErrorCode::SignInTimeout => "sign_in_timeout",
             ErrorCode::Internal => "internal",
         }
     }
@@ -704,6 +711,8 @@ mod tests {
             ErrorCode::QuotaExceeded,
             ErrorCode::RateLimited,
             ErrorCode::OriginNotAllowed,
+            ErrorCode::TooManyConnections,
+            ErrorCode::SignInTimeout,
             ErrorCode::Internal,
         ] {
             assert_eq!(serde_json::to_value(code).unwrap(), serde_json::json!(code.as_str()));

@@ -14,7 +14,8 @@ pub struct Record {
     /// Milliseconds since the Unix epoch.
     pub ts_ms: u64,
     /// What was attempted: `login`, `logout`, `connect`, `terminal.open`, `terminal.attach`, `terminal.close`,
-    /// `terminal.input`, `containers.list`, `policy.reload`, `auth`.
+    /// `terminal.input`, `terminal.resize`, `containers.list`, `policy.reload`, `auth`, `http`; `refusals` for a
+    /// summary of repeated refusals ([`crate::refusals`]).
     pub action: &'static str,
     /// `allowed` or `denied`.
     pub outcome: &'static str,
@@ -35,6 +36,9 @@ pub struct Record {
     pub code: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// For summaries of repeated refusals (`action: "refusals"`): how many were summarised.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
 }
 
 /// Where audit records go.

@@ -96,7 +96,7 @@ pub struct Config {
 
     /// Reverse proxies (IP or CIDR, repeatable or comma-separated) whose X-Forwarded-For/-Proto/-Host are
     /// believed. Requests from other peers have those headers ignored.
-    #[arg(long, env = "PORTHOLE_TRUSTED_PROXY", value_delimiter = ',')]
+    #[arg(long, env = "PORTHOLE_TRUSTED_PROXY", value_delimiter = ',', value_parser = parse_net)]
     pub trusted_proxy: Vec<ipnet::IpNet>,
 
     /// Extra origins (e.g. https://porthole.example.com) allowed to open sockets and send API requests, besides
@@ -122,6 +122,34 @@ pub struct Config {
     #[arg(long, env = "PORTHOLE_MAX_TERMINALS_PER_USER", default_value_t = 64)]
     pub max_terminals_per_user: usize,
 
+    /// Seconds a new connection has to send a complete request header before it is closed; also how long a
+    /// request started on an idle keep-alive connection may take to finish its header.
+    #[arg(long, env = "PORTHOLE_HEADER_TIMEOUT_SECS", default_value_t = 10)]
+    pub header_timeout_secs: u64,
+
+    /// Seconds a keep-alive connection may stay open with no request in flight (an upgraded WebSocket: with
+    /// nothing received). Must exceed the Engine.IO ping interval plus timeout (45 s) so polling clients are
+    /// never cut.
+    #[arg(long, env = "PORTHOLE_IDLE_TIMEOUT_SECS", default_value_t = 60)]
+    pub idle_timeout_secs: u64,
+
+    /// Seconds a Socket.IO connection may stay open without signing in (completing its CONNECT).
+    #[arg(long, env = "PORTHOLE_SIGN_IN_TIMEOUT_SECS", default_value_t = 5)]
+    pub sign_in_timeout_secs: u64,
+
+    /// Most connections open at once (never more than the open-files limit minus 64).
+    #[arg(long, env = "PORTHOLE_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+
+    /// Most connections open at once from one client address (never more than a quarter of
+    /// --max-connections). Behind a --trusted-proxy, counted by the forwarded address.
+    #[arg(long, env = "PORTHOLE_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 64)]
+    pub max_connections_per_address: usize,
+
+    /// Most Socket.IO connections from one client address that have not signed in yet.
+    #[arg(long, env = "PORTHOLE_MAX_UNAUTHENTICATED_PER_ADDRESS", default_value_t = 8)]
+    pub max_unauthenticated_per_address: usize,
+
     /// Seconds to wait for terminals to close on SIGINT/SIGTERM before exiting anyway.
     #[arg(long, env = "PORTHOLE_SHUTDOWN_TIMEOUT_SECS", default_value_t = 20)]
     pub shutdown_timeout_secs: u64,
@@ -129,6 +157,16 @@ pub struct Config {
     /// Log format (filter with RUST_LOG, default `info`).
     #[arg(long, env = "PORTHOLE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+/// An address or a network: a bare address is its own /32 (IPv4) or /128 (IPv6).
+fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
+    let s = s.trim();
+    if let Ok(ip) = s.parse::<std::net::IpAddr>() {
+        return Ok(ipnet::IpNet::from(ip));
+    }
+    s.parse::<ipnet::IpNet>()
+        .map_err(|_| format!("{s:?} is neither an IP address (127.0.0.1, ::1) nor a CIDR network (10.0.0.0/8)"))
 }
 
 impl Config {
@@ -160,6 +198,12 @@ impl Config {
             max_auth_failures: 10,
             max_terminals_per_user: 64,
             shutdown_timeout_secs: 20,
+            header_timeout_secs: 10,
+            idle_timeout_secs: 60,
+            sign_in_timeout_secs: 5,
+            max_connections: 4096,
+            max_connections_per_address: 64,
+            max_unauthenticated_per_address: 8,
             log_format: LogFormat::Text,
         }
     }
@@ -195,6 +239,17 @@ impl Config {
         if self.max_terminals_per_socket == 0 || self.max_terminals == 0 {
             return Err("terminal limits must be at least 1".into());
         }
+        if self.header_timeout_secs == 0 || self.sign_in_timeout_secs == 0 || self.idle_timeout_secs == 0 {
+            return Err(
+                "--header-timeout-secs, --idle-timeout-secs and --sign-in-timeout-secs must be at least 1".into()
+            );
+        }
+        if self.max_connections == 0
+            || self.max_connections_per_address == 0
+            || self.max_unauthenticated_per_address == 0
+        {
+            return Err("connection limits must be at least 1".into());
+        }
         if self.output_log_bytes < 4096 || self.output_log_bytes > 256 * 1024 * 1024 {
             return Err("--output-log-bytes must be between 4096 and 268435456".into());
         }
@@ -223,6 +278,20 @@ impl Config {
 
     pub fn tls(&self) -> bool {
         self.tls_cert.is_some()
+    }
+
+    /// The connection edge's settings, before they are fitted to the open-files limit.
+    pub fn edge(&self) -> crate::http::conn::EdgeLimits {
+        use std::time::Duration;
+        crate::http::conn::EdgeLimits {
+            header_timeout: Duration::from_secs(self.header_timeout_secs),
+            idle_timeout: Duration::from_secs(self.idle_timeout_secs),
+            sign_in_timeout: Duration::from_secs(self.sign_in_timeout_secs),
+            max_connections: self.max_connections,
+            max_per_address: self.max_connections_per_address,
+            max_unauthenticated_per_address: self.max_unauthenticated_per_address,
+            trusted_proxies: self.trusted_proxy.clone(),
+        }
     }
 
     pub fn limits(&self) -> Limits {
@@ -254,6 +323,15 @@ mod tests {
         assert!(c.validate().is_ok());
         c.token = Some("short".into());
         assert!(c.validate().unwrap_err().contains("16"));
+    }
+
+    #[test]
+    fn trusted_proxies_are_addresses_or_networks() {
+        let c = Config::try_parse_from(["porthole", "--trusted-proxy", "127.0.0.1,::1,10.0.0.0/8"]).unwrap();
+        let nets: Vec<String> = c.trusted_proxy.iter().map(|n| n.to_string()).collect();
+        assert_eq!(nets, ["127.0.0.1/32", "::1/128", "10.0.0.0/8"]);
+        let e = Config::try_parse_from(["porthole", "--trusted-proxy", "localhost"]).unwrap_err().to_string();
+        assert!(e.contains("neither an IP address"), "{e}");
     }
 
     #[test]

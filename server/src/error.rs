@@ -14,11 +14,19 @@ use crate::docker::RuntimeError;
 pub struct ServiceError {
     pub code: ErrorCode,
     pub message: String,
+    /// The service layer already wrote this refusal to the audit log (the transport need not).
+    pub audited: bool,
 }
 
 impl ServiceError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        ServiceError { code, message: message.into() }
+        ServiceError { code, message: message.into(), audited: false }
+    }
+
+    /// Marks the refusal as written to the audit log.
+    pub fn audited(mut self) -> Self {
+        self.audited = true;
+        self
     }
 
     pub fn invalid(message: impl Into<String>) -> Self {
@@ -45,6 +53,8 @@ impl ServiceError {
             ErrorCode::QuotaExceeded | ErrorCode::RateLimited | ErrorCode::TooManyAuthFailures => {
                 StatusCode::TOO_MANY_REQUESTS
             }
+            ErrorCode::TooManyConnections => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::SignInTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -7,6 +7,7 @@ pub mod config;
 pub mod docker;
 pub mod error;
 pub mod http;
+pub mod refusals;
 pub mod session;
 pub mod socket;
 pub mod state;
@@ -33,6 +34,9 @@ pub const SOCKET_QUEUE_PACKETS: usize = 1024;
 /// Socket.IO heartbeat: ping every 25 s, drop a peer silent for 20 s more.
 pub const PING_INTERVAL: Duration = Duration::from_secs(25);
 pub const PING_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How much longer than the sign-in timeout socketioxide waits before it drops a session that never connected.
+pub const SIGN_IN_BACKSTOP: Duration = Duration::from_secs(1);
 
 /// Window in which failed sign-ins per address are counted (`--max-auth-failures` per window).
 pub const AUTH_FAILURE_WINDOW: Duration = Duration::from_secs(60);
@@ -62,6 +66,8 @@ pub fn security(config: &Config) -> anyhow::Result<state::Security> {
         failures: auth::FailureLimiter::new(config.max_auth_failures, AUTH_FAILURE_WINDOW),
         epoch: tokio::sync::watch::channel(0).0,
         events_per_sec: config.max_events_per_sec,
+        logged_refusals: refusals::Refusals::new(refusals::Sink::Log),
+        audited_refusals: refusals::Refusals::new(refusals::Sink::Audit),
     })
 }
 
@@ -70,7 +76,17 @@ pub fn router(
     config: &Config,
     runtime: Arc<dyn ContainerRuntime>,
 ) -> anyhow::Result<(axum::Router, AppState, SocketIo)> {
-    let state = AppState::new(runtime, config.limits(), security(config)?);
+    router_with_edge(config, runtime, http::conn::Connections::new(config.edge()))
+}
+
+/// [`router`] with given connection accounting.
+fn router_with_edge(
+    config: &Config,
+    runtime: Arc<dyn ContainerRuntime>,
+    edge: Arc<http::conn::Connections>,
+) -> anyhow::Result<(axum::Router, AppState, SocketIo)> {
+    let sign_in = edge.limits().sign_in_timeout;
+    let state = AppState::new(runtime, config.limits(), security(config)?, edge);
     let parser = ParserConfig::common().max_incoming_binaries(4).max_incoming_binary_buf_size(MAX_PACKET_BYTES);
     let (layer, io) = SocketIo::builder()
         .with_parser(parser)
@@ -80,6 +96,9 @@ pub fn router(
         .ws_max_message_size(MAX_PACKET_BYTES)
         .ws_max_frame_size(MAX_PACKET_BYTES)
         .max_buffer_size(SOCKET_QUEUE_PACKETS)
+        // A backstop: the edge closes WebSockets that did not sign in after `sign_in` (with a connect_error);
+        // this also ends polling sessions that never sent CONNECT.
+        .connect_timeout(sign_in + SIGN_IN_BACKSTOP)
         .build_layer();
     socket::register(&io, state.clone());
     let edge = http::Edge {
@@ -91,7 +110,11 @@ pub fn router(
     let router = http::router(state.clone())
         .layer(layer)
         .layer(axum::middleware::from_fn_with_state(guard, http::guard))
-        .layer(TraceLayer::new_for_http());
+        // Refused requests are accounted by `refusals`; tower-http would log every 5xx at ERROR, one line each.
+        .layer(
+            TraceLayer::new_for_http()
+                .on_failure(tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG)),
+        );
     Ok((router, state, io))
 }
 
@@ -158,7 +181,15 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
 
 /// Like [`start`], with a given runtime.
 pub async fn start_with_runtime(config: &Config, runtime: Arc<dyn ContainerRuntime>) -> anyhow::Result<RunningServer> {
-    let (router, state, io) = router(config, runtime.clone())?;
+    let (open_files, _) = http::conn::raise_open_files_limit();
+    let limits = config.edge().fitted(open_files);
+    tracing::info!(
+        max_connections = limits.max_connections,
+        max_per_address = limits.max_per_address,
+        "connection caps"
+    );
+    let edge = http::conn::Connections::new(limits);
+    let (router, state, io) = router_with_edge(config, runtime.clone(), edge.clone())?;
     let tls = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => {
             // One process-wide crypto provider (ring); a second install attempt is harmless.
@@ -175,6 +206,7 @@ pub async fn start_with_runtime(config: &Config, runtime: Arc<dyn ContainerRunti
     let addr = listener.local_addr()?;
     let stop = CancellationToken::new();
     tokio::spawn(watch::container_events(runtime, io.clone(), state.clone(), stop.clone()));
+    tokio::spawn(refusals::Refusals::run(state.clone(), stop.clone()));
     let shutdown = {
         let (stop, state) = (stop.clone(), state.clone());
         async move {
@@ -193,18 +225,18 @@ pub async fn start_with_runtime(config: &Config, runtime: Arc<dyn ContainerRunti
     }
     let service = router.into_make_service_with_connect_info::<SocketAddr>();
     let serving = tls.is_some();
-    // TCP_NODELAY: a keystroke's echo is a small packet that must not wait for Nagle's algorithm.
-    let no_delay = axum_server::accept::NoDelayAcceptor::new();
+    // Every connection passes the edge (caps, timeouts, TCP_NODELAY); TLS, if any, runs on top of it.
+    let accept = http::conn::EdgeAcceptor::new(edge, serving);
     let task = tokio::spawn(async move {
         match tls {
             Some(tls) => axum_server::from_tcp_rustls(listener, tls)
-                .map(|tls| tls.acceptor(no_delay))
+                .map(|tls| tls.acceptor(accept))
                 .handle(handle)
                 .serve(service)
                 .await
                 .context("serving HTTPS"),
             None => axum_server::from_tcp(listener)
-                .acceptor(no_delay)
+                .acceptor(accept)
                 .handle(handle)
                 .serve(service)
                 .await

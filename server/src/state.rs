@@ -44,6 +44,9 @@ pub struct Security {
     pub epoch: watch::Sender<u64>,
     /// Events per second one socket may send.
     pub events_per_sec: u32,
+    /// Refusals written to the log one by one, and to the audit log, each bounded per abuser.
+    pub logged_refusals: crate::refusals::Refusals,
+    pub audited_refusals: crate::refusals::Refusals,
 }
 
 /// Everything a request handler needs.
@@ -51,10 +54,22 @@ pub struct Security {
 pub struct AppState {
     sessions: Arc<Sessions>,
     security: Arc<Security>,
+    edge: Arc<crate::http::conn::Connections>,
 }
 
 fn denied(caller: &Caller, action: &'static str, e: &ServiceError) -> Record {
-    Record { code: Some(e.code.to_string()), reason: Some(e.message.clone()), ..caller.record(action, "denied") }
+    Record {
+        code: Some(e.code.to_string()),
+        reason: Some(crate::refusals::clip(&e.message)),
+        ..caller.record(action, "denied")
+    }
+}
+
+/// Most command words, each clipped, quoted in the audit record of a refused command.
+const MAX_AUDITED_ARGS: usize = 16;
+
+fn clipped_command(cmd: Option<Vec<String>>) -> Option<Vec<String>> {
+    cmd.map(|c| c.iter().take(MAX_AUDITED_ARGS).map(|a| crate::refusals::clip(a)).collect())
 }
 
 fn on_terminal(mut r: Record, t: &Terminal) -> Record {
@@ -66,8 +81,18 @@ fn on_terminal(mut r: Record, t: &Terminal) -> Record {
 }
 
 impl AppState {
-    pub fn new(runtime: Arc<dyn ContainerRuntime>, limits: Limits, security: Security) -> AppState {
-        AppState { sessions: Sessions::new(runtime, limits), security: Arc::new(security) }
+    pub fn new(
+        runtime: Arc<dyn ContainerRuntime>,
+        limits: Limits,
+        security: Security,
+        edge: Arc<crate::http::conn::Connections>,
+    ) -> AppState {
+        AppState { sessions: Sessions::new(runtime, limits), security: Arc::new(security), edge }
+    }
+
+    /// Connection counts, sign-in slots and the registry of signed-in sockets.
+    pub fn edge(&self) -> &Arc<crate::http::conn::Connections> {
+        &self.edge
     }
 
     pub fn sessions(&self) -> &Arc<Sessions> {
@@ -90,17 +115,34 @@ impl AppState {
         self.security.audit.record(record);
     }
 
+    /// Audits a refusal: one by one while its source is within its budget, else counted into a summary
+    /// ([`crate::refusals`]).
+    pub fn audit_refusal(&self, e: &ServiceError, record: Record) {
+        if self.security.audited_refusals.admit(record.ip, None, e.code, record.user.as_deref()) {
+            self.audit(record);
+        }
+    }
+
+    /// Logs a refusal at `info`, one by one while its source (`ip`, `socket`) is within its budget, else counted
+    /// into a summary line.
+    pub fn log_refusal(&self, ip: Option<IpAddr>, socket: Option<&str>, what: &'static str, e: &ServiceError) {
+        if self.security.logged_refusals.admit(ip, socket, e.code, None) {
+            tracing::info!(event = what, code = %e.code, message = %crate::refusals::clip(&e.message), "refused");
+        }
+    }
+
     /// Checks a credential presented from `ip`. Wrong credentials count against the address; an address with
     /// too many recent failures is refused outright until its window ends.
     pub fn authenticate(&self, token: Option<&str>, ip: Option<IpAddr>) -> Result<Caller, ServiceError> {
         let refuse = |e: ServiceError| {
-            self.audit(Record {
+            let record = Record {
                 code: Some(e.code.to_string()),
-                reason: Some(e.message.clone()),
+                reason: Some(crate::refusals::clip(&e.message)),
                 ip,
                 ..Record { action: "auth", outcome: "denied", ..Record::default() }
-            });
-            e
+            };
+            self.audit_refusal(&e, record);
+            e.audited()
         };
         if let Some(ip) = ip
             && let Some(left) = self.security.failures.blocked(ip)
@@ -127,7 +169,11 @@ impl AppState {
             }
         };
         let caller = Caller { principal, ip };
-        self.still_valid(&caller).map_err(refuse)?;
+        if let Err(e) = self.still_valid(&caller) {
+            // The credential verified, so the record can say whose it was.
+            self.audit_refusal(&e, denied(&caller, "auth", &e));
+            return Err(e.audited());
+        }
         Ok(caller)
     }
 
@@ -212,10 +258,14 @@ impl AppState {
         self.policy().grant(&caller.principal, name, labels).is_some()
     }
 
-    /// What `caller` may do with `terminal`: `None` if they may not even see it.
+    /// What `caller` may do with `terminal`: `None` if they may not even see it. Another user's terminal is
+    /// reached at the level of the best single shared rule, never by adding up rules.
     fn terminal_grant(&self, caller: &Caller, terminal: &Terminal) -> Option<Grant> {
-        let grant = self.policy().grant(&caller.principal, terminal.container_name(), terminal.labels())?;
-        (terminal.user() == caller.principal.subject || grant.shared).then_some(grant)
+        let mut grant = self.policy().grant(&caller.principal, terminal.container_name(), terminal.labels())?;
+        if terminal.user() != caller.principal.subject {
+            grant.level = grant.shared?;
+        }
+        Some(grant)
     }
 
     /// The terminals `caller` may see: their own, and others' in containers shared with them.
@@ -272,14 +322,14 @@ impl AppState {
                 r.reason = read_only.then(|| "read-only".to_string());
                 self.audit(r);
             }
-            Err(e) => self.audit(on_terminal(denied(caller, "terminal.attach", e), terminal)),
+            Err(e) => self.audit_refusal(e, on_terminal(denied(caller, "terminal.attach", e), terminal)),
         }
-        result
+        result.map_err(ServiceError::audited)
     }
 
     /// Records a refused write (input, resize, close) in the audit log.
     pub fn audit_denied_write(&self, caller: &Caller, terminal: &Terminal, action: &'static str, e: &ServiceError) {
-        self.audit(on_terminal(denied(caller, action, e), terminal));
+        self.audit_refusal(e, on_terminal(denied(caller, action, e), terminal));
     }
 
     /// Decides whether `caller` may open `req` in `target`.
@@ -341,11 +391,12 @@ impl AppState {
             }
             Err(e) => {
                 let mut r = denied(caller, "terminal.open", &e);
-                r.container = Some(seen.as_ref().map_or_else(|| req.container_id.clone(), |t| t.name.clone()));
+                r.container =
+                    Some(seen.as_ref().map_or_else(|| crate::refusals::clip(&req.container_id), |t| t.name.clone()));
                 r.container_id = seen.map(|t| t.id);
-                r.command = req.command;
-                self.audit(r);
-                Err(e)
+                r.command = clipped_command(req.command);
+                self.audit_refusal(&e, r);
+                Err(e.audited())
             }
         }
     }
@@ -354,7 +405,7 @@ impl AppState {
     pub async fn close_terminal(&self, caller: &Caller, terminal: &Arc<Terminal>) -> Result<(), ServiceError> {
         if let Err(e) = self.authorize_write(caller, terminal) {
             self.audit_denied_write(caller, terminal, "terminal.close", &e);
-            return Err(e);
+            return Err(e.audited());
         }
         self.audit(on_terminal(caller.record("terminal.close", "allowed"), terminal));
         if terminal.has_ended() {

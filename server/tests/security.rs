@@ -715,6 +715,18 @@ async fn tls_serves_https_with_hsts_and_secure_cookies() {
     assert!(login.headers()["set-cookie"].to_str().unwrap().contains("Secure"));
     let who = https.get(format!("{base}/api/v1/whoami")).bearer_auth(TEST_TOKEN).send().await.unwrap();
     assert_eq!(who.status(), 200);
+    // Over HTTP/2, as browsers speak it here, there is no Host header: a same-origin POST (the UI's server
+    // functions, the login) must still pass the origin check.
+    let h2 = tokio::process::Command::new("curl")
+        .args(["-s", "--http2", "--cacert"])
+        .arg(fixture("tls-cert.pem"))
+        .args(["-o", "/dev/null", "-w", "%{http_version} %{http_code}", "-X", "POST"])
+        .args(["-H", &format!("origin: {base}"), "-H", "content-type: application/json"])
+        .args(["-d", &format!("{{\"token\":\"{TEST_TOKEN}\"}}"), &format!("{base}/api/v1/login")])
+        .output()
+        .await
+        .expect("curl runs");
+    assert_eq!(String::from_utf8_lossy(&h2.stdout), "2 204", "{}", String::from_utf8_lossy(&h2.stderr));
     // Plain HTTP on the TLS port gets nothing useful.
     let plain = reqwest::Client::new().get(format!("http://127.0.0.1:{}/healthz", server.addr().port())).send().await;
     assert!(plain.map(|r| r.status() != 200).unwrap_or(true));
@@ -777,4 +789,136 @@ async fn the_audit_log_says_who_did_what_and_never_holds_a_credential() {
     }
     // Signatures are the part most likely to leak on their own.
     assert!(!text.contains(alice_token.rsplit('.').next().unwrap()));
+}
+
+/// Issue 9, point 5: with `--jwt-issuer` and `--jwt-audience` set, a correctly signed token that leaves either
+/// claim out is refused like one that names another, on every way in.
+#[tokio::test]
+async fn tokens_without_the_configured_issuer_or_audience_are_refused_five_ways() {
+    let (config, _) = jwt_config(POLICY);
+    let server = start_server(config).await;
+    let base = base_url(&server);
+    let good = token("alice", &["dev"]);
+    connect_as(&server, &good).await.expect("a token with both claims connects");
+    for (what, drop) in [("no iss", &["iss"][..]), ("no aud", &["aud"]), ("neither", &["iss", "aud"])] {
+        let mut c = claims("alice", &["dev"]);
+        for claim in drop {
+            c = with(c, claim, Value::Null);
+        }
+        let tok = sign_hs(&c, SECRET.as_bytes());
+        let named = |msg: &str| drop.iter().any(|claim| msg.contains(&format!("\"{claim}\"")));
+        // REST.
+        let res = http_as(&tok).get(format!("{base}/api/v1/containers")).send().await.unwrap();
+        let status = res.status().as_u16();
+        let reply: ErrorReply = res.json().await.unwrap();
+        assert_eq!((status, reply.error.code.as_str()), (401, "unauthenticated"), "{what}: REST");
+        assert!(named(&reply.error.message), "{what}: REST says which claim is missing: {}", reply.error.message);
+        // The cookie login.
+        let login = reqwest::Client::new().post(format!("{base}/api/v1/login")).json(&json!({"token": tok})).send();
+        let login = login.await.unwrap();
+        assert!(!login.headers().contains_key("set-cookie"), "{what}: login set a cookie");
+        assert_eq!(outcome(login).await, (401, "unauthenticated".into()), "{what}: login");
+        // The `?token=` link.
+        let link = no_redirects().get(format!("{base}/?token={tok}")).send().await.unwrap();
+        assert_eq!(link.status(), 401, "{what}: link");
+        assert!(!link.headers().contains_key("set-cookie"), "{what}: the link set a cookie");
+        // Both handshake transports.
+        for (name, transport) in [("websocket", TransportType::Websocket), ("polling", TransportType::Polling)] {
+            let auth = json!({"token": tok, "protocolVersion": 2});
+            let refused = TestClient::try_connect(&base, transport, auth, &[]).await.err();
+            let refused = refused.unwrap_or_else(|| panic!("{what}: {name} handshake connected"));
+            assert!(refused.contains("unauthenticated"), "{what} over {name}: {refused}");
+        }
+    }
+    // The good token still works after all that.
+    assert_eq!(http_as(&good).get(format!("{base}/api/v1/containers")).send().await.unwrap().status(), 200);
+}
+
+/// Issue 9, point 6: grants from different rules do not add up into shared write access.
+#[tokio::test]
+async fn writing_to_others_terminals_needs_one_rule_granting_interact_and_shared() {
+    let web = TestContainer::start_labeled("hw-web", &bash_image(), &[("env", "prod")]).await;
+    let policy = format!(
+        r#"
+[[rule]]
+groups = ["ops"]
+labels = {{ env = "prod" }}
+access = "view"
+shared = true
+
+[[rule]]
+groups = ["ops"]
+containers = ["{name}"]
+
+[[rule]]
+subjects = ["lee"]
+containers = ["{name}"]
+shared = true
+"#,
+        name = web.name
+    );
+    let (config, _) = jwt_config(&policy);
+    let server = start_server(config).await;
+    let owner = connect_as(&server, &token("omar", &["ops"])).await.unwrap();
+    let olga = connect_as(&server, &token("olga", &["ops"])).await.unwrap();
+    let lee = connect_as(&server, &token("lee", &["ops"])).await.unwrap();
+    let t = owner.shell(&web.name).await;
+    owner.run(&t.terminal_id, "echo owner-$((2+3))", "owner-5").await;
+
+    // Olga is in both rules: she opens her own shell there and watches omar's, but may not type into it.
+    let hers = olga.shell(&web.name).await;
+    olga.run(&hers.terminal_id, "echo olga-$((3+4))", "olga-7").await;
+    let how = AttachTerminal { terminal_id: t.terminal_id.clone(), since: Some(0), flow_control: false };
+    assert!(olga.attach(&how).await.unwrap().read_only, "two rules gave write access to someone else's terminal");
+    olga.wait_for(&t.terminal_id, "owner-5").await;
+    let typed = olga.request_raw(event::INPUT, json!({"terminalId": t.terminal_id, "data": "echo olga-typed\n"}));
+    assert_eq!(ack_code(&typed.await), "view_only");
+    let resized = olga.request_raw(event::RESIZE, json!({"terminalId": t.terminal_id, "cols": 30, "rows": 9})).await;
+    assert_eq!(ack_code(&resized), "view_only");
+    let closed = olga.request_raw(event::CLOSE_TERMINAL, json!({"terminalId": t.terminal_id})).await;
+    assert_eq!(ack_code(&closed), "view_only");
+
+    // Lee has one rule granting interact and shared: he may type into omar's terminal.
+    assert!(!lee.attach(&how).await.unwrap().read_only);
+    lee.input(&t.terminal_id, "echo lee-$((6+6))\n").await;
+    owner.wait_for(&t.terminal_id, "lee-12").await;
+    let screen = owner.screen(&t.terminal_id);
+    assert!(!screen.contains("olga-typed"), "{screen}");
+}
+
+/// Issue 9, point 7: the audit record of a refusal for a revoked subject names the subject.
+#[tokio::test]
+async fn a_revoked_users_refusal_is_audited_with_their_name() {
+    let (config, audit) = jwt_config(&format!("{POLICY}\n[revoked]\nsubjects = [\"mallory\"]\n"));
+    let server = start_server(config).await;
+    let tok = token("mallory", &["dev"]);
+    let res = http_as(&tok).get(format!("{}/api/v1/containers", base_url(&server))).send().await.unwrap();
+    assert_eq!(outcome(res).await, (401, "token_revoked".into()));
+    let refused = connect_as(&server, &tok).await.err().expect("a revoked user's socket is refused");
+    assert!(refused.contains("token_revoked"), "{refused}");
+    let text = std::fs::read_to_string(&audit).unwrap();
+    let records: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let revoked: Vec<&Value> = records.iter().filter(|r| r["code"] == "token_revoked").collect();
+    assert!(revoked.len() >= 2, "REST and socket refusals audited:\n{text}");
+    for r in revoked {
+        assert_eq!((r["user"].as_str(), r["outcome"].as_str()), (Some("mallory"), Some("denied")), "{r}");
+    }
+}
+
+/// Issue 9, point 8: `--trusted-proxy 127.0.0.1` (a bare address) starts, and forwarded headers from it count.
+#[tokio::test]
+async fn a_bare_address_is_a_trusted_proxy() {
+    let server = common::process::ServerProcess::start(&["--trusted-proxy", "127.0.0.1"]);
+    // As if nginx on 127.0.0.1 passed on a request from 203.0.113.9 over HTTPS.
+    let res = no_redirects()
+        .get(format!("http://{}/?token=wrong-token-wrong-token", server.addr))
+        .header("x-forwarded-for", "203.0.113.9")
+        .header("x-forwarded-proto", "https")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    assert!(res.headers().contains_key("strict-transport-security"), "the forwarded proto counted");
+    let text = std::fs::read_to_string(&server.audit).unwrap();
+    assert!(text.contains("\"ip\":\"203.0.113.9\""), "the forwarded address is the client's:\n{text}");
 }

@@ -355,7 +355,12 @@ fn verify_jwt(token: &str, keys: &[VerifyKey], config: &JwtConfig) -> Result<Pri
     let mut validation = Validation::new(header.alg);
     validation.leeway = config.leeway_secs;
     validation.validate_nbf = true;
-    validation.set_required_spec_claims(&["exp"]);
+    // A configured issuer or audience makes the claim required: a token that leaves it out (one meant for
+    // another service of the same identity provider, say) is refused like one that names another.
+    let mut required = vec!["exp"];
+    required.extend(config.issuer.as_ref().map(|_| "iss"));
+    required.extend(config.audience.as_ref().map(|_| "aud"));
+    validation.set_required_spec_claims(&required);
     match &config.audience {
         Some(aud) => validation.set_audience(&[aud]),
         None => validation.validate_aud = false,

@@ -3,6 +3,11 @@
 //!
 //! A user is matched by subject or group; the rules that match them and a container are combined (the most
 //! permissive level, the union of commands). No matching rule: the container does not exist for that user.
+//!
+//! Other users' terminals are the exception to adding up: the level at which a user reaches them is the best
+//! level of a *single* rule that is `shared`. So a shared `view` rule and an unshared `interact` rule on the same
+//! container let the user watch colleagues' terminals there, never type into them; typing into someone else's
+//! terminal needs one rule that grants both `interact` and `shared`.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
@@ -63,8 +68,9 @@ pub struct Grant {
     /// May open the default login shell (a `start-terminal` without `command`).
     pub login_shell: bool,
     pub commands: Commands,
-    /// May attach to other users' terminals in this container (at `level`).
-    pub shared: bool,
+    /// The level at which other users' terminals in this container may be reached: the best level of one
+    /// `shared` rule (`None`: not at all). Never more than `level`.
+    pub shared: Option<Level>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -165,7 +171,12 @@ impl Policy {
                 groups: Vec::new(),
                 names: None,
                 labels: BTreeMap::new(),
-                grant: Grant { level: Level::Interact, login_shell: true, commands: Commands::Any, shared: true },
+                grant: Grant {
+                    level: Level::Interact,
+                    login_shell: true,
+                    commands: Commands::Any,
+                    shared: Some(Level::Interact),
+                },
                 max_terminals: None,
             }],
             revoked_subjects: HashSet::new(),
@@ -224,7 +235,12 @@ impl Policy {
                 groups: r.groups,
                 names,
                 labels: r.labels,
-                grant: Grant { level: r.access, login_shell: r.login_shell, commands, shared: r.shared },
+                grant: Grant {
+                    level: r.access,
+                    login_shell: r.login_shell,
+                    commands,
+                    shared: r.shared.then_some(r.access),
+                },
                 max_terminals: r.max_terminals,
             });
         }
@@ -246,7 +262,8 @@ impl Policy {
                 Some(acc) => {
                     acc.level = acc.level.max(g.level);
                     acc.login_shell |= g.login_shell;
-                    acc.shared |= g.shared;
+                    // Not `|`: each rule's shared level stands on its own (see the module comment).
+                    acc.shared = acc.shared.max(g.shared);
                     acc.commands.union(&g.commands);
                 }
             }
@@ -318,7 +335,7 @@ mod tests {
         let own = labels(&[("porthole.owner", "alice")]);
         let g = p.grant(&alice, "db", &own).unwrap();
         assert_eq!(g.level, Level::Interact);
-        assert!(g.login_shell && !g.shared);
+        assert!(g.login_shell && g.shared.is_none());
         assert!(p.grant(&alice, "db", &labels(&[("porthole.owner", "bob")])).is_none());
         let web = p.grant(&alice, "web-1", &BTreeMap::new()).unwrap();
         assert!(!web.login_shell);
@@ -330,8 +347,41 @@ mod tests {
         assert_eq!(p.quota(&alice), Some(3));
         let auditor = user("carol", &["audit"]);
         let g = p.grant(&auditor, "anything", &BTreeMap::new()).unwrap();
-        assert_eq!((g.level, g.shared), (Level::View, true));
+        assert_eq!((g.level, g.shared), (Level::View, Some(Level::View)));
         assert!(p.grant(&user("dave", &[]), "web-1", &BTreeMap::new()).is_none());
+    }
+
+    #[test]
+    fn shared_write_needs_one_rule_granting_both() {
+        let p = Policy::parse(
+            r#"
+            [[rule]]
+            groups = ["ops"]
+            labels = { env = "prod" }
+            access = "view"
+            shared = true
+
+            [[rule]]
+            groups = ["ops"]
+            containers = ["web-*"]
+
+            [[rule]]
+            groups = ["lead"]
+            containers = ["web-*"]
+            shared = true
+            "#,
+        )
+        .unwrap();
+        let prod = labels(&[("env", "prod")]);
+        // Two rules: interact on their own terminals, but others' terminals only to watch.
+        let g = p.grant(&user("olga", &["ops"]), "web-1", &prod).unwrap();
+        assert_eq!((g.level, g.shared), (Level::Interact, Some(Level::View)));
+        // Outside env=prod the shared rule does not reach: others' terminals are hidden.
+        let g = p.grant(&user("olga", &["ops"]), "web-1", &BTreeMap::new()).unwrap();
+        assert_eq!((g.level, g.shared), (Level::Interact, None));
+        // One rule granting interact and shared: may type into others' terminals.
+        let g = p.grant(&user("lee", &["ops", "lead"]), "web-1", &prod).unwrap();
+        assert_eq!(g.shared, Some(Level::Interact));
     }
 
     #[test]
@@ -355,6 +405,8 @@ mod tests {
     fn allow_all_allows_everything() {
         let p = Policy::allow_all();
         let g = p.grant(&user("x", &[]), "any", &BTreeMap::new()).unwrap();
-        assert!(g.commands.allows(&["anything".into()]) && g.shared && g.level == Level::Interact);
+        assert!(
+            g.commands.allows(&["anything".into()]) && g.shared == Some(Level::Interact) && g.level == Level::Interact
+        );
     }
 }

@@ -2,8 +2,13 @@
 //! same service layer as the socket; plus the edge every request passes first ([`guard`]): client address
 //! (through trusted proxies only), Origin check, sign-in by `?token=`, security headers.
 
+pub mod csp;
+
+pub mod conn;
+
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Instant;
 
 use app::protocol::{ErrorCode, Login, TerminalId, WhoAmI, rest};
 use axum::extract::rejection::JsonRejection;
@@ -56,7 +61,8 @@ impl Edge {
         self.trusted_proxies.iter().any(|n| n.contains(&ip))
     }
 
-    pub fn context(&self, peer: Option<IpAddr>, headers: &HeaderMap) -> RequestContext {
+    /// `authority` is the request URI's (HTTP/2 sends `:authority` instead of a `Host` header).
+    pub fn context(&self, peer: Option<IpAddr>, headers: &HeaderMap, authority: Option<&str>) -> RequestContext {
         let via_proxy = peer.is_some_and(|p| self.trusted(p));
         let mut ip = peer;
         if via_proxy && let Some(xff) = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
@@ -70,7 +76,8 @@ impl Edge {
         let host = via_proxy
             .then(|| first_value(headers, "x-forwarded-host"))
             .flatten()
-            .or_else(|| headers.get(header::HOST).and_then(|h| h.to_str().ok()));
+            .or_else(|| headers.get(header::HOST).and_then(|h| h.to_str().ok()))
+            .or(authority);
         let origin = host.map(|h| format!("{}://{h}", if secure { "https" } else { "http" }));
         RequestContext { ip, secure, origin }
     }
@@ -91,7 +98,7 @@ pub struct Guard {
 /// Runs before everything else, the Socket.IO layer included.
 pub async fn guard(State(g): State<Guard>, mut req: Request, next: Next) -> Response {
     let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
-    let ctx = g.edge.context(peer, req.headers());
+    let ctx = g.edge.context(peer, req.headers(), req.uri().authority().map(|a| a.as_str()));
     req.extensions_mut().insert(ctx.clone());
     let path = req.uri().path().to_string();
     let is_socket = path.starts_with("/socket.io");
@@ -106,15 +113,34 @@ pub async fn guard(State(g): State<Guard>, mut req: Request, next: Next) -> Resp
                 ErrorCode::OriginNotAllowed,
                 format!("requests from origin {origin:?} are not allowed; this server is {:?}", ctx.origin),
             );
-            g.state.audit(crate::audit::Record {
+            g.state.log_refusal(ctx.ip, None, "origin", &e);
+            let record = crate::audit::Record {
                 action: if is_socket { "connect" } else { "http" },
                 outcome: "denied",
                 ip: ctx.ip,
                 code: Some(e.code.to_string()),
-                reason: Some(e.message.clone()),
+                reason: Some(crate::refusals::clip(&e.message)),
                 ..Default::default()
-            });
+            };
+            g.state.audit_refusal(&e, record);
             return with_security_headers(e.into_response(), &ctx);
+        }
+    }
+    if let Some(c) = req.extensions().get::<Arc<conn::ConnShared>>().cloned()
+        && let Err(e) = c.attribute(ctx.ip)
+    {
+        g.state.log_refusal(ctx.ip, None, "connection", &e);
+        let mut res = e.into_response();
+        res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return with_security_headers(res, &ctx);
+    }
+    if is_socket {
+        req = match socket_edge(&g.state, req, &ctx) {
+            Ok(req) => req,
+            Err(res) => return with_security_headers(*res, &ctx),
+        };
+        if req.method() == Method::GET && !req.headers().contains_key(header::UPGRADE) {
+            return with_security_headers(polling_sign_in(&g.state, req, next).await, &ctx);
         }
     }
     let res = match token_in_query(&req) {
@@ -126,9 +152,111 @@ pub async fn guard(State(g): State<Guard>, mut req: Request, next: Next) -> Resp
     with_security_headers(res, &ctx)
 }
 
-fn token_in_query(req: &Request) -> Option<String> {
+fn query_param(req: &Request, name: &str) -> Option<String> {
     let params = axum::extract::Query::<Vec<(String, String)>>::try_from_uri(req.uri()).ok()?;
-    params.0.into_iter().find(|(k, _)| k == "token").map(|(_, v)| v)
+    params.0.into_iter().find(|(k, _)| k == name).map(|(_, v)| v)
+}
+
+fn token_in_query(req: &Request) -> Option<String> {
+    query_param(req, "token")
+}
+
+/// Runs a polling `GET` under the sign-in timeout: a handshake starts the session's clock (the sid is read from
+/// the answer), and a poll of a session that has not signed in by its deadline is answered with the
+/// `connect_error` (`sign_in_timeout`) instead of waiting; socketioxide drops the session a moment later.
+async fn polling_sign_in(state: &AppState, req: Request, next: Next) -> Response {
+    /// An Engine.IO handshake answer is about 150 bytes.
+    const MAX_HANDSHAKE_BYTES: usize = 4096;
+    let farewell = || {
+        let secs = state.edge().limits().sign_in_timeout.as_secs();
+        let body = conn::sign_in_farewell(&format!("did not sign in within {secs} s"));
+        ([(header::CONTENT_TYPE, "text/plain; charset=UTF-8")], body).into_response()
+    };
+    match query_param(&req, "sid") {
+        None => {
+            let res = next.run(req).await;
+            if res.status() != StatusCode::OK {
+                return res;
+            }
+            let (parts, body) = res.into_parts();
+            let Ok(bytes) = axum::body::to_bytes(body, MAX_HANDSHAKE_BYTES).await else {
+                return ServiceError::new(ErrorCode::Internal, "unreadable handshake").into_response();
+            };
+            let open = bytes.strip_prefix(b"0").and_then(|j| serde_json::from_slice::<serde_json::Value>(j).ok());
+            if let Some(sid) = open.as_ref().and_then(|o| o["sid"].as_str()) {
+                state.edge().polling_opened(sid);
+            }
+            Response::from_parts(parts, axum::body::Body::from(bytes))
+        }
+        Some(sid) => match state.edge().polling_deadline(&sid) {
+            None => next.run(req).await,
+            Some(deadline) if Instant::now() >= deadline => farewell(),
+            Some(deadline) => match tokio::time::timeout_at(deadline.into(), next.run(req)).await {
+                Ok(res) => res,
+                // The session may have signed in meanwhile (its CONNECT came by POST): then the poll is
+                // simply over early, and the client polls again.
+                Err(_) if state.edge().polling_deadline(&sid).is_none() => StatusCode::OK.into_response(),
+                Err(_) => farewell(),
+            },
+        },
+    }
+}
+
+/// What the edge does to Socket.IO requests before socketioxide sees them: a handshake (no `sid`) takes a
+/// sign-in slot, bounded per address; a WebSocket of a session that has not signed in is watched (byte budget,
+/// sign-in timeout); a polling POST of such a session may carry at most [`conn::PREAUTH_MAX_BYTES`].
+fn socket_edge(state: &AppState, mut req: Request, ctx: &RequestContext) -> Result<Request, Box<Response>> {
+    let conn = req.extensions().get::<Arc<conn::ConnShared>>().cloned();
+    let upgrade = req.headers().get(header::UPGRADE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    match query_param(&req, "sid") {
+        None => {
+            let slot = state.edge().handshake(ctx.ip).map_err(|e| {
+                state.log_refusal(ctx.ip, None, "connect", &e);
+                let record = crate::audit::Record {
+                    action: "connect",
+                    outcome: "denied",
+                    ip: ctx.ip,
+                    code: Some(e.code.to_string()),
+                    reason: Some(e.message.clone()),
+                    ..Default::default()
+                };
+                state.audit_refusal(&e, record);
+                Box::new(e.into_response())
+            })?;
+            if upgrade && let Some(c) = &conn {
+                c.watch_sign_in();
+                c.hold_slot(slot.clone());
+            }
+            req.extensions_mut().insert(slot);
+        }
+        Some(sid) if upgrade => {
+            if let Some(c) = &conn {
+                state.edge().upgrade(&sid, c);
+            }
+        }
+        Some(sid) if req.method() == Method::POST && !state.edge().is_signed_in(&sid) => {
+            let declared = req
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            if declared.is_some_and(|n| n > conn::PREAUTH_MAX_BYTES as u64) {
+                let e = ServiceError::new(
+                    ErrorCode::SignInTimeout,
+                    format!("at most {} bytes may be sent before signing in", conn::PREAUTH_MAX_BYTES),
+                );
+                state.log_refusal(ctx.ip, Some(&sid), "connect", &e);
+                let mut res = e.into_response();
+                *res.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
+                return Err(Box::new(res));
+            }
+            let (parts, body) = req.into_parts();
+            let limited = http_body_util::Limited::new(body, conn::PREAUTH_MAX_BYTES);
+            req = Request::from_parts(parts, axum::body::Body::new(limited));
+        }
+        Some(_) => {}
+    }
+    Ok(req)
 }
 
 /// `GET /any/page?token=...`: sets the session cookie and redirects to the page without the token, so it
@@ -168,6 +296,7 @@ fn with_security_headers(mut res: Response, ctx: &RequestContext) -> Response {
     h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
     h.insert("x-frame-options", HeaderValue::from_static("DENY"));
     h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    h.insert(header::CONTENT_SECURITY_POLICY, csp::header_value());
     if ctx.secure {
         h.insert(header::STRICT_TRANSPORT_SECURITY, HeaderValue::from_static("max-age=31536000"));
     }

@@ -2,19 +2,24 @@
 //!
 //! Handlers that touch a terminal's byte stream (`input`, `resize`, `output-ack`) are plain closures that do
 //! their work synchronously when socketioxide dispatches the packet, so input keeps the order it arrived in;
-//! only `start-terminal` and `close-terminal`, which must wait for Docker, run as spawned futures.
+//! only `start-terminal`, `attach-terminal` and `close-terminal`, which must wait for Docker or the session,
+//! run as spawned futures, and only once admitted: a refused request is answered on the spot.
 //!
 //! Every handler takes its payload as `TryData`, so malformed payloads get an `invalid_payload` answer
-//! instead of being dropped silently.
+//! instead of being dropped silently. Every answer (ack or control event) goes through the socket's bounded
+//! reply queue ([`outbox`]); a client that stops reading is disconnected (`outbound_overflow`) instead of
+//! making the server hold its replies.
 //!
 //! Sockets are authenticated once, in a connect middleware (refusals are `connect_error`s reading
 //! `<code>: <message>`). Every event is then rate-limited and re-checked against the credential's expiry and
 //! revocation, and authorized by the service layer; a socket whose credential lapses is told (`auth-error`)
-//! and disconnected.
+//! and disconnected. Refusals are logged and audited through [`crate::refusals`], so a flood of them is
+//! summarised instead of filling the disk.
+
+pub mod outbox;
 
 use std::future::{Ready, ready};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use app::protocol::{
@@ -25,22 +30,35 @@ use app::protocol::{
 use bytes::Bytes;
 use serde::Serialize;
 use socketioxide::adapter::LocalAdapter;
-use socketioxide::extract::{AckSender, SocketRef, TryData};
-use socketioxide::handler::{FromMessageParts, Value};
+use socketioxide::extract::{AckSender, TryData};
+use socketioxide::handler::{FromConnectParts, FromDisconnectParts, FromMessageParts, Value};
 use socketioxide::socket::{DisconnectReason, Socket};
 use socketioxide::{SendError, SocketError};
 use tracing::Instrument;
 
 use crate::error::ServiceError;
 use crate::http::RequestContext;
+use crate::http::conn::{ConnShared, PendingSlot};
 use crate::session::{AttachOptions, Offer, TerminalSink, ViewerId};
 use crate::state::{AppState, Caller};
+use outbox::{Deliver, Outbox, Sent};
 
-/// Most attempts to put an ack or control event into a congested socket's send queue, [`SEND_RETRY`] apart.
-const SEND_ATTEMPTS: usize = 300;
-const SEND_RETRY: Duration = Duration::from_millis(10);
-/// Most `request-error` events per socket waiting for room in its send queue; more are dropped (logged).
-const MAX_RETRYING_EVENTS: usize = 16;
+/// The socket itself, as handlers need it to answer later (socketioxide's `SocketRef` does not give it out).
+struct Sock(Arc<Socket>);
+
+impl FromConnectParts<LocalAdapter> for Sock {
+    type Error = std::convert::Infallible;
+    fn from_connect_parts(s: &Arc<Socket>, _: &Option<Value>) -> Result<Self, Self::Error> {
+        Ok(Sock(s.clone()))
+    }
+}
+
+impl FromDisconnectParts<LocalAdapter> for Sock {
+    type Error = std::convert::Infallible;
+    fn from_disconnect_parts(s: &Arc<Socket>, _: DisconnectReason) -> Result<Self, Self::Error> {
+        Ok(Sock(s.clone()))
+    }
+}
 
 /// Registers the namespace handlers on `io`.
 pub fn register(io: &socketioxide::SocketIo, state: AppState) {
@@ -50,21 +68,40 @@ pub fn register(io: &socketioxide::SocketIo, state: AppState) {
     // before its handler existed would be dropped.
     let authenticate = {
         let state = state.clone();
-        move |socket: SocketRef, TryData(auth): TryData<ClientAuth>| {
+        move |Sock(socket): Sock, TryData(auth): TryData<serde_json::Value>| {
             let state = state.clone();
             async move {
-                let auth = auth.unwrap_or_default();
-                let caller = authenticate(&socket, auth.token.clone(), &state)?;
-                on_connect(socket, auth, state, caller);
-                Ok::<(), ServiceError>(())
+                let ip = socket.req_parts().extensions.get::<RequestContext>().and_then(|c| c.ip);
+                let result = auth
+                    .map_err(|e| ServiceError::invalid(format!("auth: {e}")))
+                    .and_then(client_auth)
+                    .and_then(|auth| Ok((authenticate(&socket, auth.token.clone(), &state)?, auth)));
+                match result {
+                    Ok((caller, auth)) => {
+                        on_connect(socket, auth, state, caller);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        state.log_refusal(ip, Some(socket.id.as_str()), "connect", &e);
+                        // A wrong credential is counted against the address by the failure limiter, which bounds
+                        // how often it can happen: its sign-in slot is free for the next attempt. (The connection
+                        // stays under the pre-sign-in byte budget and timeout.) Other refusals keep the slot.
+                        if e.code == ErrorCode::Unauthenticated
+                            && let Some(slot) = socket.req_parts().extensions.get::<Arc<PendingSlot>>()
+                        {
+                            slot.release();
+                        }
+                        Err(e)
+                    }
+                }
             }
         }
     };
-    let handler = move |socket: SocketRef| -> Ready<()> {
+    let handler = move |Sock(socket): Sock| -> Ready<()> {
         if let Some(connected) = socket.extensions.get::<Connected>() {
             let Connected { conn, hello, span } = connected;
-            tokio::spawn(watch_credential(socket.clone(), state.clone(), conn).instrument(span));
-            emit_reliably(socket, event::HELLO, hello, None);
+            conn.emit(&socket, &state, event::HELLO, hello);
+            tokio::spawn(watch_credential(socket, state.clone(), conn).instrument(span));
         }
         ready(())
     };
@@ -80,22 +117,27 @@ struct Connected {
 }
 
 /// Connect middleware: the credential from `auth.token`, else `Authorization: Bearer` or the session cookie of
-/// the handshake request. The caller is kept in the socket's extensions.
-fn authenticate(socket: &SocketRef, token: Option<String>, state: &AppState) -> Result<Caller, ServiceError> {
+/// the handshake request. On success the socket's sign-in slot is given back and the edge learns the session
+/// is signed in.
+fn authenticate(socket: &Arc<Socket>, token: Option<String>, state: &AppState) -> Result<Caller, ServiceError> {
     let parts = socket.req_parts();
     let token = token.or_else(|| crate::auth::credential(&parts.headers));
     let ip = parts.extensions.get::<RequestContext>().and_then(|c| c.ip);
     let caller = state.authenticate(token.as_deref(), ip)?;
+    if let Some(slot) = parts.extensions.get::<Arc<PendingSlot>>() {
+        slot.release();
+    }
+    state.edge().signed_in(socket.id.as_str(), parts.extensions.get::<Arc<ConnShared>>());
+    // For whoever looks sockets up by caller (container events).
+    socket.extensions.insert(caller.clone());
     state.audit(crate::audit::Record {
         reason: Some(format!("socket {}", socket.id)),
         ..caller.record("connect", "allowed")
     });
-    socket.extensions.insert(caller.clone());
     Ok(caller)
 }
 
-/// How to answer a request: whether the client asked for an ack, and a way to send one that can be retried
-/// (socketioxide's `AckSender` is used up by a send that the socket's full queue refused).
+/// How to answer a request: the socket, and the ack id if the client asked for an ack.
 struct Ack {
     socket: Arc<Socket>,
     id: Option<i64>,
@@ -113,60 +155,17 @@ impl Ack {
         self.id.is_some()
     }
 
-    fn try_send<T: Serialize>(&self, reply: &T) -> Result<(), SendError> {
-        let mut unused = Value::Bytes(Bytes::new());
-        let Ok(sender) = AckSender::from_message_parts(&self.socket, &mut unused, &self.id);
-        sender.send(reply)
+    /// Sends the ack through the socket's reply queue (once; the queue moves it on). False if the client will
+    /// not get it: the socket closed, or its reply queue overflowed (and the socket is being disconnected).
+    fn send<T: Serialize + Send + Sync + 'static>(self, conn: &Conn, state: &AppState, reply: T) -> bool {
+        let Some(id) = self.id else { return true };
+        let send: Deliver = Box::new(move |socket: &Arc<Socket>| {
+            let mut unused = Value::Bytes(Bytes::new());
+            let Ok(sender) = AckSender::from_message_parts(socket, &mut unused, &Some(id));
+            sender.send(&reply)
+        });
+        conn.reply(&self.socket, state, send)
     }
-
-    /// Sends the ack, retrying while the socket's send queue is full (it drains at network speed). True when
-    /// it was sent (or none was asked for).
-    async fn send<T: Serialize>(self, reply: &T) -> bool {
-        if !self.wanted() {
-            return true;
-        }
-        match retry_while_full(|| self.try_send(reply)).await {
-            Ok(()) => true,
-            Err(SendError::Socket(SocketError::Closed)) => {
-                tracing::debug!("socket closed before its ack");
-                false
-            }
-            Err(SendError::Socket(SocketError::InternalChannelFull)) => {
-                tracing::warn!("gave up sending an ack to a congested socket");
-                false
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "could not send ack");
-                false
-            }
-        }
-    }
-
-    /// For synchronous handlers: sends now if it fits, else from a task.
-    fn send_soon<T: Serialize + Send + Sync + 'static>(self, reply: T) {
-        if !self.wanted() {
-            return;
-        }
-        if let Err(SendError::Socket(SocketError::InternalChannelFull)) = self.try_send(&reply) {
-            tokio::spawn(async move {
-                self.send(&reply).await;
-            });
-        }
-    }
-}
-
-/// Repeats `send` while the socket's send queue is full (it drains at network speed), at most
-/// [`SEND_ATTEMPTS`] times [`SEND_RETRY`] apart; returns the last outcome.
-async fn retry_while_full(mut send: impl FnMut() -> Result<(), SendError>) -> Result<(), SendError> {
-    let mut outcome = send();
-    for _ in 1..SEND_ATTEMPTS {
-        match outcome {
-            Err(SendError::Socket(SocketError::InternalChannelFull)) => tokio::time::sleep(SEND_RETRY).await,
-            _ => break,
-        }
-        outcome = send();
-    }
-    outcome
 }
 
 /// Per-socket state shared by its handlers and sinks.
@@ -174,49 +173,84 @@ async fn retry_while_full(mut send: impl FnMut() -> Result<(), SendError>) -> Re
 struct Conn {
     /// Who this socket is (authenticated at connect).
     caller: Caller,
+    /// The socket's id, for logs, audit and the edge's registry.
+    sid: String,
     /// Events per second this socket may send ([`crate::Config::max_events_per_sec`], bursts of twice that).
     rate: governor::DefaultDirectRateLimiter,
     /// Cancelled when the socket disconnects: ends its viewers everywhere.
     gone: tokio_util::sync::CancellationToken,
-    /// Acks being sent. While non-zero, output is held back so the socket's bounded send queue drains and
-    /// the answer fits.
-    acks_pending: AtomicUsize,
-    /// `request-error` events waiting for room in the send queue, bounded by [`MAX_RETRYING_EVENTS`].
-    retrying: AtomicUsize,
+    /// Acks and control events waiting for room in the send queue; output holds back while any wait.
+    outbox: Arc<Outbox>,
 }
 
-/// Holds output back while alive. Taken only while an ack is being sent, never during Docker work.
-struct AckPriority(Arc<Conn>);
-
-impl AckPriority {
-    fn new(conn: &Arc<Conn>) -> Self {
-        conn.acks_pending.fetch_add(1, Ordering::SeqCst);
-        AckPriority(conn.clone())
+impl Conn {
+    /// Hands a reply to the outbox; on overflow, disconnects the socket. False if the reply will not arrive.
+    fn reply(&self, socket: &Arc<Socket>, state: &AppState, reply: Deliver) -> bool {
+        match self.outbox.send(socket, reply) {
+            Sent::Now | Sent::Queued => true,
+            Sent::Closed => false,
+            Sent::Overflow => {
+                self.overflow(socket, state);
+                false
+            }
+        }
     }
-}
 
-impl Drop for AckPriority {
-    fn drop(&mut self) {
-        self.0.acks_pending.fetch_sub(1, Ordering::SeqCst);
+    /// Emits a control event through the outbox.
+    fn emit<T: Serialize + Send + Sync + 'static>(
+        &self,
+        socket: &Arc<Socket>,
+        state: &AppState,
+        name: &'static str,
+        payload: T,
+    ) {
+        self.reply(socket, state, Box::new(move |s: &Arc<Socket>| s.emit(name, &payload)));
     }
-}
 
-/// Sends an ack with output held back meanwhile.
-async fn send_ack<T: Serialize>(conn: &Arc<Conn>, ack: Ack, reply: &T) -> bool {
-    let _priority = AckPriority::new(conn);
-    ack.send(reply).await
+    /// The client stopped reading and its reply queue is full: disconnect it (once), so it can resume.
+    fn overflow(&self, socket: &Arc<Socket>, state: &AppState) {
+        if self.gone.is_cancelled() {
+            return;
+        }
+        self.gone.cancel();
+        tracing::warn!(
+            reason = "outbound_overflow",
+            queued = outbox::MAX_QUEUED_REPLIES,
+            "client does not read its replies; disconnecting"
+        );
+        state.audit(crate::audit::Record {
+            reason: Some(format!(
+                "socket {} disconnected: outbound_overflow (more than {} replies waiting)",
+                self.sid,
+                outbox::MAX_QUEUED_REPLIES
+            )),
+            code: Some("outbound_overflow".into()),
+            ..self.caller.record("connect", "denied")
+        });
+        // socketioxide cannot send the disconnect packet into a full queue; then close the transport itself.
+        if socket.clone().disconnect().is_err()
+            && !state.edge().kill_socket(&self.sid)
+            && let Some(c) = socket.req_parts().extensions.get::<Arc<ConnShared>>()
+        {
+            c.kill();
+        }
+    }
 }
 
 /// Sends a terminal's output and exit to one socket.
 struct SocketSink {
-    socket: SocketRef,
+    socket: Arc<Socket>,
     conn: Arc<Conn>,
+    state: AppState,
 }
 
 impl TerminalSink for SocketSink {
     fn output(&self, id: &TerminalId, offset: u64, data: &Bytes) -> Offer {
-        if self.conn.acks_pending.load(Ordering::SeqCst) > 0 {
+        if self.conn.outbox.busy() {
             return Offer::Full;
+        }
+        if self.conn.outbox.overflowed() {
+            return Offer::Gone;
         }
         let payload = Output { terminal_id: id.clone(), offset, data: TerminalBytes(data.clone()) };
         match self.socket.emit(event::OUTPUT, &payload) {
@@ -231,43 +265,59 @@ impl TerminalSink for SocketSink {
     }
 
     fn exit(&self, exit: &Exit) {
-        emit_reliably(self.socket.clone(), event::EXIT, exit.clone(), None);
+        self.conn.emit(&self.socket, &self.state, event::EXIT, exit.clone());
     }
 
     fn viewers(&self, id: &TerminalId, attached: usize) {
         let payload = app::protocol::TerminalViewers { terminal_id: id.clone(), attached };
-        emit_reliably(self.socket.clone(), event::TERMINAL_VIEWERS, payload, Some(self.conn.clone()));
+        self.conn.emit(&self.socket, &self.state, event::TERMINAL_VIEWERS, payload);
     }
 }
 
-/// Emits a control event, retrying for a while when the send queue is full. `budget`, when given, bounds how
-/// many such events of one socket may wait at once.
-fn emit_reliably<T: Serialize + Send + Sync + 'static>(
-    socket: SocketRef,
-    name: &'static str,
-    payload: T,
-    budget: Option<Arc<Conn>>,
-) {
-    if socket.emit(name, &payload).is_ok() {
-        return;
-    }
-    if let Some(conn) = &budget
-        && conn.retrying.fetch_add(1, Ordering::SeqCst) >= MAX_RETRYING_EVENTS
-    {
-        conn.retrying.fetch_sub(1, Ordering::SeqCst);
-        tracing::warn!(event = name, "socket congested; dropping an event");
-        return;
-    }
-    tokio::spawn(async move {
-        if let Err(SendError::Socket(SocketError::InternalChannelFull)) =
-            retry_while_full(|| socket.emit(name, &payload)).await
-        {
-            tracing::warn!(event = name, "gave up sending an event to a congested socket");
+/// The handshake's `auth` payload, field by field, so a mistyped field is refused with its name instead of
+/// being taken for an absent credential. `protocolVersion` is any non-negative integer: above the newest
+/// version it negotiates the newest.
+fn client_auth(value: serde_json::Value) -> Result<ClientAuth, ServiceError> {
+    use serde_json::Value;
+    let mut fields = match value {
+        Value::Object(fields) => fields,
+        Value::Null => Default::default(),
+        other => return Err(ServiceError::invalid(format!("auth must be an object, not {}", json_kind(&other)))),
+    };
+    let string = |fields: &mut serde_json::Map<String, Value>, name: &str| match fields.remove(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(other) => Err(ServiceError::invalid(format!("auth.{name} must be a string, not {}", json_kind(&other)))),
+    };
+    let protocol_version = match fields.remove("protocolVersion") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) if n.as_u64().is_some() => {
+            Some(n.as_u64().map_or(PROTOCOL_VERSION, |v| u32::try_from(v).unwrap_or(u32::MAX)))
         }
-        if let Some(conn) = budget {
-            conn.retrying.fetch_sub(1, Ordering::SeqCst);
+        // Integers too large for u64 (10^30) arrive as floats; they are still integers above the newest.
+        Some(Value::Number(n)) if n.as_f64().is_some_and(|f| f >= 1.0 && f.fract() == 0.0) => Some(u32::MAX),
+        Some(other) => {
+            return Err(ServiceError::invalid(format!(
+                "auth.protocolVersion must be a non-negative integer, not {other}"
+            )));
         }
-    });
+    };
+    Ok(ClientAuth {
+        protocol_version,
+        client_id: string(&mut fields, "clientId")?,
+        token: string(&mut fields, "token")?,
+    })
+}
+
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
 }
 
 /// A client id from the handshake, if it is well-formed.
@@ -304,10 +354,38 @@ impl Conn {
         }
         state.still_valid(&self.caller)
     }
+
+    /// Logs and audits a refused request (both summarised when they come in floods); the audit record is left
+    /// to the service layer when it wrote one.
+    fn refused(&self, state: &AppState, what: &'static str, e: &ServiceError, terminal: Option<&TerminalId>) {
+        state.log_refusal(self.caller.ip, Some(&self.sid), what, e);
+        if !e.audited {
+            let record = crate::audit::Record {
+                code: Some(e.code.to_string()),
+                reason: Some(crate::refusals::clip(&e.message)),
+                terminal_id: terminal.map(|t| crate::refusals::clip(&t.0)),
+                ..self.caller.record(audit_action(what), "denied")
+            };
+            state.audit_refusal(e, record);
+        }
+    }
+}
+
+/// The audit log's name for what a socket event attempts.
+fn audit_action(event: &str) -> &'static str {
+    match event {
+        event::START_TERMINAL => "terminal.open",
+        event::ATTACH_TERMINAL => "terminal.attach",
+        event::CLOSE_TERMINAL => "terminal.close",
+        event::INPUT => "terminal.input",
+        event::RESIZE => "terminal.resize",
+        event::OUTPUT_ACK => "terminal.output_ack",
+        _ => "connect",
+    }
 }
 
 /// Ends the socket when its credential expires or is revoked (policy reload, logout), telling it why first.
-async fn watch_credential(socket: SocketRef, state: AppState, conn: Arc<Conn>) {
+async fn watch_credential(socket: Arc<Socket>, state: AppState, conn: Arc<Conn>) {
     let mut changes = state.credential_changes();
     loop {
         let expiry = conn.caller.principal.expires_at.map(|exp| {
@@ -327,14 +405,16 @@ async fn watch_credential(socket: SocketRef, state: AppState, conn: Arc<Conn>) {
                 ..conn.caller.record("connect", "denied")
             });
             let _ = socket.emit(event::AUTH_ERROR, &e.body());
-            let _ = socket.disconnect();
+            if socket.clone().disconnect().is_err() {
+                conn.overflow(&socket, &state);
+            }
             return;
         }
     }
 }
 
 /// Registers the socket's event handlers (from the connect middleware, see [`register`]).
-fn on_connect(socket: SocketRef, auth: ClientAuth, state: AppState, caller: Caller) {
+fn on_connect(socket: Arc<Socket>, auth: ClientAuth, state: AppState, caller: Caller) {
     // Terminals belong to the client (one per browser profile, say), so its other sockets can resume them.
     let client = client_id(&auth).map_or_else(|| format!("socket:{}", socket.id), |c| format!("client:{c}"));
     let viewer = ViewerId(socket.id.to_string());
@@ -344,64 +424,63 @@ fn on_connect(socket: SocketRef, auth: ClientAuth, state: AppState, caller: Call
     let burst = per_sec.saturating_mul(std::num::NonZeroU32::new(2).unwrap_or(std::num::NonZeroU32::MIN));
     let conn = Arc::new(Conn {
         caller,
+        sid: socket.id.to_string(),
         rate: governor::RateLimiter::direct(governor::Quota::per_second(per_sec).allow_burst(burst)),
         gone: Default::default(),
-        acks_pending: Default::default(),
-        retrying: Default::default(),
+        outbox: Default::default(),
     });
-    let span = tracing::info_span!("socket", sid = %socket.id, transport = ?socket.transport_type(), user = %conn.caller.principal.subject, client = %client, version);
+    let span = tracing::info_span!("socket", sid = %socket.id, transport = ?socket.transport_type(), user = %crate::refusals::clip(&conn.caller.principal.subject), client = %client, version);
     tracing::info!(parent: &span, "connected");
 
     // Every `on` is registered before anything awaits: events that arrive earlier would be dropped.
     {
         let (state, client, viewer, conn, span) =
             (state.clone(), client.clone(), viewer.clone(), conn.clone(), span.clone());
-        socket.on(
-            event::START_TERMINAL,
-            move |socket: SocketRef, ack: Ack, TryData(req): TryData<StartTerminal>| -> Ready<()> {
-                let req = admitted(conn.admit(&state), req, event::START_TERMINAL);
-                let task = async move {
-                    let reply = match req {
-                        Err(e) => Err(e),
-                        Ok(req) => state.start_terminal(&conn.caller, &client, req).await,
-                    };
-                    match reply {
-                        Ok((terminal, started)) => {
-                            // Registered before the ack so no byte is missed; its output flows after the ack.
-                            let how = AttachOptions {
-                                since: Some(0),
-                                flow_control: started.flow_control,
-                                v1,
-                                read_only: false,
-                            };
-                            let attached = state.sessions().attach(&terminal, viewer.clone(), how, &conn.gone);
-                            let delivered = send_ack(&conn, ack, &Reply::Ok(started)).await;
-                            // A client that never learned the id can neither use nor close the terminal; and
-                            // the socket may have left while Docker started the process, before its disconnect
-                            // handler could see this terminal.
-                            if !delivered || !socket.connected() {
-                                let _ = state.sessions().close(&terminal, ExitReason::Disconnected).await;
-                                return;
-                            }
-                            match attached {
-                                Ok((attachment, _)) => attachment.start(Arc::new(SocketSink { socket, conn })),
-                                Err(e) => tracing::error!(error = %e, "could not attach to a new terminal"),
-                            }
+        socket.on(event::START_TERMINAL, move |ack: Ack, TryData(req): TryData<StartTerminal>| -> Ready<()> {
+            let req = match admitted(conn.admit(&state), req, event::START_TERMINAL) {
+                Ok(req) => req,
+                Err(e) => {
+                    let _g = span.enter();
+                    conn.refused(&state, event::START_TERMINAL, &e, None);
+                    ack.send(&conn, &state, Reply::<()>::Err(e.reply()));
+                    return ready(());
+                }
+            };
+            let (state, client, viewer, conn) = (state.clone(), client.clone(), viewer.clone(), conn.clone());
+            let task = async move {
+                match state.start_terminal(&conn.caller, &client, req).await {
+                    Ok((terminal, started)) => {
+                        // Registered before the ack so no byte is missed; its output flows after the ack.
+                        let how =
+                            AttachOptions { since: Some(0), flow_control: started.flow_control, v1, read_only: false };
+                        let attached = state.sessions().attach(&terminal, viewer.clone(), how, &conn.gone);
+                        let socket = ack.socket.clone();
+                        let delivered = ack.send(&conn, &state, Reply::Ok(started));
+                        // A client that will never learn the id can neither use nor close the terminal; and
+                        // the socket may have left while Docker started the process, before its disconnect
+                        // handler could see this terminal.
+                        if !delivered || !socket.connected() {
+                            let _ = state.sessions().close(&terminal, ExitReason::Disconnected).await;
+                            return;
                         }
-                        Err(e) => {
-                            tracing::info!(code = %e.code, message = %e.message, "start-terminal refused");
-                            send_ack(&conn, ack, &Reply::<()>::Err(e.reply())).await;
+                        match attached {
+                            Ok((attachment, _)) => attachment.start(Arc::new(SocketSink { socket, conn, state })),
+                            Err(e) => tracing::error!(error = %e, "could not attach to a new terminal"),
                         }
                     }
-                };
-                tokio::spawn(task.instrument(span.clone()));
-                ready(())
-            },
-        );
+                    Err(e) => {
+                        conn.refused(&state, event::START_TERMINAL, &e, None);
+                        ack.send(&conn, &state, Reply::<()>::Err(e.reply()));
+                    }
+                }
+            };
+            tokio::spawn(task.instrument(span.clone()));
+            ready(())
+        });
     }
     {
         let (state, owner, conn, span) = (state.clone(), viewer.clone(), conn.clone(), span.clone());
-        socket.on(event::INPUT, move |socket: SocketRef, ack: Ack, TryData(req): TryData<Input>| -> Ready<()> {
+        socket.on(event::INPUT, move |ack: Ack, TryData(req): TryData<Input>| -> Ready<()> {
             let _g = span.enter();
             let id = req.as_ref().ok().map(|r| r.terminal_id.clone());
             let result = admitted(conn.admit(&state), req, event::INPUT).and_then(|Input { terminal_id, data }| {
@@ -411,13 +490,13 @@ fn on_connect(socket: SocketRef, auth: ClientAuth, state: AppState, caller: Call
                     .and_then(|t| writable(&state, &conn, t, "terminal.input"))
                     .and_then(|t| t.send_input(data.0))
             });
-            answer(&socket, &conn, ack, event::INPUT, id, result);
+            answer(&conn, &state, ack, event::INPUT, id, result);
             ready(())
         });
     }
     {
         let (state, owner, conn, span) = (state.clone(), viewer.clone(), conn.clone(), span.clone());
-        socket.on(event::RESIZE, move |socket: SocketRef, ack: Ack, TryData(req): TryData<Resize>| -> Ready<()> {
+        socket.on(event::RESIZE, move |ack: Ack, TryData(req): TryData<Resize>| -> Ready<()> {
             let _g = span.enter();
             let id = req.as_ref().ok().map(|r| r.terminal_id.clone());
             let result = admitted(conn.admit(&state), req, event::RESIZE).and_then(|r| {
@@ -427,41 +506,47 @@ fn on_connect(socket: SocketRef, auth: ClientAuth, state: AppState, caller: Call
                     .and_then(|t| writable(&state, &conn, t, "terminal.resize"))
                     .and_then(|t| t.send_resize(r.cols, r.rows))
             });
-            answer(&socket, &conn, ack, event::RESIZE, id, result);
+            answer(&conn, &state, ack, event::RESIZE, id, result);
             ready(())
         });
     }
     {
         let (state, owner, conn, span) = (state.clone(), viewer.clone(), conn.clone(), span.clone());
-        socket.on(
-            event::OUTPUT_ACK,
-            move |socket: SocketRef, ack: Ack, TryData(req): TryData<OutputAck>| -> Ready<()> {
-                let _g = span.enter();
-                // Not rate-limited: acks are cumulative and cheap, and dropping the last one would leave a
-                // flow-controlled terminal paused for good.
-                let id = req.as_ref().ok().map(|r| r.terminal_id.clone());
-                let admission = state.still_valid(&conn.caller);
-                let result = admitted(admission, req, event::OUTPUT_ACK).and_then(|a| {
-                    // Acks stay valid after the process ended: the viewer may still be draining the log.
-                    state.sessions().find(&a.terminal_id).and_then(|t| t.ack_output(&owner, a.processed))
-                });
-                answer(&socket, &conn, ack, event::OUTPUT_ACK, id, result);
-                ready(())
-            },
-        );
+        socket.on(event::OUTPUT_ACK, move |ack: Ack, TryData(req): TryData<OutputAck>| -> Ready<()> {
+            let _g = span.enter();
+            // Not rate-limited: acks are cumulative and cheap, and dropping the last one would leave a
+            // flow-controlled terminal paused for good.
+            let id = req.as_ref().ok().map(|r| r.terminal_id.clone());
+            let admission = state.still_valid(&conn.caller);
+            let result = admitted(admission, req, event::OUTPUT_ACK).and_then(|a| {
+                // Acks stay valid after the process ended: the viewer may still be draining the log.
+                state.sessions().find(&a.terminal_id).and_then(|t| t.ack_output(&owner, a.processed))
+            });
+            answer(&conn, &state, ack, event::OUTPUT_ACK, id, result);
+            ready(())
+        });
     }
     {
         let (state, owner, conn, span) = (state.clone(), viewer.clone(), conn.clone(), span.clone());
         socket.on(event::CLOSE_TERMINAL, move |ack: Ack, TryData(req): TryData<CloseTerminal>| -> Ready<()> {
-            let req = admitted(conn.admit(&state), req, event::CLOSE_TERMINAL);
+            let found = admitted(conn.admit(&state), req, event::CLOSE_TERMINAL)
+                .and_then(|r| Ok((state.sessions().get(&r.terminal_id, Some(&owner))?, r)));
+            let (t, CloseTerminal { terminal_id }) = match found {
+                Ok(found) => found,
+                Err(e) => {
+                    let _g = span.enter();
+                    conn.refused(&state, event::CLOSE_TERMINAL, &e, None);
+                    ack.send(&conn, &state, Reply::<()>::Err(e.reply()));
+                    return ready(());
+                }
+            };
+            let (state, conn) = (state.clone(), conn.clone());
             let task = async move {
-                let reply = match req.and_then(|r| Ok((state.sessions().get(&r.terminal_id, Some(&owner))?, r))) {
-                    Ok((t, CloseTerminal { terminal_id })) => {
-                        state.close_terminal(&conn.caller, &t).await.map(|()| TerminalAck { terminal_id })
-                    }
-                    Err(e) => Err(e),
-                };
-                send_ack(&conn, ack, &Reply::from(reply.map_err(|e| e.body()))).await;
+                let reply = state.close_terminal(&conn.caller, &t).await.map(|()| TerminalAck { terminal_id });
+                if let Err(e) = &reply {
+                    conn.refused(&state, event::CLOSE_TERMINAL, e, None);
+                }
+                ack.send(&conn, &state, Reply::from(reply.map_err(|e| e.body())));
             };
             tokio::spawn(task.instrument(span.clone()));
             ready(())
@@ -469,43 +554,42 @@ fn on_connect(socket: SocketRef, auth: ClientAuth, state: AppState, caller: Call
     }
     {
         let (state, viewer, conn, span) = (state.clone(), viewer.clone(), conn.clone(), span.clone());
-        socket.on(
-            event::ATTACH_TERMINAL,
-            move |socket: SocketRef, ack: Ack, TryData(req): TryData<AttachTerminal>| -> Ready<()> {
-                let req = admitted(conn.admit(&state), req, event::ATTACH_TERMINAL);
-                let task = async move {
-                    let attached = req.and_then(|req| {
-                        let t = state.sessions().find(&req.terminal_id)?;
-                        let read_only = state.authorize_attach(&conn.caller, &t)?;
-                        let how = AttachOptions { since: req.since, flow_control: req.flow_control, v1, read_only };
-                        let (attachment, reply) = state.sessions().attach(&t, viewer.clone(), how, &conn.gone)?;
-                        Ok((t, attachment, reply))
-                    });
-                    match attached {
-                        Ok((terminal, attachment, reply)) => {
-                            if send_ack(&conn, ack, &Reply::Ok(reply)).await && socket.connected() {
-                                attachment.start(Arc::new(SocketSink { socket, conn }));
-                            } else {
-                                // Only this attachment failed; the socket's other terminals are unaffected.
-                                drop(attachment);
-                                state.sessions().detach(&terminal, &viewer).await;
-                            }
-                        }
-                        Err(e) => {
-                            tracing::info!(code = %e.code, message = %e.message, "attach-terminal refused");
-                            send_ack(&conn, ack, &Reply::<()>::Err(e.reply())).await;
-                        }
+        socket.on(event::ATTACH_TERMINAL, move |ack: Ack, TryData(req): TryData<AttachTerminal>| -> Ready<()> {
+            let attached = admitted(conn.admit(&state), req, event::ATTACH_TERMINAL).and_then(|req| {
+                let t = state.sessions().find(&req.terminal_id)?;
+                let read_only = state.authorize_attach(&conn.caller, &t)?;
+                let how = AttachOptions { since: req.since, flow_control: req.flow_control, v1, read_only };
+                let (attachment, reply) = state.sessions().attach(&t, viewer.clone(), how, &conn.gone)?;
+                Ok((t, attachment, reply))
+            });
+            match attached {
+                Ok((terminal, attachment, reply)) => {
+                    let socket = ack.socket.clone();
+                    if ack.send(&conn, &state, Reply::Ok(reply)) && socket.connected() {
+                        attachment.start(Arc::new(SocketSink { socket, conn: conn.clone(), state: state.clone() }));
+                    } else {
+                        // Only this attachment failed; the socket's other terminals are unaffected.
+                        drop(attachment);
+                        let (state, viewer) = (state.clone(), viewer.clone());
+                        tokio::spawn(
+                            async move { state.sessions().detach(&terminal, &viewer).await }.instrument(span.clone()),
+                        );
                     }
-                };
-                tokio::spawn(task.instrument(span.clone()));
-                ready(())
-            },
-        );
+                }
+                Err(e) => {
+                    let _g = span.enter();
+                    conn.refused(&state, event::ATTACH_TERMINAL, &e, None);
+                    ack.send(&conn, &state, Reply::<()>::Err(e.reply()));
+                }
+            }
+            ready(())
+        });
     }
     {
         let (state, viewer, conn, span) = (state.clone(), viewer.clone(), conn.clone(), span.clone());
-        socket.on_disconnect(move |reason: DisconnectReason| -> Ready<()> {
+        socket.on_disconnect(move |Sock(socket): Sock, reason: DisconnectReason| -> Ready<()> {
             conn.gone.cancel();
+            state.edge().signed_out(socket.id.as_str());
             let task = async move {
                 tracing::info!(?reason, "disconnected");
                 state.sessions().detach_everywhere(&viewer).await;
@@ -541,7 +625,7 @@ fn writable(
         Ok(()) => Ok(terminal),
         Err(e) => {
             state.audit_denied_write(&conn.caller, &terminal, action, &e);
-            Err(e)
+            Err(e.audited())
         }
     }
 }
@@ -549,8 +633,8 @@ fn writable(
 /// Answers `input`, `resize` and `output-ack`: with an ack when the client asked for one, else failures as a
 /// `request-error` event.
 fn answer(
-    socket: &SocketRef,
-    conn: &Arc<Conn>,
+    conn: &Conn,
+    state: &AppState,
     ack: Ack,
     name: &'static str,
     terminal_id: Option<TerminalId>,
@@ -559,17 +643,52 @@ fn answer(
     match result {
         Ok(()) => {
             if let Some(terminal_id) = terminal_id {
-                ack.send_soon(TerminalAck { terminal_id });
+                ack.send(conn, state, TerminalAck { terminal_id });
             }
         }
         Err(e) => {
-            tracing::info!(event = name, code = %e.code, message = %e.message, "request refused");
+            conn.refused(state, name, &e, terminal_id.as_ref());
             if ack.wanted() {
-                ack.send_soon(e.reply());
+                ack.send(conn, state, e.reply());
             } else {
                 let payload = ErrorEvent { event: name.to_string(), terminal_id, error: e.body() };
-                emit_reliably(socket.clone(), event::REQUEST_ERROR, payload, Some(conn.clone()));
+                conn.emit(&ack.socket, state, event::REQUEST_ERROR, payload);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn handshake_auth_fields_are_checked_one_by_one() {
+        let ok = client_auth(json!({"token": "t", "protocolVersion": 2, "clientId": "c"})).unwrap();
+        assert_eq!(
+            (ok.token.as_deref(), ok.protocol_version, ok.client_id.as_deref()),
+            (Some("t"), Some(2), Some("c"))
+        );
+        assert_eq!(client_auth(json!({})).unwrap(), ClientAuth::default());
+        assert_eq!(client_auth(serde_json::Value::Null).unwrap(), ClientAuth::default());
+        // Above the newest: still an integer, negotiated down later.
+        assert_eq!(client_auth(json!({"protocolVersion": 7_000_000_000u64})).unwrap().protocol_version, Some(u32::MAX));
+        let huge: serde_json::Value =
+            serde_json::from_str(r#"{"protocolVersion": 1000000000000000000000000000000}"#).unwrap();
+        assert_eq!(client_auth(huge).unwrap().protocol_version, Some(u32::MAX));
+        for bad in [
+            json!({"protocolVersion": "2"}),
+            json!({"protocolVersion": -7}),
+            json!({"protocolVersion": 1.5}),
+            json!({"protocolVersion": true}),
+        ] {
+            let e = client_auth(bad).unwrap_err();
+            assert_eq!(e.code, ErrorCode::InvalidPayload);
+            assert!(e.message.contains("auth.protocolVersion"), "{}", e.message);
+        }
+        let e = client_auth(json!({"token": 5})).unwrap_err();
+        assert!(e.message.contains("auth.token must be a string"), "{}", e.message);
+        assert!(client_auth(json!("x")).unwrap_err().message.contains("auth must be an object"));
     }
 }
