@@ -966,3 +966,28 @@ async fn polling_sessions_that_never_sign_in_are_told_why() {
         }
     }
 }
+
+/// How long an unread output flood runs before the flooder goes away.
+const OUTPUT_FLOOD_FOR: Duration = Duration::from_secs(8);
+
+/// A signed-in socket opens a terminal that prints as fast as it can and never reads: output stops at the
+/// socket's bounded send queue (backpressure reaches the process through its tty), the server's memory stays
+/// within the margin, and the victim is unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unread_output_flood() {
+    let c = TestContainer::start("exh-output", &bash_image()).await;
+    let server = ServerProcess::start(&[]);
+    let watch = Watch::start(&server, &c).await;
+
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(NOT_READING_RCVBUF).unwrap();
+    let stream = socket.connect(server.addr).await.unwrap();
+    let mut raw = Raw::open_on(&server, stream).await.unwrap();
+    raw.sign_in(&token_auth()).await.expect("the flooder signs in");
+    let start = json!(["start-terminal", {"containerId": c.name, "command": ["sh", "-c", "while :; do cat /bin/busybox; done"]}]);
+    raw.send(format!("421{start}")).await.unwrap();
+    // Never read; the process prints megabytes a second.
+    tokio::time::sleep(OUTPUT_FLOOD_FOR).await;
+    drop(raw);
+    watch.finish(&server, &c, "an unread output flood").await;
+}
