@@ -128,8 +128,7 @@ pub struct Config {
     pub header_timeout_secs: u64,
 
     /// Seconds a keep-alive connection may stay open with no request in flight (an upgraded WebSocket: with
-    /// nothing received). Must exceed the Engine.IO ping interval plus timeout (45 s) so polling clients are
-    /// never cut.
+    /// nothing received, and never less than 50 s, longer than the Engine.IO ping interval plus timeout).
     #[arg(long, env = "PORTHOLE_IDLE_TIMEOUT_SECS", default_value_t = 60)]
     pub idle_timeout_secs: u64,
 

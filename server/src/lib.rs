@@ -29,8 +29,9 @@ pub use state::AppState;
 /// Largest Engine.IO packet accepted (websocket message or polling body). A client sending more is
 /// disconnected by the transport; application limits (e.g. `MAX_INPUT_BYTES`) are far below it.
 pub const MAX_PACKET_BYTES: usize = 1024 * 1024;
-/// Packets queued per socket before emits report congestion (output then waits: backpressure).
-pub const SOCKET_QUEUE_PACKETS: usize = 1024;
+/// Packets queued per socket before emits report congestion (output then waits: backpressure). With output
+/// events of at most 64 KiB, a client that does not read makes the server hold at most 16 MiB for it.
+pub const SOCKET_QUEUE_PACKETS: usize = 256;
 /// Socket.IO heartbeat: ping every 25 s, drop a peer silent for 20 s more.
 pub const PING_INTERVAL: Duration = Duration::from_secs(25);
 pub const PING_TIMEOUT: Duration = Duration::from_secs(20);

@@ -44,6 +44,10 @@ pub const OVERFLOW_HEADER_TIMEOUT: Duration = Duration::from_secs(2);
 pub const FD_RESERVE: usize = 64;
 /// Bytes a WebSocket may send before its Socket.IO connection signs in (a CONNECT with a JWT is a few KiB).
 pub const PREAUTH_MAX_BYTES: usize = 64 * 1024;
+/// The shortest silence after which an upgraded WebSocket is closed, whatever `--idle-timeout-secs` says: longer
+/// than the Engine.IO ping interval plus timeout, so a live client (which answers every ping) is never cut.
+pub const WEBSOCKET_MIN_IDLE: Duration =
+    Duration::from_secs(crate::PING_INTERVAL.as_secs() + crate::PING_TIMEOUT.as_secs() + 5);
 
 /// The edge's settings (flags, see `Config`).
 #[derive(Debug, Clone)]
@@ -461,7 +465,7 @@ impl<S> Tracked<S> {
             return sign_in;
         }
         let idle = if s.upgraded.load(Ordering::SeqCst) {
-            (self.last_read + limits.idle_timeout, Deadline::Idle)
+            (self.last_read + limits.idle_timeout.max(WEBSOCKET_MIN_IDLE), Deadline::Idle)
         } else {
             let requests = s.requests.load(Ordering::SeqCst);
             if requests == 0 {
@@ -492,10 +496,19 @@ impl<S> Tracked<S> {
         }
         let (at, why) = self.deadline()?;
         if Instant::now() < at {
-            if self.armed != Some(at) {
+            // The idle deadline moves with every read; moving the timer each time would cost a timer-wheel
+            // update per keystroke. A timer armed for an earlier deadline is kept: when it fires, the deadline
+            // is looked at again and the timer re-armed for it.
+            if self.armed.is_none_or(|armed| armed > at) || self.sleep.is_elapsed() {
                 self.sleep.as_mut().reset(at.into());
                 self.armed = Some(at);
             }
+            if self.sleep.as_mut().poll(cx).is_pending() {
+                return None;
+            }
+            // Fired for an older, earlier deadline: wait for the current one.
+            self.sleep.as_mut().reset(at.into());
+            self.armed = Some(at);
             if self.sleep.as_mut().poll(cx).is_pending() {
                 return None;
             }
