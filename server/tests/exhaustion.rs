@@ -920,14 +920,19 @@ async fn polling_sessions_that_never_sign_in_are_told_why() {
         let open: Value = serde_json::from_str(body.strip_prefix('0').expect(&body)).unwrap();
         open["sid"].as_str().unwrap().to_string()
     };
-    // Polls until something other than a ping arrives (pings are answered, as a client would).
+    // Polls until something other than a ping arrives (pings are answered, as a client would); a payload holds
+    // packets separated by \x1e.
     let poll = |http: reqwest::Client, url: String| async move {
         loop {
             let body = http.get(&url).send().await.unwrap().text().await.unwrap();
-            if body != "2" {
-                return body;
+            let packets: Vec<&str> = body.split('\x1e').collect();
+            if packets.contains(&"2") {
+                http.post(&url).body("3").send().await.unwrap();
             }
-            http.post(&url).body("3").send().await.unwrap();
+            let rest: Vec<&str> = packets.into_iter().filter(|p| *p != "2").collect();
+            if !rest.is_empty() {
+                return rest.join("\x1e");
+            }
         }
     };
     // A poll in flight when the deadline passes is answered with the connect_error.

@@ -248,6 +248,8 @@ fn socket_edge(state: &AppState, mut req: Request, ctx: &RequestContext) -> Resu
                 state.log_refusal(ctx.ip, Some(&sid), "connect", &e);
                 let mut res = e.into_response();
                 *res.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
+                // The body is left unread, so the connection cannot carry another request.
+                res.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
                 return Err(Box::new(res));
             }
             let (parts, body) = req.into_parts();
