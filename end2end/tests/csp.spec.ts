@@ -1,6 +1,7 @@
 // The Content-Security-Policy: every response carries it, the UI works under it without a single violation,
 // and markup that a container or an identity provider controls shows as text (no element, no script, no alert).
 import { test, expect, type Page } from '@playwright/test';
+import { expectScreen, picker, screen, type } from './terminal';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { createHash, createHmac, randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -69,20 +70,6 @@ async function watch(page: Page) {
   };
 }
 
-const picker = (page: Page, name: string) => page.locator(`button.container[data-name="${name}"]`);
-
-async function screen(page: Page, i: number): Promise<string> {
-  return page.evaluate((i) => (window as any).porthole.screen(i) ?? '', i);
-}
-
-async function expectScreen(page: Page, i: number, text: string | RegExp) {
-  await expect.poll(() => screen(page, i), { message: `tab ${i} shows ${text}` }).toMatch(text);
-}
-
-async function type(page: Page, line: string) {
-  await page.keyboard.type(line);
-  await page.keyboard.press('Enter');
-}
 
 test('every response carries a strict CSP whose hashes match the page inline scripts', async ({ request }) => {
   const index = await request.get('/');

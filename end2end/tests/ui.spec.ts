@@ -1,26 +1,11 @@
 // What a user does with Porthole in a browser, checked on what they would see.
 import { test, expect, type Page } from '@playwright/test';
+import { expectScreen, picker, screen, type } from './terminal';
 import { signIn } from './auth';
 import { createStopped, removeAll, startContainer, stopContainer, strayProcesses } from './docker';
 
 test.afterEach(() => removeAll());
 
-const picker = (page: Page, name: string) => page.locator(`button.container[data-name="${name}"]`);
-
-/** Text on tab `i`'s terminal (scrollback included), read from xterm's buffer. */
-async function screen(page: Page, i: number): Promise<string> {
-  return page.evaluate((i) => (window as any).porthole.screen(i) ?? '', i);
-}
-
-async function expectScreen(page: Page, i: number, text: string | RegExp) {
-  await expect.poll(() => screen(page, i), { message: `tab ${i} shows ${text}` }).toMatch(text);
-}
-
-/** Types a command into the focused terminal. */
-async function type(page: Page, line: string) {
-  await page.keyboard.type(line);
-  await page.keyboard.press('Enter');
-}
 
 async function openTab(page: Page, name: string, index: number) {
   await picker(page, name).click();

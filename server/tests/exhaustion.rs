@@ -237,6 +237,17 @@ impl Raw {
     /// Like [`Raw::open`] when the earlier unauthenticated connections from this address are closed: waits out
     /// `too_many_connections` refusals for [`CLOSED_STOPS_COUNTING_WITHIN`] (the server may take a moment to
     /// see a close), no longer.
+    /// A signed-in socket whose kernel receive buffer is [`NOT_READING_RCVBUF`]: for a flooder that never reads,
+    /// so the kernel cannot absorb megabytes of what the server sends before the server notices.
+    async fn signed_in_not_reading(server: &ServerProcess) -> Raw {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(NOT_READING_RCVBUF).unwrap();
+        let stream = socket.connect(server.addr).await.unwrap();
+        let mut raw = Raw::open_on(server, stream).await.unwrap();
+        raw.sign_in(&token_auth()).await.expect("the flooder signs in");
+        raw
+    }
+
     async fn open_when_admitted(server: &ServerProcess) -> Raw {
         let deadline = Instant::now() + CLOSED_STOPS_COUNTING_WITHIN;
         loop {
@@ -441,11 +452,7 @@ async fn unread_ack_flood() {
     let server = ServerProcess::start(&[]);
     let watch = Watch::start(&server, &c).await;
 
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(NOT_READING_RCVBUF).unwrap();
-    let stream = socket.connect(server.addr).await.unwrap();
-    let mut raw = Raw::open_on(&server, stream).await.unwrap();
-    raw.sign_in(&token_auth()).await.expect("the flooder signs in");
+    let raw = Raw::signed_in_not_reading(&server).await;
     let (local, remote) = (raw.local, server.addr);
     // The end is seen in the kernel's table without reading; first make sure the table shows this connection.
     assert_eq!(tcp_state(local, remote), Some(TcpState::Established), "{local} -> {remote} not in /proc/net/tcp");
@@ -984,11 +991,7 @@ async fn unread_output_flood() {
     let server = ServerProcess::start(&[]);
     let watch = Watch::start(&server, &c).await;
 
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(NOT_READING_RCVBUF).unwrap();
-    let stream = socket.connect(server.addr).await.unwrap();
-    let mut raw = Raw::open_on(&server, stream).await.unwrap();
-    raw.sign_in(&token_auth()).await.expect("the flooder signs in");
+    let mut raw = Raw::signed_in_not_reading(&server).await;
     let start = json!(["start-terminal", {"containerId": c.name, "command": ["sh", "-c", "while :; do cat /bin/busybox; done"]}]);
     raw.send(format!("421{start}")).await.unwrap();
     // Never read; the process prints megabytes a second.

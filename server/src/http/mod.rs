@@ -113,16 +113,7 @@ pub async fn guard(State(g): State<Guard>, mut req: Request, next: Next) -> Resp
                 ErrorCode::OriginNotAllowed,
                 format!("requests from origin {origin:?} are not allowed; this server is {:?}", ctx.origin),
             );
-            g.state.log_refusal(ctx.ip, None, "origin", &e);
-            let record = crate::audit::Record {
-                action: if is_socket { "connect" } else { "http" },
-                outcome: "denied",
-                ip: ctx.ip,
-                code: Some(e.code.to_string()),
-                reason: Some(crate::refusals::clip(&e.message)),
-                ..Default::default()
-            };
-            g.state.audit_refusal(&e, record);
+            refused_at_edge(&g.state, ctx.ip, if is_socket { "connect" } else { "http" }, &e);
             return with_security_headers(e.into_response(), &ctx);
         }
     }
@@ -150,6 +141,20 @@ pub async fn guard(State(g): State<Guard>, mut req: Request, next: Next) -> Resp
         _ => next.run(req).await,
     };
     with_security_headers(res, &ctx)
+}
+
+/// Logs and audits a request the edge refused before anyone signed in (so the record has an address, no user).
+fn refused_at_edge(state: &AppState, ip: Option<IpAddr>, action: &'static str, e: &ServiceError) {
+    state.log_refusal(ip, None, action, e);
+    let record = crate::audit::Record {
+        action,
+        outcome: "denied",
+        ip,
+        code: Some(e.code.to_string()),
+        reason: Some(crate::refusals::clip(&e.message)),
+        ..Default::default()
+    };
+    state.audit_refusal(e, record);
 }
 
 fn query_param(req: &Request, name: &str) -> Option<String> {
@@ -211,16 +216,7 @@ fn socket_edge(state: &AppState, mut req: Request, ctx: &RequestContext) -> Resu
     match query_param(&req, "sid") {
         None => {
             let slot = state.edge().handshake(ctx.ip).map_err(|e| {
-                state.log_refusal(ctx.ip, None, "connect", &e);
-                let record = crate::audit::Record {
-                    action: "connect",
-                    outcome: "denied",
-                    ip: ctx.ip,
-                    code: Some(e.code.to_string()),
-                    reason: Some(e.message.clone()),
-                    ..Default::default()
-                };
-                state.audit_refusal(&e, record);
+                refused_at_edge(state, ctx.ip, "connect", &e);
                 Box::new(e.into_response())
             })?;
             if upgrade && let Some(c) = &conn {
