@@ -29,6 +29,14 @@ cargo fmt --all -- --check
 cargo clippy -p app -p porthole-server -p porthole-bench --all-targets --locked -- -D warnings
 cargo clippy -p app -p frontend --target wasm32-unknown-unknown --locked -- -D warnings
 
+step "the protocol crate builds without Leptos (what native clients compile)"
+if cargo tree -p app --no-default-features --locked --prefix none | grep -q '^leptos'; then
+  echo "app without default features depends on Leptos:" >&2
+  cargo tree -p app --no-default-features --locked -i leptos >&2 || true
+  exit 1
+fi
+cargo build -p app --no-default-features --locked
+
 step "browser UI build (trunk, release)"
 scripts/build-ui.sh
 

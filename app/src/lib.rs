@@ -2,8 +2,9 @@
 //!
 //! Everything that crosses the wire between a browser, the server, a native client or a test is defined in
 //! [`protocol`] (Socket.IO events and REST) and [`api`] (Leptos server functions), so both ends are
-//! type-checked against each other. The default feature set compiles to `wasm32-unknown-unknown`;
-//! server-only code sits behind the `ssr` feature.
+//! type-checked against each other. [`protocol`] needs no feature and no Leptos, so a native client builds
+//! only what it speaks; [`api`] needs the `api` feature (the browser UI), and its server side `ssr`.
 
+#[cfg(feature = "api")]
 pub mod api;
 pub mod protocol;

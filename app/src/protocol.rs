@@ -1,8 +1,12 @@
-//! Porthole wire protocol, version 1 (see `docs/protocol.md`).
+//! Porthole wire protocol, version [`PROTOCOL_VERSION`] (see `docs/protocol.md`).
 //!
 //! Socket.IO v5 over Engine.IO v4 on namespace `/`, plus a small JSON REST API. Event names, REST paths,
 //! payload structs, error codes and limits are defined here once; nobody spells them elsewhere.
 //! All JSON field names are camelCase. Unknown fields are ignored so newer clients can talk to older servers.
+//!
+//! Each event name is bound to its payload type once, by a marker type in [`event`] implementing
+//! [`ClientEvent`] or [`ServerEvent`]: code that sends or handles events through those traits cannot pair an
+//! event with the wrong payload.
 
 use std::fmt;
 
@@ -55,6 +59,57 @@ pub mod event {
     /// Server -> client: the socket's credential stopped being valid (expired, revoked, signed out)
     /// ([`super::ErrorBody`]); the server disconnects the socket right after.
     pub const AUTH_ERROR: &str = "auth-error";
+
+    /// Binds a marker type to its event name and payload types.
+    macro_rules! bind {
+        ($(#[$doc:meta])* client $marker:ident = $name:ident: $payload:ty => $ack:ty) => {
+            $(#[$doc])*
+            #[derive(Debug, Clone, Copy)]
+            pub struct $marker;
+            impl super::ClientEvent for $marker {
+                const NAME: &'static str = $name;
+                type Payload = $payload;
+                type Ack = $ack;
+            }
+        };
+        ($(#[$doc:meta])* server $marker:ident = $name:ident: $payload:ty) => {
+            $(#[$doc])*
+            #[derive(Debug, Clone, Copy)]
+            pub struct $marker;
+            impl super::ServerEvent for $marker {
+                const NAME: &'static str = $name;
+                type Payload = $payload;
+            }
+        };
+    }
+
+    bind!(/** [`START_TERMINAL`]. */ client StartTerminal = START_TERMINAL: super::StartTerminal => super::TerminalStarted);
+    bind!(/** [`INPUT`]; acked only when the client asks. */ client Input = INPUT: super::Input => super::TerminalAck);
+    bind!(/** [`RESIZE`]; acked only when the client asks. */ client Resize = RESIZE: super::Resize => super::TerminalAck);
+    bind!(/** [`OUTPUT_ACK`]; acked only when the client asks. */ client OutputAck = OUTPUT_ACK: super::OutputAck => super::TerminalAck);
+    bind!(/** [`ATTACH_TERMINAL`]. */ client AttachTerminal = ATTACH_TERMINAL: super::AttachTerminal => super::TerminalAttached);
+    bind!(/** [`CLOSE_TERMINAL`]. */ client CloseTerminal = CLOSE_TERMINAL: super::CloseTerminal => super::TerminalAck);
+    bind!(/** [`OUTPUT`]. */ server Output = OUTPUT: super::Output);
+    bind!(/** [`EXIT`]. */ server Exit = EXIT: super::Exit);
+    bind!(/** [`REQUEST_ERROR`]. */ server RequestError = REQUEST_ERROR: super::ErrorEvent);
+    bind!(/** [`TERMINAL_VIEWERS`]. */ server TerminalViewers = TERMINAL_VIEWERS: super::TerminalViewers);
+    bind!(/** [`HELLO`]. */ server Hello = HELLO: super::Hello);
+    bind!(/** [`CONTAINERS_CHANGED`]. */ server ContainersChanged = CONTAINERS_CHANGED: super::ContainersChanged);
+    bind!(/** [`AUTH_ERROR`]. */ server AuthError = AUTH_ERROR: super::ErrorBody);
+}
+
+/// An event a client sends, bound to its name and payload. Its ack, when the client asks for one (always for
+/// `start-terminal`, `attach-terminal` and `close-terminal`), is a [`Reply`] of `Ack`.
+pub trait ClientEvent {
+    const NAME: &'static str;
+    type Payload: Serialize + serde::de::DeserializeOwned + Send + Sync + 'static;
+    type Ack: Serialize + serde::de::DeserializeOwned + Send + Sync + 'static;
+}
+
+/// An event the server sends, bound to its name and payload.
+pub trait ServerEvent {
+    const NAME: &'static str;
+    type Payload: Serialize + serde::de::DeserializeOwned + Send + Sync + 'static;
 }
 
 /// REST paths.
@@ -102,6 +157,40 @@ pub const MAX_INPUT_BYTES: usize = 64 * 1024;
 pub const FLOW_HIGH_WATERMARK: u64 = 512 * 1024;
 /// Flow control: reading resumes once unacknowledged output is at or below this.
 pub const FLOW_LOW_WATERMARK: u64 = 128 * 1024;
+
+/// Whether a handshake `clientId` is well-formed: 1..=[`MAX_CLIENT_ID_LEN`] bytes of `[A-Za-z0-9_-]`.
+pub fn client_id_ok(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_CLIENT_ID_LEN
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// Who owns a terminal, as [`TerminalInfo::owner`] spells it: `client:<clientId>` for a client that sent a
+/// well-formed `clientId` (its other sockets may resume the terminal), else `socket:<socket id>`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Owner {
+    Client(String),
+    Socket(String),
+}
+
+impl Owner {
+    /// The owner for a socket `sid` that announced `client_id` (ignored unless [`client_id_ok`]).
+    pub fn for_socket(client_id: Option<&str>, sid: &str) -> Owner {
+        match client_id {
+            Some(id) if client_id_ok(id) => Owner::Client(id.to_string()),
+            _ => Owner::Socket(sid.to_string()),
+        }
+    }
+}
+
+impl fmt::Display for Owner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Owner::Client(id) => write!(f, "client:{id}"),
+            Owner::Socket(sid) => write!(f, "socket:{sid}"),
+        }
+    }
+}
 
 /// Identifies one terminal session; opaque to clients (currently `t-` and 32 hex digits).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
@@ -505,7 +594,8 @@ pub struct Hello {
     pub output_log_bytes: usize,
     /// The server's version, e.g. `0.1.0`.
     pub server_version: String,
-    /// How many terminals this socket may hold at once.
+    /// How many terminals this client may hold at once: its `clientId` across all its sockets, or this socket
+    /// when it sent none. (The field's name is older than client ids.)
     pub max_terminals_per_socket: usize,
     /// Largest `input` `data`, in bytes.
     pub max_input_bytes: usize,
@@ -733,5 +823,30 @@ mod tests {
             serde_json::to_value(exit).unwrap(),
             serde_json::json!({"terminalId": "t-1", "exitCode": null, "reason": "closed"})
         );
+    }
+
+    #[test]
+    fn owners_are_spelled_client_or_socket() {
+        assert_eq!(Owner::for_socket(Some("tab-1_A"), "sid9").to_string(), "client:tab-1_A");
+        assert_eq!(Owner::for_socket(None, "sid9").to_string(), "socket:sid9");
+        for bad in ["", "a b", "a:b", "é", &"x".repeat(MAX_CLIENT_ID_LEN + 1)] {
+            assert!(!client_id_ok(bad), "{bad:?}");
+            assert_eq!(Owner::for_socket(Some(bad), "s").to_string(), "socket:s");
+        }
+        assert!(client_id_ok(&"x".repeat(MAX_CLIENT_ID_LEN)));
+    }
+
+    #[test]
+    fn event_markers_carry_the_documented_names() {
+        fn name<E: ClientEvent>() -> &'static str {
+            E::NAME
+        }
+        fn server<E: ServerEvent>() -> &'static str {
+            E::NAME
+        }
+        assert_eq!(name::<event::StartTerminal>(), "start-terminal");
+        assert_eq!(name::<event::OutputAck>(), "output-ack");
+        assert_eq!(server::<event::Output>(), "output");
+        assert_eq!(server::<event::RequestError>(), "request-error");
     }
 }

@@ -28,9 +28,10 @@ pub struct Config {
     #[arg(long, env = "PORTHOLE_DOCKER_HOST")]
     pub docker_host: Option<String>,
 
-    /// Most terminals one Socket.IO connection may hold at once.
-    #[arg(long, env = "PORTHOLE_MAX_TERMINALS_PER_SOCKET", default_value_t = 32)]
-    pub max_terminals_per_socket: usize,
+    /// Most terminals one client may hold at once: a `clientId` and all its sockets, or a socket without one.
+    /// (The flag's name is older than client ids.)
+    #[arg(long = "max-terminals-per-socket", env = "PORTHOLE_MAX_TERMINALS_PER_SOCKET", default_value_t = 32)]
+    pub max_terminals_per_client: usize,
 
     /// Most terminals the whole server may hold at once.
     #[arg(long, env = "PORTHOLE_MAX_TERMINALS", default_value_t = 1024)]
@@ -174,7 +175,7 @@ impl Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
             docker_host: None,
-            max_terminals_per_socket: 32,
+            max_terminals_per_client: 32,
             max_terminals: 1024,
             grace_period_secs: 600,
             output_log_bytes: 1024 * 1024,
@@ -235,7 +236,7 @@ impl Config {
                 "--max-events-per-sec, --max-auth-failures and --max-terminals-per-user must be at least 1".into()
             );
         }
-        if self.max_terminals_per_socket == 0 || self.max_terminals == 0 {
+        if self.max_terminals_per_client == 0 || self.max_terminals == 0 {
             return Err("terminal limits must be at least 1".into());
         }
         if self.header_timeout_secs == 0 || self.sign_in_timeout_secs == 0 || self.idle_timeout_secs == 0 {
@@ -295,7 +296,7 @@ impl Config {
 
     pub fn limits(&self) -> Limits {
         Limits {
-            per_owner: self.max_terminals_per_socket,
+            per_client: self.max_terminals_per_client,
             per_user: self.max_terminals_per_user,
             total: self.max_terminals,
             grace: std::time::Duration::from_secs(self.grace_period_secs),

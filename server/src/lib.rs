@@ -60,16 +60,13 @@ pub fn security(config: &Config) -> anyhow::Result<state::Security> {
             auth::policy::Policy::allow_all()
         }
     };
-    Ok(state::Security {
+    Ok(state::Security::new(
         auth,
-        policy: std::sync::RwLock::new(Arc::new(policy)),
-        audit: audit::Audit::open(&config.audit_log).map_err(anyhow::Error::msg)?,
-        failures: auth::FailureLimiter::new(config.max_auth_failures, AUTH_FAILURE_WINDOW),
-        epoch: tokio::sync::watch::channel(0).0,
-        events_per_sec: config.max_events_per_sec,
-        logged_refusals: refusals::Refusals::new(refusals::Sink::Log),
-        audited_refusals: refusals::Refusals::new(refusals::Sink::Audit),
-    })
+        policy,
+        audit::Audit::open(&config.audit_log).map_err(anyhow::Error::msg)?,
+        auth::FailureLimiter::new(config.max_auth_failures, AUTH_FAILURE_WINDOW),
+        config.max_events_per_sec,
+    ))
 }
 
 /// Builds the axum router with the Socket.IO layer and the edge guard, over `runtime`.
@@ -212,7 +209,7 @@ pub async fn start_with_runtime(config: &Config, runtime: Arc<dyn ContainerRunti
         let (stop, state) = (stop.clone(), state.clone());
         async move {
             stop.cancelled().await;
-            state.sessions().shutdown().await;
+            state.shutdown().await;
             io.close().await;
         }
     };
@@ -244,6 +241,6 @@ pub async fn start_with_runtime(config: &Config, runtime: Arc<dyn ContainerRunti
                 .context("serving HTTP"),
         }
     });
-    let local_token = state.security().auth.local_token().map(str::to_string);
+    let local_token = state.local_token().map(str::to_string);
     Ok(RunningServer { addr, tls: serving, local_token, state, stop, task })
 }

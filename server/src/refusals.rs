@@ -191,16 +191,10 @@ impl Refusals {
         loop {
             tokio::select! {
                 _ = stop.cancelled() => {
-                    let s = state.security();
-                    s.logged_refusals.flush_all(&s.audit);
-                    s.audited_refusals.flush_all(&s.audit);
+                    state.flush_refusals(true);
                     return;
                 }
-                _ = tick.tick() => {
-                    let s = state.security();
-                    s.logged_refusals.flush(&s.audit);
-                    s.audited_refusals.flush(&s.audit);
-                }
+                _ = tick.tick() => state.flush_refusals(false),
             }
         }
     }

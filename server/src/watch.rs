@@ -73,7 +73,7 @@ fn send(io: &SocketIo, state: &AppState, change: &ContainersChanged, about: Opti
         if about.is_some_and(|e| !state.may_see_container(&caller, &e.name, &e.labels)) {
             continue;
         }
-        if let Err(e) = socket.emit(event::CONTAINERS_CHANGED, change) {
+        if let Err(e) = socket.emit(<event::ContainersChanged as app::protocol::ServerEvent>::NAME, change) {
             tracing::debug!(error = ?e, "could not send a container event");
         }
     }

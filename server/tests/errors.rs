@@ -170,7 +170,7 @@ async fn malformed_input_and_resize_get_request_errors() {
 async fn terminal_limits_per_socket_and_in_total() {
     let c = TestContainer::start("limits", &sh_image()).await;
     let mut config = test_config();
-    config.max_terminals_per_socket = 2;
+    config.max_terminals_per_client = 2;
     config.max_terminals = 3;
     let server = start_server(config).await;
     let a = TestClient::connect(&server).await;

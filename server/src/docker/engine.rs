@@ -25,7 +25,9 @@ use futures_util::stream::BoxStream;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpStream, UnixStream};
 
-use super::{ContainerEvent, ContainerRuntime, ContainerTarget, ExecSpec, ExecStatus, ExecStream, RuntimeError};
+use super::{
+    ContainerEvent, ContainerRuntime, ContainerSpec, ContainerTarget, ExecSpec, ExecStatus, ExecStream, RuntimeError,
+};
 
 /// Container event actions that change what a container list shows.
 const LIST_EVENTS: [&str; 9] = ["create", "start", "die", "stop", "pause", "unpause", "rename", "restart", "destroy"];
@@ -35,6 +37,8 @@ const REQUEST_TIMEOUT_SECS: u64 = 30;
 const EXEC_UPGRADE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Largest HTTP response head accepted while upgrading an exec stream.
 const MAX_UPGRADE_HEAD_BYTES: usize = 16 * 1024;
+/// Read buffer for an exec upgrade's response head (the stream after it is read unbuffered).
+const HEAD_BUFFER_BYTES: usize = 4 * 1024;
 /// Largest error body read from a refused upgrade.
 const MAX_UPGRADE_ERROR_BODY: u64 = 16 * 1024;
 
@@ -104,10 +108,6 @@ impl Engine {
         Engine { endpoint, client: Mutex::new(None) }
     }
 
-    pub fn endpoint(&self) -> &Endpoint {
-        &self.endpoint
-    }
-
     fn cached(&self) -> Option<Docker> {
         self.client.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
@@ -173,7 +173,8 @@ impl Engine {
             body.len()
         );
         write.write_all(head.as_bytes()).await.map_err(|e| RuntimeError::Unavailable(format!("starting exec: {e}")))?;
-        let mut reader = BufReader::with_capacity(64 * 1024, read);
+        // Buffered only while the response head is read; the stream itself is handed over unbuffered.
+        let mut reader = BufReader::with_capacity(HEAD_BUFFER_BYTES, read);
         let mut status_line = String::new();
         let mut head_bytes = 0usize;
         let mut content_length: u64 = 0;
@@ -207,7 +208,12 @@ impl Engine {
         }
         let status: u16 = status_line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
         if status == 101 || status == 200 {
-            return Ok(ExecStream { exec_id: exec_id.to_string(), output: Box::pin(reader), input: Box::pin(write) });
+            // Bytes of the stream that arrived with the head come first, then the socket, read directly.
+            let early = bytes::Bytes::copy_from_slice(reader.buffer());
+            let socket = reader.into_inner();
+            let output: Pin<Box<dyn AsyncRead + Send>> =
+                if early.is_empty() { Box::pin(socket) } else { Box::pin(std::io::Cursor::new(early).chain(socket)) };
+            return Ok(ExecStream { exec_id: exec_id.to_string(), output, input: Box::pin(write) });
         }
         let mut body = Vec::new();
         let _ = (&mut reader).take(content_length.min(MAX_UPGRADE_ERROR_BODY)).read_to_end(&mut body).await;
@@ -338,6 +344,61 @@ impl ContainerRuntime for Engine {
             }
         });
         Ok(stream.boxed())
+    }
+
+    async fn create_container(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
+        use bollard::models::{ContainerCreateBody, HostConfig};
+        let host = HostConfig {
+            memory: spec.memory_bytes,
+            memory_swap: spec.memory_bytes,
+            nano_cpus: spec.cpus.map(|c| (c * 1e9) as i64),
+            pids_limit: spec.pids,
+            tmpfs: Some(spec.tmpfs.clone().into_iter().collect()),
+            network_mode: Some(spec.network.clone()),
+            readonly_rootfs: Some(spec.read_only_rootfs),
+            cap_drop: Some(vec!["ALL".into()]),
+            security_opt: Some(vec!["no-new-privileges:true".into()]),
+            runtime: spec.runtime.clone(),
+            ..Default::default()
+        };
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            cmd: spec.cmd.clone(),
+            user: spec.user.clone(),
+            labels: Some(spec.labels.clone().into_iter().collect()),
+            tty: Some(true),
+            open_stdin: Some(true),
+            host_config: Some(host),
+            ..Default::default()
+        };
+        let options =
+            bollard::query_parameters::CreateContainerOptions { name: spec.name.clone(), ..Default::default() };
+        let created = self.with_client(|d| async move { d.create_container(Some(options), body).await }).await?;
+        Ok(created.id)
+    }
+
+    async fn start_container(&self, id: &str) -> Result<(), RuntimeError> {
+        match self.with_client(|d| async move { d.start_container(id, None).await }).await {
+            // 304: already running.
+            Err(RuntimeError::Api { status: 304, .. }) => Ok(()),
+            other => other,
+        }
+    }
+
+    async fn stop_container(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
+        let options = bollard::query_parameters::StopContainerOptions {
+            t: Some(i32::try_from(grace.as_secs()).unwrap_or(i32::MAX)),
+            signal: None,
+        };
+        match self.with_client(|d| async move { d.stop_container(id, Some(options)).await }).await {
+            Err(RuntimeError::Api { status: 304, .. }) => Ok(()),
+            other => other,
+        }
+    }
+
+    async fn remove_container(&self, id: &str) -> Result<(), RuntimeError> {
+        let options = bollard::query_parameters::RemoveContainerOptions { force: true, v: true, link: false };
+        self.with_client(|d| async move { d.remove_container(id, Some(options)).await }).await
     }
 }
 

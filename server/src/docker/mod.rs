@@ -1,9 +1,11 @@
 //! The container runtime seam: what Porthole needs from Docker, behind a small trait.
 //!
 //! [`engine::Engine`] implements it over the Docker Engine API (bollard for requests, a raw hijacked connection
-//! for exec streams). Pure unit tests may implement [`ContainerRuntime`] with a fake; integration tests use the
-//! real daemon.
+//! for exec streams). The session core's pure unit tests use [`echo::EchoRuntime`], a fake whose processes echo
+//! their input; integration tests use the real daemon.
 
+#[cfg(test)]
+pub mod echo;
 pub mod engine;
 
 use std::pin::Pin;
@@ -89,6 +91,32 @@ pub struct ExecStatus {
     pub pid: i64,
 }
 
+/// A container to create (for sandboxes). Limits left `None` are Docker's defaults.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ContainerSpec {
+    pub image: String,
+    /// The container's name; `None`: Docker picks one.
+    pub name: Option<String>,
+    /// The command; `None`: the image's default.
+    pub cmd: Option<Vec<String>>,
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// `uid:gid` or a user name.
+    pub user: Option<String>,
+    /// Memory limit in bytes (also the memory+swap limit: no swap).
+    pub memory_bytes: Option<i64>,
+    /// CPUs, e.g. 0.5.
+    pub cpus: Option<f64>,
+    /// Most processes.
+    pub pids: Option<i64>,
+    /// Mount point -> tmpfs options (e.g. `size=16m`).
+    pub tmpfs: std::collections::BTreeMap<String, String>,
+    /// `none`, or a network's name.
+    pub network: String,
+    pub read_only_rootfs: bool,
+    /// An OCI runtime registered with the daemon (e.g. `runsc`); `None`: the default.
+    pub runtime: Option<String>,
+}
+
 /// What Porthole needs from a container engine.
 #[async_trait]
 pub trait ContainerRuntime: Send + Sync + 'static {
@@ -104,4 +132,17 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     async fn resize_exec(&self, exec_id: &str, cols: u16, rows: u16) -> Result<(), RuntimeError>;
     /// Container lifecycle events (not exec events) from now on, until the connection breaks.
     async fn container_events(&self) -> Result<BoxStream<'static, Result<ContainerEvent, RuntimeError>>, RuntimeError>;
+    /// Creates a container (not started) with every capability dropped and no new privileges; returns its id.
+    /// Errors: `NotFound` the image is not present locally (nothing is pulled), `Conflict` the name is taken,
+    /// `Api` the daemon refused the settings (e.g. an unknown runtime or network).
+    async fn create_container(&self, spec: &ContainerSpec) -> Result<String, RuntimeError>;
+    /// Starts a created or stopped container; starting a running one is not an error.
+    /// Errors: `NotFound` no such container, `Api` it could not start.
+    async fn start_container(&self, id: &str) -> Result<(), RuntimeError>;
+    /// Stops a container, killing it after `grace`; stopping a stopped one is not an error.
+    /// Errors: `NotFound` no such container.
+    async fn stop_container(&self, id: &str, grace: std::time::Duration) -> Result<(), RuntimeError>;
+    /// Removes a container, killing it first if it runs. Errors: `NotFound` no such container, `Conflict` a
+    /// removal is already in progress.
+    async fn remove_container(&self, id: &str) -> Result<(), RuntimeError>;
 }

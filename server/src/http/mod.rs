@@ -5,6 +5,7 @@
 pub mod csp;
 
 pub mod conn;
+mod tracked;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;

@@ -1,23 +1,26 @@
 //! The service layer shared by the socket and HTTP transports: one cloneable handle, methods named for intent.
 //!
 //! Authorization is decided here and only here: every transport passes the [`Caller`] and gets the same
-//! answer, so the picker, REST, server functions and socket events cannot disagree.
+//! answer, so the picker, REST, server functions and socket events cannot disagree. The transports call
+//! [`AppState`] methods only; every decision and every audit record happens behind them, once. This file holds
+//! sign-in, the policy and the containers; [`terminals`] the terminal operations.
+
+mod terminals;
+
+pub use terminals::Seat;
 
 use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
 
-use app::protocol::{
-    ContainerSummary, ErrorCode, ExitReason, Health, PROTOCOL_VERSION, StartTerminal, TerminalId, TerminalInfo,
-    TerminalStarted,
-};
+use app::protocol::{ContainerSummary, ErrorCode, Health, PROTOCOL_VERSION, TerminalInfo};
 use tokio::sync::watch;
 
 use crate::audit::{Audit, Record};
-use crate::auth::policy::{Grant, Level, Policy};
+use crate::auth::policy::Policy;
 use crate::auth::{Authenticator, FailureLimiter, Principal, now_secs};
-use crate::docker::{ContainerRuntime, ContainerTarget};
+use crate::docker::ContainerRuntime;
 use crate::error::ServiceError;
-use crate::session::{Limits, OwnerId, Sessions, Terminal, no_such_container};
+use crate::session::{Limits, Sessions, Terminal};
 
 /// Who is asking, and from where.
 #[derive(Debug, Clone)]
@@ -36,17 +39,38 @@ impl Caller {
 /// Authentication, policy and audit, shared by all transports.
 #[derive(Debug)]
 pub struct Security {
-    pub auth: Authenticator,
-    pub policy: RwLock<Arc<Policy>>,
-    pub audit: Audit,
-    pub failures: FailureLimiter,
+    auth: Authenticator,
+    policy: RwLock<Arc<Policy>>,
+    audit: Audit,
+    failures: FailureLimiter,
     /// Bumped whenever credentials may have stopped being valid (policy reload, logout): sockets re-check.
-    pub epoch: watch::Sender<u64>,
+    epoch: watch::Sender<u64>,
     /// Events per second one socket may send.
-    pub events_per_sec: u32,
+    events_per_sec: u32,
     /// Refusals written to the log one by one, and to the audit log, each bounded per abuser.
-    pub logged_refusals: crate::refusals::Refusals,
-    pub audited_refusals: crate::refusals::Refusals,
+    logged_refusals: crate::refusals::Refusals,
+    audited_refusals: crate::refusals::Refusals,
+}
+
+impl Security {
+    pub fn new(
+        auth: Authenticator,
+        policy: Policy,
+        audit: Audit,
+        failures: FailureLimiter,
+        events_per_sec: u32,
+    ) -> Security {
+        Security {
+            auth,
+            policy: RwLock::new(Arc::new(policy)),
+            audit,
+            failures,
+            epoch: watch::channel(0).0,
+            events_per_sec,
+            logged_refusals: crate::refusals::Refusals::new(crate::refusals::Sink::Log),
+            audited_refusals: crate::refusals::Refusals::new(crate::refusals::Sink::Audit),
+        }
+    }
 }
 
 /// Everything a request handler needs.
@@ -95,12 +119,31 @@ impl AppState {
         &self.edge
     }
 
-    pub fn sessions(&self) -> &Arc<Sessions> {
-        &self.sessions
+    /// The local access token, when signing in is by token.
+    pub fn local_token(&self) -> Option<&str> {
+        self.security.auth.local_token()
     }
 
-    pub fn security(&self) -> &Security {
-        &self.security
+    /// Seconds of leeway on credential expiry.
+    pub fn leeway(&self) -> u64 {
+        self.security.auth.leeway()
+    }
+
+    /// Writes the pending refusal summaries (every [`crate::refusals::INTERVAL`]; all of them with `all`).
+    pub fn flush_refusals(&self, all: bool) {
+        let s = &self.security;
+        if all {
+            s.logged_refusals.flush_all(&s.audit);
+            s.audited_refusals.flush_all(&s.audit);
+        } else {
+            s.logged_refusals.flush(&s.audit);
+            s.audited_refusals.flush(&s.audit);
+        }
+    }
+
+    /// Closes every terminal (server shutdown).
+    pub async fn shutdown(&self) {
+        self.sessions.shutdown().await;
     }
 
     pub fn events_per_sec(&self) -> u32 {
@@ -179,11 +222,28 @@ impl AppState {
 
     /// Whether `caller`'s credential is still honoured: not expired, revoked by the policy or signed out.
     pub fn still_valid(&self, caller: &Caller) -> Result<(), ServiceError> {
+        self.valid_under(&self.policy(), caller)
+    }
+
+    /// Whether `caller`'s credential has neither expired nor been signed out (the policy's revocations are
+    /// checked with each policy decision).
+    pub fn credential_current(&self, caller: &Caller) -> Result<(), ServiceError> {
+        if caller.principal.expired_at(now_secs(), self.security.auth.leeway()) {
+            return Err(ServiceError::new(ErrorCode::TokenExpired, "the token has expired; sign in again"));
+        }
+        if self.security.auth.signed_out(&caller.principal) {
+            return Err(ServiceError::new(ErrorCode::TokenRevoked, "this session was signed out"));
+        }
+        Ok(())
+    }
+
+    /// [`AppState::still_valid`] under a policy snapshot the caller goes on to use.
+    fn valid_under(&self, policy: &Policy, caller: &Caller) -> Result<(), ServiceError> {
         let p = &caller.principal;
         if p.expired_at(now_secs(), self.security.auth.leeway()) {
             return Err(ServiceError::new(ErrorCode::TokenExpired, "the token has expired; sign in again"));
         }
-        if let Some(why) = self.policy().revoked(p) {
+        if let Some(why) = policy.revoked(p) {
             return Err(ServiceError::new(ErrorCode::TokenRevoked, why));
         }
         if self.security.auth.signed_out(p) {
@@ -256,170 +316,6 @@ impl AppState {
         labels: &std::collections::BTreeMap<String, String>,
     ) -> bool {
         self.policy().grant(&caller.principal, name, labels).is_some()
-    }
-
-    /// What `caller` may do with `terminal`: `None` if they may not even see it. Another user's terminal is
-    /// reached at the level of the best single shared rule, never by adding up rules.
-    fn terminal_grant(&self, caller: &Caller, terminal: &Terminal) -> Option<Grant> {
-        let mut grant = self.policy().grant(&caller.principal, terminal.container_name(), terminal.labels())?;
-        if terminal.user() != caller.principal.subject {
-            grant.level = grant.shared?;
-        }
-        Some(grant)
-    }
-
-    /// The terminals `caller` may see: their own, and others' in containers shared with them.
-    pub fn terminals(&self, caller: &Caller) -> Vec<TerminalInfo> {
-        let visible: Vec<_> = self
-            .sessions
-            .all()
-            .into_iter()
-            .filter(|t| self.terminal_grant(caller, t).is_some())
-            .map(|t| self.sessions.info(&t))
-            .collect();
-        crate::session::sorted(visible)
-    }
-
-    /// Every terminal, regardless of who may see it (for the operator: shutdown, tests).
-    pub fn all_terminals(&self) -> Vec<TerminalInfo> {
-        crate::session::sorted(self.sessions.all().iter().map(|t| self.sessions.info(t)).collect())
-    }
-
-    /// A terminal `caller` may see.
-    pub fn visible_terminal(&self, caller: &Caller, id: &TerminalId) -> Result<Arc<Terminal>, ServiceError> {
-        let t = self.sessions.find(id)?;
-        match self.terminal_grant(caller, &t) {
-            Some(_) => Ok(t),
-            None => Err(ServiceError::unknown_terminal(id)),
-        }
-    }
-
-    pub fn terminal(&self, caller: &Caller, id: &TerminalId) -> Result<TerminalInfo, ServiceError> {
-        self.visible_terminal(caller, id).map(|t| self.sessions.info(&t))
-    }
-
-    /// Whether `caller` may type into, resize and close `terminal`.
-    pub fn authorize_write(&self, caller: &Caller, terminal: &Terminal) -> Result<(), ServiceError> {
-        match self.terminal_grant(caller, terminal) {
-            Some(g) if g.level == Level::Interact => Ok(()),
-            Some(_) => Err(ServiceError::new(
-                ErrorCode::ViewOnly,
-                format!("you may only watch terminals in {}", terminal.container_name()),
-            )),
-            None => Err(ServiceError::unknown_terminal(terminal.id())),
-        }
-    }
-
-    /// Whether `caller` may attach to `terminal`; `Ok(true)` means read-only.
-    pub fn authorize_attach(&self, caller: &Caller, terminal: &Terminal) -> Result<bool, ServiceError> {
-        let result = match self.terminal_grant(caller, terminal) {
-            Some(g) => Ok(g.level == Level::View),
-            None => Err(ServiceError::unknown_terminal(terminal.id())),
-        };
-        match &result {
-            Ok(read_only) => {
-                let mut r = on_terminal(caller.record("terminal.attach", "allowed"), terminal);
-                r.reason = read_only.then(|| "read-only".to_string());
-                self.audit(r);
-            }
-            Err(e) => self.audit_refusal(e, on_terminal(denied(caller, "terminal.attach", e), terminal)),
-        }
-        result.map_err(ServiceError::audited)
-    }
-
-    /// Records a refused write (input, resize, close) in the audit log.
-    pub fn audit_denied_write(&self, caller: &Caller, terminal: &Terminal, action: &'static str, e: &ServiceError) {
-        self.audit_refusal(e, on_terminal(denied(caller, action, e), terminal));
-    }
-
-    /// Decides whether `caller` may open `req` in `target`.
-    fn authorize_start(
-        &self,
-        caller: &Caller,
-        target: &ContainerTarget,
-        req: &StartTerminal,
-    ) -> Result<(), ServiceError> {
-        let policy = self.policy();
-        let Some(grant) = policy.grant(&caller.principal, &target.name, &target.labels) else {
-            return Err(no_such_container(&req.container_id));
-        };
-        if grant.level != Level::Interact {
-            return Err(ServiceError::new(
-                ErrorCode::Forbidden,
-                format!(
-                    "you have view-only access to {}: you may watch its shared terminals, not open one",
-                    target.name
-                ),
-            ));
-        }
-        match &req.command {
-            None if !grant.login_shell => Err(ServiceError::new(
-                ErrorCode::CommandNotAllowed,
-                format!("the login shell is not allowed for you in {}; ask for an allowed command", target.name),
-            )),
-            Some(cmd) if !grant.commands.allows(cmd) => Err(ServiceError::new(
-                ErrorCode::CommandNotAllowed,
-                format!("{:?} is not on your command allowlist for {}", cmd, target.name),
-            )),
-            _ => Ok(()),
-        }
-    }
-
-    /// Opens a terminal for `caller`'s client `client`, if the policy allows it.
-    pub async fn start_terminal(
-        &self,
-        caller: &Caller,
-        client: &str,
-        req: StartTerminal,
-    ) -> Result<(Arc<Terminal>, TerminalStarted), ServiceError> {
-        let mut seen: Option<ContainerTarget> = None;
-        let result = async {
-            Sessions::check_start(&req)?;
-            let target = self.sessions.resolve(&req.container_id).await?;
-            seen = Some(target.clone());
-            // Hidden containers answer exactly like missing ones, whatever their state.
-            self.authorize_start(caller, &target, &req)?;
-            let owner = OwnerId { user: caller.principal.subject.clone(), client: client.to_string() };
-            let quota = self.policy().quota(&caller.principal);
-            self.sessions.start(&owner, target, req.clone(), quota).await
-        }
-        .await;
-        match result {
-            Ok((terminal, started)) => {
-                self.audit(on_terminal(caller.record("terminal.open", "allowed"), &terminal));
-                Ok((terminal, started))
-            }
-            Err(e) => {
-                let mut r = denied(caller, "terminal.open", &e);
-                r.container =
-                    Some(seen.as_ref().map_or_else(|| crate::refusals::clip(&req.container_id), |t| t.name.clone()));
-                r.container_id = seen.map(|t| t.id);
-                r.command = clipped_command(req.command);
-                self.audit_refusal(&e, r);
-                Err(e.audited())
-            }
-        }
-    }
-
-    /// Ends a terminal `caller` may write to.
-    pub async fn close_terminal(&self, caller: &Caller, terminal: &Arc<Terminal>) -> Result<(), ServiceError> {
-        if let Err(e) = self.authorize_write(caller, terminal) {
-            self.audit_denied_write(caller, terminal, "terminal.close", &e);
-            return Err(e.audited());
-        }
-        self.audit(on_terminal(caller.record("terminal.close", "allowed"), terminal));
-        if terminal.has_ended() {
-            // Already over: just take it off the list.
-            self.sessions.forget(terminal.id());
-            return Ok(());
-        }
-        self.sessions.close(terminal, ExitReason::Closed).await
-    }
-
-    /// Ends a terminal by id (REST).
-    pub async fn close_terminal_id(&self, caller: &Caller, id: &TerminalId) -> Result<(), ServiceError> {
-        let t = self.visible_terminal(caller, id)?;
-        self.close_terminal(caller, &t).await
     }
 }
 

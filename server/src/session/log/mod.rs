@@ -1,0 +1,548 @@
+//! A terminal's event log: everything the terminal published, in order, with the time since it started, and
+//! the subscribers that follow it.
+//!
+//! Entries are output chunks (with their absolute byte offset), resizes and, while a subscriber asks for them,
+//! input. The log keeps the newest [`EventLog::cap`] bytes of them (the newest entry always stays); a subscriber
+//! may start anywhere in what is kept. The exit comes last, once, after every output byte.
+//!
+//! There are two kinds of subscriber:
+//! - **Viewers** ([`ViewerSub`], sockets) follow the output by byte offset. They are counted ([`EventLog::viewers`]),
+//!   and the terminal's reading waits for the slowest of them ([`EventLog::lag`]), so a viewer never falls off
+//!   the log. Attaching a viewer id again replaces the old subscription.
+//! - **Taps** ([`Tap`], recorders, transcripts, relays) follow every event by sequence number. They are never
+//!   counted and never slow the terminal: a tap that falls further behind than the log keeps (the bound is the
+//!   log's capacity, `--output-log-bytes`) gets a [`Event::Gap`] with the output bytes it missed, and that is
+//!   logged.
+//!
+//! Both are guards: dropping one unsubscribes it. The lock inside is the log's own data structure; it is held
+//! only to append or copy out, never across an await.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use app::protocol::Exit;
+use bytes::{Bytes, BytesMut};
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::{TerminalSink, ViewerId};
+
+mod tap;
+pub use tap::Tap;
+
+/// One thing a terminal published, as a tap sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// Output bytes starting at byte `offset` of the terminal's output.
+    Output { offset: u64, at: Duration, data: Bytes },
+    /// The tty was resized.
+    Resize { at: Duration, cols: u16, rows: u16 },
+    /// Bytes written to the tty (only for taps that asked for input).
+    Input { at: Duration, data: Bytes },
+    /// The tap fell behind the log: `missed` output bytes are lost to it (the next event follows the gap).
+    Gap { at: Duration, missed: u64 },
+    /// The terminal ended; nothing follows.
+    Exit { at: Duration, exit: Exit },
+}
+
+#[derive(Debug)]
+enum Kind {
+    Output(Bytes),
+    Resize(u16, u16),
+    Input(Bytes),
+}
+
+#[derive(Debug)]
+struct Entry {
+    seq: u64,
+    /// Output offset at this entry (its first byte, for output).
+    offset: u64,
+    at: Duration,
+    kind: Kind,
+}
+
+impl Entry {
+    fn output_len(&self) -> u64 {
+        match &self.kind {
+            Kind::Output(b) => b.len() as u64,
+            _ => 0,
+        }
+    }
+
+    fn size(&self) -> usize {
+        match &self.kind {
+            Kind::Output(b) | Kind::Input(b) => b.len(),
+            Kind::Resize(..) => 0,
+        }
+    }
+}
+
+/// A viewer's place in the log.
+struct ViewerState {
+    sub: u64,
+    /// Next offset to send.
+    cursor: u64,
+    /// With flow control: how far the client has processed.
+    acked: Option<u64>,
+    /// Cancelled when the viewer is detached or replaced.
+    stop: CancellationToken,
+    /// Where its output goes, once started (for viewer-count announcements).
+    sink: Option<Arc<dyn TerminalSink>>,
+    /// Its leaving ends the terminal at once (a protocol version 1 client).
+    ends_on_leave: bool,
+}
+
+impl ViewerState {
+    fn floor(&self) -> u64 {
+        self.acked.unwrap_or(self.cursor)
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    entries: VecDeque<Entry>,
+    next_seq: u64,
+    /// Output bytes ever published (the offset of the output's end).
+    end: u64,
+    /// Bytes held by `entries`.
+    bytes: usize,
+    last_at: Duration,
+    exit: Option<(Duration, Exit)>,
+    viewers: HashMap<ViewerId, ViewerState>,
+    /// Taps that asked for input.
+    input_taps: usize,
+    next_sub: u64,
+}
+
+impl Inner {
+    /// Offset of the oldest kept output byte.
+    fn start(&self) -> u64 {
+        self.entries.front().map_or(self.end, |e| e.offset)
+    }
+
+    fn first_seq(&self) -> u64 {
+        self.entries.front().map_or(self.next_seq, |e| e.seq)
+    }
+}
+
+/// Where a viewer starts (see [`EventLog::attach_viewer`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ViewerStart {
+    /// The first offset it is sent.
+    pub offset: u64,
+    /// The end of the output when it attached.
+    pub end: u64,
+    /// It asked for bytes older than the log keeps.
+    pub truncated: bool,
+}
+
+/// A terminal's events and subscribers.
+pub struct EventLog {
+    inner: Mutex<Inner>,
+    cap: usize,
+    started: Instant,
+    /// Bumped on every change a subscriber may wait for (an append, the exit).
+    changed: watch::Sender<u64>,
+    /// Notified when a viewer advances, acknowledges, attaches or leaves (the reader may resume).
+    progress: Notify,
+}
+
+impl std::fmt::Debug for EventLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventLog").field("cap", &self.cap).finish_non_exhaustive()
+    }
+}
+
+impl EventLog {
+    /// A log keeping about `cap` bytes (at least the newest entry).
+    pub fn new(cap: usize) -> Arc<EventLog> {
+        Arc::new(EventLog {
+            inner: Mutex::new(Inner::default()),
+            cap: cap.max(1),
+            started: Instant::now(),
+            changed: watch::channel(0).0,
+            progress: Notify::new(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Bytes kept at most.
+    pub fn cap(&self) -> usize {
+        self.cap
+    }
+
+    /// Offset of the end of the output.
+    pub fn end(&self) -> u64 {
+        self.lock().end
+    }
+
+    /// Whether the exit was published.
+    pub fn has_ended(&self) -> bool {
+        self.lock().exit.is_some()
+    }
+
+    pub fn exit(&self) -> Option<Exit> {
+        self.lock().exit.as_ref().map(|(_, e)| e.clone())
+    }
+
+    fn push(&self, kind: Kind) {
+        let mut inner = self.lock();
+        if inner.exit.is_some() {
+            return;
+        }
+        // Never decreasing, even if the clock were to misbehave.
+        let at = self.started.elapsed().max(inner.last_at);
+        inner.last_at = at;
+        let entry = Entry { seq: inner.next_seq, offset: inner.end, at, kind };
+        inner.next_seq += 1;
+        inner.end += entry.output_len();
+        inner.bytes += entry.size();
+        inner.entries.push_back(entry);
+        while inner.bytes > self.cap && inner.entries.len() > 1 {
+            if let Some(old) = inner.entries.pop_front() {
+                inner.bytes -= old.size();
+            }
+        }
+        drop(inner);
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    /// Publishes output (after the previous output).
+    pub fn push_output(&self, data: Bytes) {
+        if !data.is_empty() {
+            self.push(Kind::Output(data));
+        }
+    }
+
+    pub fn push_resize(&self, cols: u16, rows: u16) {
+        self.push(Kind::Resize(cols, rows));
+    }
+
+    /// Publishes input, if any tap asked for input (otherwise it is not kept).
+    pub fn push_input(&self, data: &Bytes) {
+        if self.lock().input_taps > 0 && !data.is_empty() {
+            self.push(Kind::Input(data.clone()));
+        }
+    }
+
+    /// Publishes the exit; later pushes are ignored.
+    pub fn finish(&self, exit: Exit) {
+        {
+            let mut inner = self.lock();
+            if inner.exit.is_some() {
+                return;
+            }
+            let at = self.started.elapsed().max(inner.last_at);
+            inner.exit = Some((at, exit));
+        }
+        self.changed.send_modify(|n| *n += 1);
+        self.progress.notify_waiters();
+    }
+
+    // --- viewers -----------------------------------------------------------------------------------------------
+
+    /// Registers viewer `id` from offset `since` (absent: the oldest kept byte), replacing an earlier one of the
+    /// same id (which stops). Fails when `since` is past the end.
+    pub fn attach_viewer(
+        self: &Arc<Self>,
+        id: ViewerId,
+        since: Option<u64>,
+        flow_control: bool,
+        ends_on_leave: bool,
+        parent: &CancellationToken,
+    ) -> Result<(ViewerSub, ViewerStart), u64> {
+        let mut inner = self.lock();
+        let (start, end) = (inner.start(), inner.end);
+        let wanted = since.unwrap_or(start);
+        if wanted > end {
+            return Err(end);
+        }
+        let offset = wanted.max(start);
+        let sub = inner.next_sub;
+        inner.next_sub += 1;
+        // Ends with the socket even if the terminal has gone by then.
+        let stop = parent.child_token();
+        let state = ViewerState {
+            sub,
+            cursor: offset,
+            acked: flow_control.then_some(offset),
+            stop: stop.clone(),
+            sink: None,
+            ends_on_leave,
+        };
+        if let Some(old) = inner.viewers.insert(id.clone(), state) {
+            old.stop.cancel();
+        }
+        drop(inner);
+        self.progress.notify_waiters();
+        let start = ViewerStart { offset, end, truncated: since.is_some_and(|s| s < start) };
+        Ok((ViewerSub { log: self.clone(), id, sub, stop, cursor: offset, armed: true }, start))
+    }
+
+    /// Removes viewer `id`; returns, if it was there, whether its leaving ends the terminal at once.
+    pub fn detach_viewer(&self, id: &ViewerId) -> Option<bool> {
+        let removed = self.lock().viewers.remove(id);
+        removed.map(|v| {
+            v.stop.cancel();
+            self.progress.notify_waiters();
+            v.ends_on_leave
+        })
+    }
+
+    pub fn is_viewer(&self, id: &ViewerId) -> bool {
+        self.lock().viewers.contains_key(id)
+    }
+
+    /// Viewers attached now.
+    pub fn viewers(&self) -> usize {
+        self.lock().viewers.len()
+    }
+
+    /// Sets where viewer `id` (subscription `sub`) sends its output.
+    fn set_sink(&self, id: &ViewerId, sub: u64, sink: Arc<dyn TerminalSink>) {
+        if let Some(v) = self.lock().viewers.get_mut(id).filter(|v| v.sub == sub) {
+            v.sink = Some(sink);
+        }
+    }
+
+    /// The started viewers' sinks and how many viewers there are.
+    pub fn sinks(&self) -> (Vec<Arc<dyn TerminalSink>>, usize) {
+        let inner = self.lock();
+        (inner.viewers.values().filter_map(|v| v.sink.clone()).collect(), inner.viewers.len())
+    }
+
+    /// Records that viewer `id` processed output up to `processed`. Errors: `Err(None)` not attached, `Err(Some
+    /// (sent))` no flow control (`sent` = 0) or more than was sent.
+    pub fn ack(&self, id: &ViewerId, processed: u64) -> Result<(), AckError> {
+        let mut inner = self.lock();
+        let v = inner.viewers.get_mut(id).ok_or(AckError::NotAttached)?;
+        let Some(acked) = &mut v.acked else { return Err(AckError::NoFlowControl) };
+        if processed > v.cursor {
+            return Err(AckError::Ahead { sent: v.cursor });
+        }
+        // Acks may arrive out of order or twice: keep the highest.
+        *acked = (*acked).max(processed);
+        drop(inner);
+        self.progress.notify_waiters();
+        Ok(())
+    }
+
+    /// How far the slowest viewer is behind the end of the output (0 with nobody attached).
+    pub fn lag(&self) -> u64 {
+        let inner = self.lock();
+        inner.viewers.values().map(|v| inner.end.saturating_sub(v.floor())).max().unwrap_or(0)
+    }
+
+    /// Waits until the slowest viewer is at most `low` behind, or `stop` is cancelled (false).
+    pub async fn wait_for_viewers(&self, low: u64, stop: &CancellationToken) -> bool {
+        loop {
+            let progressed = self.progress.notified();
+            tokio::pin!(progressed);
+            progressed.as_mut().enable();
+            if self.lag() <= low {
+                return true;
+            }
+            tokio::select! {
+                _ = progressed => {}
+                _ = stop.cancelled() => return false,
+            }
+        }
+    }
+
+    /// Up to `max` output bytes from `from` (moved up to the oldest kept byte), joined, as `(offset, bytes)`.
+    fn read_output(inner: &Inner, from: u64, max: usize) -> Option<(u64, Bytes)> {
+        let from = from.max(inner.start());
+        if from >= inner.end {
+            return None;
+        }
+        let first = inner.entries.partition_point(|e| e.offset + e.output_len() <= from);
+        let mut parts = Vec::new();
+        let mut taken = 0usize;
+        for e in inner.entries.iter().skip(first) {
+            if taken >= max {
+                break;
+            }
+            let Kind::Output(c) = &e.kind else { continue };
+            let skip = from.saturating_sub(e.offset) as usize;
+            let part = c.slice(skip.min(c.len())..c.len().min(skip + max - taken));
+            taken += part.len();
+            parts.push(part);
+        }
+        let data = if parts.len() == 1 {
+            parts.pop().unwrap_or_default()
+        } else {
+            let mut joined = BytesMut::with_capacity(taken);
+            parts.iter().for_each(|p| joined.extend_from_slice(p));
+            joined.freeze()
+        };
+        Some((from, data))
+    }
+
+    // --- taps --------------------------------------------------------------------------------------------------
+
+    /// A tap from the oldest kept event on. With `input`, it also gets [`Event::Input`].
+    pub fn tap(self: &Arc<Self>, input: bool) -> Tap {
+        let mut inner = self.lock();
+        if input {
+            inner.input_taps += 1;
+        }
+        let (seq, offset) = (inner.first_seq(), inner.start());
+        drop(inner);
+        Tap { log: self.clone(), input, seq, offset, done: false, changed: self.changed.subscribe() }
+    }
+}
+
+/// Why an `output-ack` was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckError {
+    NotAttached,
+    NoFlowControl,
+    Ahead { sent: u64 },
+}
+
+/// What a viewer gets next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    Output { offset: u64, data: Bytes },
+    Exit(Exit),
+}
+
+/// A viewer's subscription: output from its cursor, then the exit. Dropping it detaches the viewer, unless a
+/// newer attach of the same id replaced it.
+pub struct ViewerSub {
+    log: Arc<EventLog>,
+    id: ViewerId,
+    sub: u64,
+    stop: CancellationToken,
+    cursor: u64,
+    /// Dropping it unsubscribes (see [`ViewerSub::keep`]).
+    armed: bool,
+}
+
+impl std::fmt::Debug for ViewerSub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ViewerSub").field("id", &self.id).field("cursor", &self.cursor).finish()
+    }
+}
+
+impl ViewerSub {
+    pub fn id(&self) -> &ViewerId {
+        &self.id
+    }
+
+    /// Cancelled when this subscription is detached or replaced.
+    pub fn stopped(&self) -> &CancellationToken {
+        &self.stop
+    }
+
+    /// Sets where this viewer's output goes (for viewer-count announcements).
+    pub fn set_sink(&self, sink: Arc<dyn TerminalSink>) {
+        self.log.set_sink(&self.id, self.sub, sink);
+    }
+
+    /// Unacknowledged bytes, with flow control (0 without).
+    fn unacked(&self) -> u64 {
+        let inner = self.log.lock();
+        inner.viewers.get(&self.id).filter(|v| v.sub == self.sub).and_then(|v| v.acked).map_or(0, |a| self.cursor - a)
+    }
+
+    /// Waits until at most `high` bytes are unacknowledged (false: stopped).
+    pub async fn wait_for_acks(&self, high: u64) -> bool {
+        loop {
+            let progressed = self.log.progress.notified();
+            tokio::pin!(progressed);
+            progressed.as_mut().enable();
+            if self.unacked() <= high {
+                return true;
+            }
+            tokio::select! {
+                _ = progressed => {}
+                _ = self.stop.cancelled() => return false,
+            }
+        }
+    }
+
+    /// What is there to send now: up to `max` output bytes from the cursor, else the exit, else nothing yet.
+    pub fn peek(&self, max: usize) -> Option<Delivery> {
+        let inner = self.log.lock();
+        if let Some((offset, data)) = EventLog::read_output(&inner, self.cursor, max) {
+            return Some(Delivery::Output { offset, data });
+        }
+        inner.exit.as_ref().map(|(_, e)| Delivery::Exit(e.clone()))
+    }
+
+    /// Output bytes waiting beyond the cursor.
+    pub fn waiting(&self) -> u64 {
+        self.log.end().saturating_sub(self.cursor)
+    }
+
+    /// Waits for the next delivery (None: stopped).
+    pub async fn next(&self, max: usize) -> Option<Delivery> {
+        let mut changed = self.log.changed.subscribe();
+        loop {
+            changed.borrow_and_update();
+            if let Some(d) = self.peek(max) {
+                return Some(d);
+            }
+            tokio::select! {
+                r = changed.changed() => if r.is_err() { return None },
+                _ = self.stop.cancelled() => return None,
+            }
+        }
+    }
+
+    /// Waits until something is published, or `timeout` passes.
+    pub async fn more_within(&self, timeout: Duration) {
+        let mut changed = self.log.changed.subscribe();
+        changed.borrow_and_update();
+        let _ = tokio::time::timeout(timeout, changed.changed()).await;
+    }
+
+    /// Records that `len` bytes from `offset` (as [`ViewerSub::peek`] gave them) were handed to the transport.
+    pub fn delivered(&mut self, offset: u64, len: u64) {
+        if offset > self.cursor {
+            tracing::warn!(lost = offset - self.cursor, "viewer fell behind the output log");
+        }
+        let end = offset + len;
+        if end <= self.cursor {
+            return;
+        }
+        self.cursor = end;
+        if let Some(v) = self.log.lock().viewers.get_mut(&self.id).filter(|v| v.sub == self.sub) {
+            v.cursor = end;
+        }
+        self.log.progress.notify_waiters();
+    }
+
+    /// Ends this subscription's task but leaves the viewer attached (counted, holding the grace period off)
+    /// until it is detached.
+    pub fn keep(mut self) {
+        self.armed = false;
+    }
+
+    /// Whether this subscription is still the viewer's current one.
+    pub fn current(&self) -> bool {
+        self.log.lock().viewers.get(&self.id).is_some_and(|v| v.sub == self.sub)
+    }
+}
+
+impl Drop for ViewerSub {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let mut inner = self.log.lock();
+        if inner.viewers.get(&self.id).is_some_and(|v| v.sub == self.sub) {
+            inner.viewers.remove(&self.id);
+        }
+        drop(inner);
+        self.log.progress.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests;

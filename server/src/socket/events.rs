@@ -1,0 +1,189 @@
+//! The socket's event handlers: each translates one client event into one service call and its answer.
+//!
+//! `input`, `resize` and `output-ack` are handled synchronously when socketioxide dispatches the packet, so
+//! input keeps the order it arrived in; `start-terminal`, `attach-terminal` and `close-terminal` are answered
+//! on the spot when refused, and otherwise run as spawned futures.
+
+use std::future::{Ready, ready};
+use std::sync::Arc;
+
+use app::protocol::{ClientEvent, ErrorEvent, TerminalAck, TerminalId, event};
+use socketioxide::extract::TryData;
+use socketioxide::socket::{DisconnectReason, Socket};
+use tracing::Instrument;
+
+use super::conn::{Ack, Conn, Sock, SocketSink};
+use crate::error::ServiceError;
+use crate::state::AppState;
+
+/// The request of an event, once the socket may send it (`admission`) and its payload parsed (`req`).
+/// Admission is refused first.
+fn admitted<E: ClientEvent>(
+    admission: Result<(), ServiceError>,
+    req: Result<E::Payload, impl std::fmt::Display>,
+) -> Result<E::Payload, ServiceError> {
+    admission?;
+    req.map_err(|e| ServiceError::invalid(format!("{} payload: {e}", E::NAME)))
+}
+
+/// Registers event `E` with a synchronous handler.
+fn on<E, F>(socket: &Arc<Socket>, handler: F)
+where
+    E: ClientEvent + 'static,
+    F: Fn(Ack<E>, Result<E::Payload, socketioxide::ParserError>) + Send + Sync + Clone + 'static,
+{
+    socket.on(E::NAME, move |ack: Ack<E>, TryData(req): TryData<E::Payload>| -> Ready<()> {
+        handler(ack, req);
+        ready(())
+    });
+}
+
+/// Registers the socket's event handlers (from the connect middleware, before anything awaits: events that
+/// arrive before their handler exists would be dropped).
+pub(super) fn register(socket: &Arc<Socket>, state: &AppState, conn: &Arc<Conn>, span: &tracing::Span) {
+    {
+        let (state, conn, span) = (state.clone(), conn.clone(), span.clone());
+        on::<event::StartTerminal, _>(socket, move |ack, req| {
+            let req = match admitted::<event::StartTerminal>(conn.admit(&state), req) {
+                Ok(req) => req,
+                Err(e) => return refuse(&conn, &state, &span, ack, e),
+            };
+            let (state, conn) = (state.clone(), conn.clone());
+            let task = async move {
+                match state.start(&conn.caller, &conn.seat, req).await {
+                    Ok((attachment, started)) => {
+                        let socket = ack.socket.clone();
+                        // The socket may have left while Docker started the process, before its disconnect
+                        // handler could see this terminal.
+                        if ack.send(&conn, &state, Ok(started)) && socket.connected() {
+                            attachment.start(Arc::new(SocketSink { socket, conn, state }));
+                        } else {
+                            state.abandon(&conn.caller, attachment).await;
+                        }
+                    }
+                    Err(e) => {
+                        conn.refused(&state, event::START_TERMINAL, &e, None);
+                        ack.send(&conn, &state, Err(e));
+                    }
+                }
+            };
+            tokio::spawn(task.instrument(span.clone()));
+        });
+    }
+    {
+        let (state, conn, span) = (state.clone(), conn.clone(), span.clone());
+        on::<event::Input, _>(socket, move |ack, req| {
+            let _g = span.enter();
+            let id = req.as_ref().ok().map(|r| r.terminal_id.clone());
+            let result = admitted::<event::Input>(conn.admit(&state), req)
+                .and_then(|r| state.input(&conn.caller, &conn.seat, r));
+            answer(&conn, &state, ack, id, result);
+        });
+    }
+    {
+        let (state, conn, span) = (state.clone(), conn.clone(), span.clone());
+        on::<event::Resize, _>(socket, move |ack, req| {
+            let _g = span.enter();
+            let id = req.as_ref().ok().map(|r| r.terminal_id.clone());
+            let result = admitted::<event::Resize>(conn.admit(&state), req)
+                .and_then(|r| state.resize(&conn.caller, &conn.seat, r));
+            answer(&conn, &state, ack, id, result);
+        });
+    }
+    {
+        let (state, conn, span) = (state.clone(), conn.clone(), span.clone());
+        on::<event::OutputAck, _>(socket, move |ack, req| {
+            let _g = span.enter();
+            // Not rate-limited: acks are cumulative and cheap, and dropping the last one would leave a
+            // flow-controlled terminal paused for good.
+            let id = req.as_ref().ok().map(|r| r.terminal_id.clone());
+            let result = admitted::<event::OutputAck>(Ok(()), req).and_then(|r| state.ack(&conn.caller, &conn.seat, r));
+            answer(&conn, &state, ack, id, result);
+        });
+    }
+    {
+        let (state, conn, span) = (state.clone(), conn.clone(), span.clone());
+        on::<event::CloseTerminal, _>(socket, move |ack, req| {
+            let req = match admitted::<event::CloseTerminal>(conn.admit(&state), req) {
+                Ok(req) => req,
+                Err(e) => return refuse(&conn, &state, &span, ack, e),
+            };
+            let (state, conn) = (state.clone(), conn.clone());
+            let task = async move {
+                let reply = state.close(&conn.caller, &conn.seat, req).await;
+                if let Err(e) = &reply {
+                    conn.refused(&state, event::CLOSE_TERMINAL, e, None);
+                }
+                ack.send(&conn, &state, reply);
+            };
+            tokio::spawn(task.instrument(span.clone()));
+        });
+    }
+    {
+        let (state, conn, span) = (state.clone(), conn.clone(), span.clone());
+        on::<event::AttachTerminal, _>(socket, move |ack, req| {
+            let attached = admitted::<event::AttachTerminal>(conn.admit(&state), req)
+                .and_then(|req| state.attach(&conn.caller, &conn.seat, req));
+            match attached {
+                Ok((attachment, reply)) => {
+                    let socket = ack.socket.clone();
+                    if ack.send(&conn, &state, Ok(reply)) && socket.connected() {
+                        attachment.start(Arc::new(SocketSink { socket, conn: conn.clone(), state: state.clone() }));
+                    } else {
+                        // Only this attachment failed; the socket's other terminals are unaffected.
+                        state.detach(attachment, &conn.seat);
+                    }
+                }
+                Err(e) => refuse(&conn, &state, &span, ack, e),
+            }
+        });
+    }
+    {
+        let (state, conn, span) = (state.clone(), conn.clone(), span.clone());
+        socket.on_disconnect(move |Sock(socket): Sock, reason: DisconnectReason| -> Ready<()> {
+            conn.seat.gone.cancel();
+            state.edge().signed_out(socket.id.as_str());
+            let (state, conn) = (state.clone(), conn.clone());
+            let task = async move {
+                tracing::info!(?reason, "disconnected");
+                state.leave(&conn.seat).await;
+            };
+            tokio::spawn(task.instrument(span.clone()));
+            ready(())
+        });
+    }
+}
+
+/// Answers a refused request with its error (and records it).
+fn refuse<E: ClientEvent>(conn: &Conn, state: &AppState, span: &tracing::Span, ack: Ack<E>, e: ServiceError) {
+    let _g = span.enter();
+    conn.refused(state, E::NAME, &e, None);
+    ack.send(conn, state, Err(e));
+}
+
+/// Answers `input`, `resize` and `output-ack`: with an ack when the client asked for one, else failures as a
+/// `request-error` event.
+fn answer<E: ClientEvent<Ack = TerminalAck>>(
+    conn: &Conn,
+    state: &AppState,
+    ack: Ack<E>,
+    terminal_id: Option<TerminalId>,
+    result: Result<(), ServiceError>,
+) {
+    match result {
+        Ok(()) => {
+            if let Some(terminal_id) = terminal_id {
+                ack.send(conn, state, Ok(TerminalAck { terminal_id }));
+            }
+        }
+        Err(e) => {
+            conn.refused(state, E::NAME, &e, terminal_id.as_ref());
+            if ack.wanted() {
+                ack.send(conn, state, Err(e));
+            } else {
+                let payload = ErrorEvent { event: E::NAME.to_string(), terminal_id, error: e.body() };
+                conn.emit::<event::RequestError>(&ack.socket, state, payload);
+            }
+        }
+    }
+}
