@@ -6,5 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/testbed.sh
 cargo build --release --locked -p porthole-server -p porthole-bench --bin porthole --bin porthole-bench
+(cd bench/js && npm ci --no-audit --no-fund --loglevel=error)
 target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 exec "$target_dir/release/porthole-bench" --bin "$target_dir/release/porthole" "$@"

@@ -11,23 +11,22 @@
 //!
 //! Client and server CPU are reported with each, so a slow client is not mistaken for a slow server.
 
-mod sio;
-
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use app::protocol::{CloseTerminal, StartTerminal, TerminalId, event};
 use bollard::Docker;
 use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder};
 use clap::Parser;
 use futures_util::StreamExt;
+use porthole_client::{Connection, Incoming, Options};
 use porthole_server::docker::{ContainerRuntime, ExecSpec};
-use serde_json::{Value, json};
-use sio::Incoming;
+use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -60,6 +59,19 @@ struct Args {
     /// Seconds of steady flood measured.
     #[arg(long, default_value_t = 10)]
     flood_secs: u64,
+    /// Terminals opened at once, by Porthole (one socket of the JavaScript client) and by as many `docker exec`
+    /// CLIs, in a busybox-only container.
+    #[arg(long, default_value_t = 50)]
+    opens: usize,
+    /// Terminals opened at once to check that all are answered.
+    #[arg(long, default_value_t = 200)]
+    opens_max: usize,
+    /// Image for the opens: busybox only, no bash (scripts/testbed.sh builds it).
+    #[arg(long, default_value = "porthole-test/sh:2")]
+    sh_image: String,
+    /// The JavaScript benchmark client (its `npm ci` done).
+    #[arg(long, default_value = "bench/js/client.mjs")]
+    js: PathBuf,
     /// Write the report here too.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -72,6 +84,8 @@ struct Args {
 enum Part {
     /// Throughput and echo.
     Stream,
+    /// Throughput, echo and concurrent opens with the official JavaScript client.
+    Js,
     Idle,
     Flood,
 }
@@ -236,8 +250,12 @@ impl Server {
         proc_rss_kib(self.pid())
     }
 
-    async fn client(&self) -> anyhow::Result<(sio::Client, tokio::sync::mpsc::UnboundedReceiver<Incoming>)> {
-        sio::Client::connect(&self.base, &json!({"token": self.token, "protocolVersion": 2})).await
+    async fn client(
+        &self,
+    ) -> anyhow::Result<(std::sync::Arc<Connection>, tokio::sync::mpsc::UnboundedReceiver<Incoming>)> {
+        let options = Options { timeout: WAIT, ..Options::new(self.base.as_str(), self.token.as_str()) };
+        let (conn, rx) = Connection::connect(&options).await?;
+        Ok((std::sync::Arc::new(conn), rx))
     }
 }
 
@@ -248,10 +266,19 @@ impl Drop for Server {
     }
 }
 
-async fn start_terminal(client: &sio::Client, container: &str, cmd: &[&str], flow: bool) -> anyhow::Result<String> {
-    let req = json!({"containerId": container, "command": cmd, "cols": 200, "rows": 50, "flowControl": flow});
-    let ack = client.request("start-terminal", &req, WAIT).await?;
-    Ok(ack["terminalId"].as_str().context("no terminalId")?.to_string())
+async fn start_terminal(client: &Connection, container: &str, cmd: &[&str], flow: bool) -> anyhow::Result<TerminalId> {
+    let req = StartTerminal {
+        container_id: container.into(),
+        cols: Some(200),
+        rows: Some(50),
+        command: Some(cmd.iter().map(|s| s.to_string()).collect()),
+        flow_control: flow,
+    };
+    let started = client
+        .request::<event::StartTerminal>(&req)
+        .await?
+        .map_err(|e| anyhow::anyhow!("{}: {}", e.code, e.message))?;
+    Ok(started.terminal_id)
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -345,12 +372,12 @@ async fn porthole_cat(server: &Server, container: &str) -> anyhow::Result<(u64, 
     let (mut first, mut last) = (None, Instant::now());
     while let Some(m) = tokio::time::timeout(WAIT, rx.recv()).await? {
         match m {
-            Incoming::Output { terminal, data, .. } if terminal == id => {
+            Incoming::Output(o) if o.terminal_id == id => {
                 first.get_or_insert_with(Instant::now);
                 last = Instant::now();
-                total += data.len() as u64;
+                total += o.data.0.len() as u64;
             }
-            Incoming::Exit { terminal } if terminal == id => break,
+            Incoming::Exit(e) if e.terminal_id == id => break,
             _ => {}
         }
     }
@@ -446,7 +473,7 @@ async fn porthole_echo(server: &Server, container: &str, samples: usize) -> anyh
         let key = KEYS[i % KEYS.len()] as char;
         let next = client.next_output(&id);
         let t0 = Instant::now();
-        client.input(&id, &key.to_string());
+        client.input(&id, &key.to_string()).await?;
         let (at, data) = tokio::time::timeout(WAIT, next).await??;
         if !data.contains(&(key as u8)) {
             bail!("echo of {key:?} came back as {data:?}");
@@ -478,7 +505,7 @@ async fn idle_terminals(args: &Args, docker: &Docker) -> anyhow::Result<Idle> {
     let (client, mut rx) = server.client().await?;
     // Warm up the server (first exec, allocator) before the baseline.
     let warm = start_terminal(&client, &container.name, &["cat"], false).await?;
-    client.request("close-terminal", &json!({"terminalId": warm}), WAIT).await?;
+    let _ = client.request::<event::CloseTerminal>(&CloseTerminal { terminal_id: warm }).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_before_kib = server.rss_kib();
     let t0 = Instant::now();
@@ -503,16 +530,15 @@ async fn idle_terminals(args: &Args, docker: &Docker) -> anyhow::Result<Idle> {
     let rss_after_kib = server.rss_kib();
     // Every one of them answers.
     for id in &ids {
-        client.input(id, "e");
+        client.input(id, "e").await?;
     }
     let mut answered = std::collections::HashSet::new();
     let deadline = Instant::now() + WAIT;
     while answered.len() < ids.len() && Instant::now() < deadline {
-        if let Ok(Some(Incoming::Output { terminal, data, .. })) =
-            tokio::time::timeout(Duration::from_secs(5), rx.recv()).await
-            && data.contains(&b'e')
+        if let Ok(Some(Incoming::Output(o))) = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await
+            && o.data.0.contains(&b'e')
         {
-            answered.insert(terminal);
+            answered.insert(o.terminal_id);
         }
     }
     // One docker exec CLI process per terminal, as the CLI-based peers spend: measured on 10.
@@ -571,17 +597,17 @@ async fn flood(args: &Args, docker: &Docker) -> anyhow::Result<Flood> {
         tokio::spawn(async move {
             let start = Instant::now();
             let mut taken = 0u64;
-            let mut acked: std::collections::HashMap<String, u64> = Default::default();
+            let mut acked: std::collections::HashMap<TerminalId, u64> = Default::default();
             while let Some(m) = rx.recv().await {
-                if let Incoming::Output { terminal, offset, data } = m {
-                    taken += data.len() as u64;
+                if let Incoming::Output(o) = m {
+                    taken += o.data.0.len() as u64;
                     consumed.store(taken, std::sync::atomic::Ordering::Relaxed);
                     let due = start + Duration::from_secs_f64(taken as f64 / MIB);
                     tokio::time::sleep_until(due.into()).await;
-                    let end = offset + data.len() as u64;
-                    let a = acked.entry(terminal.clone()).or_default();
+                    let end = o.offset + o.data.0.len() as u64;
+                    let a = acked.entry(o.terminal_id.clone()).or_default();
                     *a = (*a).max(end);
-                    client.ack_output(&terminal, *a);
+                    let _ = client.ack_output(&o.terminal_id, *a).await;
                 }
             }
         })
@@ -605,7 +631,7 @@ async fn flood(args: &Args, docker: &Docker) -> anyhow::Result<Flood> {
         i += 1;
         let next = client.next_output(&quiet);
         let t0 = Instant::now();
-        client.input(&quiet, &key.to_string());
+        client.input(&quiet, &key.to_string()).await?;
         if let Ok(Ok((at, _))) = tokio::time::timeout(Duration::from_secs(5), next).await {
             echo.push(at.duration_since(t0).as_secs_f64() * 1000.0);
         }
@@ -667,6 +693,9 @@ async fn main() -> anyhow::Result<()> {
 
     if args.runs(Part::Stream) {
         report += &stream(&args, &docker, &engine).await?;
+    }
+    if args.runs(Part::Js) {
+        report += &js_report(&args, &docker, &engine).await?;
     }
     if args.runs(Part::Idle) {
         report += &idle_report(&args, &docker).await?;
@@ -815,4 +844,174 @@ async fn flood_report(args: &Args, docker: &Docker) -> anyhow::Result<String> {
         f.cpu.0,
         f.cpu.1,
     ))
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The official JavaScript client, and concurrent opens
+
+/// Runs `bench/js/client.mjs MODE ...` against `server` and parses the JSON it prints.
+fn js(args: &Args, server: &Server, container: &str, mode: &[&str]) -> anyhow::Result<Value> {
+    let out = Command::new("node")
+        .arg(&args.js)
+        .args(mode)
+        .args(["--url", &server.base, "--token", &server.token, "--container", container])
+        .stderr(Stdio::piped())
+        .output()
+        .context("running node (the JavaScript benchmark client)")?;
+    if !out.status.success() {
+        bail!("the JavaScript client failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+    }
+    serde_json::from_slice(&out.stdout).context("the JavaScript client's output")
+}
+
+/// `n` `docker exec -it CONTAINER sh -l` CLIs started at once: milliseconds until each showed its first byte
+/// (the prompt), and how many did not within 20 s.
+fn cli_opens(container: &str, n: usize) -> anyhow::Result<(Vec<f64>, usize)> {
+    let t0 = Instant::now();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut children = Vec::new();
+    for _ in 0..n {
+        let pty = nix::pty::openpty(None, None)?;
+        let slave = std::fs::File::from(pty.slave);
+        let child = Command::new("docker")
+            .args(["exec", "-it", container, "sh", "-l"])
+            .stdin(slave.try_clone()?)
+            .stdout(slave.try_clone()?)
+            .stderr(slave)
+            .spawn()?;
+        children.push(child);
+        let mut master = std::fs::File::from(pty.master);
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let mut byte = [0u8; 1];
+            if matches!(master.read(&mut byte), Ok(1)) {
+                let _ = tx.send(t0.elapsed().as_secs_f64() * 1000.0);
+            }
+            // Keep the pty open until the CLI is killed.
+            let _ = std::io::copy(&mut master, &mut std::io::sink());
+        });
+    }
+    drop(tx);
+    let mut ready = Vec::new();
+    let deadline = t0 + Duration::from_secs(20);
+    while ready.len() < n {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(ms) => ready.push(ms),
+            Err(_) => break,
+        }
+    }
+    for mut c in children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let failed = n - ready.len();
+    Ok((ready, failed))
+}
+
+fn max_of(v: &[f64]) -> f64 {
+    v.iter().copied().fold(0.0, f64::max)
+}
+
+fn ms_list(v: &Value, key: &str) -> Vec<f64> {
+    v[key].as_array().map_or_else(Vec::new, |a| a.iter().filter_map(Value::as_f64).collect())
+}
+
+/// What a real JavaScript client sees: throughput and echo beside the raw stream and the CLI, and concurrent
+/// opens beside as many `docker exec` CLIs.
+async fn js_report(
+    args: &Args,
+    docker: &Docker,
+    engine: &porthole_server::docker::engine::Engine,
+) -> anyhow::Result<String> {
+    let pct = |a: f64, b: f64| if b > 0.0 { format!("{:.2}x", a / b) } else { "-".into() };
+    let container = Container::start(docker, &args.image, "js").await?;
+    container
+        .sh(&format!(
+            "yes 'porthole benchmark: plain text lines of about sixty-four bytes, 0123456789' | head -c {} > /tmp/big.txt",
+            args.mib * 1024 * 1024
+        ))
+        .await?;
+    let server = Server::start(&args.bin)?;
+    let (mut raw, mut web, mut msgs, mut cli) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut delivered = 0u64;
+    for round in 0..args.rounds {
+        eprintln!("[bench] JavaScript client: throughput round {}", round + 1);
+        let (b, s) = raw_cat(engine, &container.name, 64 * 1024).await?;
+        raw.push(b as f64 / MIB / s);
+        let (b, s) = cli_cat(&container.name)?;
+        cli.push(b as f64 / MIB / s);
+        let t = js(args, &server, &container.name, &["throughput", "--file", "/tmp/big.txt"])?;
+        let (bytes, secs) = (t["bytes"].as_f64().unwrap_or(0.0), t["secs"].as_f64().unwrap_or(0.0));
+        if bytes as u64 != b {
+            bail!("the JavaScript client got {bytes} bytes, the raw stream {b}");
+        }
+        delivered = b;
+        web.push(bytes / MIB / secs.max(1e-9));
+        msgs.push(t["messages"].as_f64().unwrap_or(0.0));
+    }
+    let (raw_t, web_t, cli_t, messages) = (median(raw), median(web), median(cli), median(msgs));
+    eprintln!("[bench] JavaScript client: echo");
+    let cli_e = percentiles(cli_echo(&container.name, args.samples)?);
+    let samples = args.samples.to_string();
+    let web_e =
+        percentiles(ms_list(&js(args, &server, &container.name, &["echo", "--samples", &samples])?, "samples_ms"));
+    drop(server);
+    container.remove().await;
+
+    eprintln!("[bench] {} terminals opened at once, and {}", args.opens, args.opens_max);
+    let sh = Container::start(docker, &args.sh_image, "opens").await?;
+    let (cli_ready, cli_failed) = cli_opens(&sh.name, args.opens)?;
+    let server = Server::start(&args.bin)?;
+    let count = args.opens.to_string();
+    let o = js(args, &server, &sh.name, &["opens", "--count", &count])?;
+    let ready = ms_list(&o, "ready_ms");
+    let count = args.opens_max.to_string();
+    let big = js(args, &server, &sh.name, &["opens", "--count", &count])?;
+    let big_ready = ms_list(&big, "ready_ms");
+    drop(server);
+    sh.remove().await;
+
+    let mut report = format!(
+        "\n| with the official JavaScript `socket.io-client` | raw Engine API stream (64 KiB reads) | `docker exec` CLI | Porthole | Porthole / raw | Porthole / CLI | target |\n\
+         |---|---|---|---|---|---|---|\n\
+         | throughput, `cat` of {} MiB, MiB/s, median of {} ({messages:.0} output messages, {:.1} KiB each) | {raw_t:.1} | {cli_t:.1} | {web_t:.1} | {} | {} | ≥ 0.9x raw |\n",
+        args.mib,
+        args.rounds,
+        delivered as f64 / 1024.0 / messages.max(1.0),
+        pct(web_t, raw_t),
+        pct(web_t, cli_t),
+    );
+    type Row = (&'static str, fn(&Percentiles) -> f64);
+    let rows: [Row; 2] = [("p50", |p| p.p50), ("p99", |p| p.p99)];
+    for (name, f) in rows {
+        report += &format!(
+            "| keystroke echo {name}, ms ({} samples) | | {:.3} | {:.3} | | {} | ≤ CLI |\n",
+            args.samples,
+            f(&cli_e),
+            f(&web_e),
+            pct(f(&web_e), f(&cli_e)),
+        );
+    }
+    report += &format!(
+        "| {} default shells opened at once (busybox only), all ready after, ms | | {:.0} ({} failed) | {:.0} ({} failed) | | {} | ≤ CLI |\n\
+         | closing those {}, all acknowledged after, ms | | | {:.0} | | | |\n\
+         | {} opened at once: answered / failed; median and last ready, ms | | | {} / {}; {:.0} / {:.0} | | | all, none |\n",
+        args.opens,
+        max_of(&cli_ready),
+        cli_failed,
+        max_of(&ready),
+        o["failed"].as_u64().unwrap_or(0),
+        pct(max_of(&ready), max_of(&cli_ready)),
+        args.opens,
+        o["close_ms"].as_f64().unwrap_or(0.0),
+        args.opens_max,
+        big_ready.len(),
+        big["failed"].as_u64().unwrap_or(0),
+        median(big_ready.clone()),
+        max_of(&big_ready),
+    );
+    if let Some(errors) = big["errors"].as_array().filter(|e| !e.is_empty()) {
+        report += &format!("\nFirst failures of the {}: {}\n", args.opens_max, Value::Array(errors.clone()));
+    }
+    Ok(report)
 }

@@ -94,13 +94,14 @@ impl ContainerRuntime for EchoRuntime {
         let execs = self.execs.clone();
         let exec_id = id.clone();
         if spec.cmd.iter().any(|a| a == "porthole-reaper") {
-            // The reaper: end every exec with this marker.
-            let wanted = spec.cmd.last().cloned();
+            // The reaper: end every exec with one of the markers after its name.
+            let at = spec.cmd.iter().position(|a| a == "porthole-reaper").unwrap_or(0);
+            let wanted: Vec<String> = spec.cmd[at + 1..].to_vec();
             let victims: Vec<_> = execs
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .values()
-                .filter(|e| e.marker == wanted && e.status.running)
+                .filter(|e| e.marker.as_ref().is_some_and(|m| wanted.contains(m)) && e.status.running)
                 .map(|e| e.kill.clone())
                 .collect();
             victims.iter().for_each(CancellationToken::cancel);

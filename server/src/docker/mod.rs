@@ -16,7 +16,7 @@ use futures_util::stream::BoxStream;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 /// Failures of the container runtime, already sorted by what the user should be told.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum RuntimeError {
     /// The daemon cannot be reached (socket missing, connection refused, timed out, went away).
     #[error("the Docker daemon is unavailable: {0}")]

@@ -178,14 +178,17 @@ impl Launcher {
             }
             shells.entry(target.id.clone()).or_default().clone()
         };
-        // Known: start it without holding anyone up. Unknown: probe once, the others wait for the answer.
-        let known = *probe.lock().await;
-        if let Some(i) = known
-            && let Attempt::Running(stream) = self.attempt(target, &shell(i), id).await?
-        {
-            return Ok(Launched { stream, command: shell(i) });
-        }
+        // Probed once per container: the first start probes while holding the container's lock; the others
+        // wait for its answer, then start at once, in parallel.
         let mut remembered = probe.lock().await;
+        if let Some(i) = *remembered {
+            drop(remembered);
+            if let Attempt::Running(stream) = self.attempt(target, &shell(i), id).await? {
+                return Ok(Launched { stream, command: shell(i) });
+            }
+            // The shell went away (the container changed): probe again.
+            remembered = probe.lock().await;
+        }
         let mut tried = Vec::new();
         for i in 0..DEFAULT_SHELLS.len() {
             let cmd = shell(i);

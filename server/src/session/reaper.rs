@@ -6,6 +6,9 @@
 //! marker: SIGHUP first (what a closed terminal means; shells pass it on to their jobs), SIGKILL for whatever is
 //! left after half a second. A process that scrubs its own environment escapes; that is documented.
 //!
+//! Closes that arrive together in one container share one reaper exec ([`Batches`]): a hundred terminals closed
+//! at once cost one scan of the container's processes, not a hundred.
+//!
 //! When the daemon cannot be reached, the work is queued (bounded by [`MAX_PENDING_REAPS`]) and retried every
 //! [`RETRY_INTERVAL`] until the daemon answers, so a daemon outage does not leak shells either.
 
@@ -32,9 +35,11 @@ const MAX_REAPER_OUTPUT: u64 = 64 * 1024;
 /// Shells the script is tried with, in order.
 const SHELLS: [&[&str]; 3] = [&["sh"], &["bash"], &["busybox", "sh"]];
 
-/// `$1` is the marker value. Exits 0 when no marked process is left, 1 when some survived SIGKILL rounds.
+/// The arguments are marker values. Exits 0 when no marked process is left, 1 when some survived SIGKILL rounds.
 const SCRIPT: &str = r#"for tool in tr grep kill; do command -v "$tool" >/dev/null 2>&1 || { echo "no $tool in the container"; exit 3; }; done
-target="PORTHOLE_TERMINAL=$1"
+n=$#
+for id in "$@"; do set -- "$@" -e "PORTHOLE_TERMINAL=$id"; done
+shift "$n"
 signal=HUP
 round=0
 while [ "$round" -lt 30 ]; do
@@ -43,7 +48,7 @@ while [ "$round" -lt 30 ]; do
     pid=${env#/proc/}
     pid=${pid%/environ}
     [ "$pid" = "$$" ] && continue
-    if tr '\000' '\n' < "$env" 2>/dev/null | grep -qxF "$target"; then
+    if tr '\000' '\n' < "$env" 2>/dev/null | grep -qxF "$@"; then
       kill -s "$signal" "$pid" 2>/dev/null && found=1
     fi
   done
@@ -60,13 +65,29 @@ pub fn marker(id: &TerminalId) -> String {
     format!("{MARKER_ENV}={id}")
 }
 
+/// Most terminals ended by one reaper exec.
+pub const MAX_BATCH: usize = 128;
+
 /// Kills the marked processes of one terminal now.
 pub async fn reap(runtime: &dyn ContainerRuntime, container_id: &str, id: &TerminalId) -> Result<(), RuntimeError> {
+    reap_all(runtime, container_id, std::slice::from_ref(id)).await
+}
+
+/// Kills the marked processes of every terminal in `ids` (all in one container) with one exec.
+pub async fn reap_all(
+    runtime: &dyn ContainerRuntime,
+    container_id: &str,
+    ids: &[TerminalId],
+) -> Result<(), RuntimeError> {
+    let id = ids.first().map(|t| t.0.as_str()).unwrap_or_default();
+    let more = if ids.len() > 1 { format!(" and {} more", ids.len() - 1) } else { String::new() };
+    let id = format!("{id}{more}");
     let work = async {
         let mut failure = String::new();
         for shell in SHELLS {
             let mut cmd: Vec<String> = shell.iter().map(|s| s.to_string()).collect();
-            cmd.extend(["-c".into(), SCRIPT.into(), "porthole-reaper".into(), id.0.clone()]);
+            cmd.extend(["-c".into(), SCRIPT.into(), "porthole-reaper".into()]);
+            cmd.extend(ids.iter().map(|t| t.0.clone()));
             let spec = ExecSpec { cmd, env: vec![], user: Some("0".into()), tty: false };
             let mut stream = runtime.start_exec(container_id, &spec).await?;
             drop(stream.input);
@@ -99,6 +120,60 @@ pub async fn reap(runtime: &dyn ContainerRuntime, container_id: &str, id: &Termi
     match tokio::time::timeout(REAP_TIMEOUT, work).await {
         Ok(r) => r,
         Err(_) => Err(RuntimeError::Unavailable(format!("ending the processes of {id} timed out"))),
+    }
+}
+
+type Waiter = (TerminalId, tokio::sync::oneshot::Sender<Result<(), RuntimeError>>);
+
+/// Reaps waiting per container, each container's served by one task at a time: the closes that arrive while a
+/// reap runs go together in the next one (at most [`MAX_BATCH`] each).
+#[derive(Debug, Default, Clone)]
+pub struct Batches {
+    waiting: Arc<Mutex<std::collections::HashMap<String, Vec<Waiter>>>>,
+}
+
+impl Batches {
+    /// Ends `id`'s processes in `container_id`, together with whatever else is being closed there.
+    pub async fn reap(
+        &self,
+        runtime: Arc<dyn ContainerRuntime>,
+        container_id: &str,
+        id: &TerminalId,
+    ) -> Result<(), RuntimeError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let first = {
+            let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+            let first = !waiting.contains_key(container_id);
+            waiting.entry(container_id.to_string()).or_default().push((id.clone(), tx));
+            first
+        };
+        if first {
+            let (batches, container) = (self.clone(), container_id.to_string());
+            tokio::spawn(async move { batches.serve(runtime, container).await });
+        }
+        rx.await.unwrap_or_else(|_| Err(RuntimeError::Unavailable("the reaper task ended".into())))
+    }
+
+    async fn serve(&self, runtime: Arc<dyn ContainerRuntime>, container_id: String) {
+        // The first request waits a moment, so closes sent together go together.
+        tokio::task::yield_now().await;
+        loop {
+            let batch: Vec<Waiter> = {
+                let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+                let Some(list) = waiting.get_mut(&container_id) else { return };
+                if list.is_empty() {
+                    waiting.remove(&container_id);
+                    return;
+                }
+                let n = list.len().min(MAX_BATCH);
+                list.drain(..n).collect()
+            };
+            let ids: Vec<TerminalId> = batch.iter().map(|(id, _)| id.clone()).collect();
+            let result = reap_all(runtime.as_ref(), &container_id, &ids).await;
+            for (_, tx) in batch {
+                let _ = tx.send(result.clone());
+            }
+        }
     }
 }
 

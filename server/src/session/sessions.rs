@@ -30,6 +30,7 @@ pub struct Sessions {
     directory: Arc<dyn Directory>,
     launcher: Launcher,
     pending_reaps: PendingReaps,
+    reaps: reaper::Batches,
     shutting_down: AtomicBool,
 }
 
@@ -72,6 +73,7 @@ impl Sessions {
             limits,
             directory,
             pending_reaps,
+            reaps: reaper::Batches::default(),
             shutting_down: AtomicBool::new(false),
         });
         // Retries reaps that failed while the daemon was away. Holds only a weak reference.
@@ -102,6 +104,11 @@ impl Sessions {
 
     pub(super) fn pending_reaps(&self) -> &PendingReaps {
         &self.pending_reaps
+    }
+
+    /// Closes in flight, batched per container.
+    pub(super) fn reaps(&self) -> &reaper::Batches {
+        &self.reaps
     }
 
     fn refuse_when_shutting_down(&self) -> Result<(), ServiceError> {

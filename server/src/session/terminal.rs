@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::exit::{self, Lifecycle};
 use super::log::EventLog;
 use super::pumps::{self, InputQueue, Reader};
-use super::{OwnerId, Sessions, reaper};
+use super::{OwnerId, Sessions};
 use crate::docker::{ContainerTarget, RuntimeError};
 use crate::error::ServiceError;
 use app::protocol::ErrorCode;
@@ -367,7 +367,7 @@ fn pack(cols: u16, rows: u16) -> u32 {
 /// the container still runs but the processes could not be ended.
 async fn end_processes(sessions: Arc<Sessions>, terminal: Arc<Terminal>) -> Result<(), ServiceError> {
     let runtime = sessions.runtime().clone();
-    match reaper::reap(runtime.as_ref(), &terminal.container_id, &terminal.id).await {
+    match sessions.reaps().reap(runtime.clone(), &terminal.container_id, &terminal.id).await {
         Ok(()) => Ok(()),
         Err(RuntimeError::Unavailable(_)) => {
             sessions.pending_reaps().push(terminal.container_id.clone(), terminal.id.clone());

@@ -10,17 +10,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use app::protocol::{
-    self, CloseTerminal, ContainersChanged, ErrorBody, ErrorEvent, Exit, Hello, Input, Resize, StartTerminal,
-    TerminalAck, TerminalId, TerminalStarted, event,
+    self, CloseTerminal, ContainersChanged, ErrorBody, ErrorEvent, Exit, Hello, Resize, StartTerminal, TerminalAck,
+    TerminalId, TerminalStarted, event,
 };
 use bollard::Docker;
 use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder};
-use futures_util::{FutureExt, StreamExt};
+use futures_util::StreamExt;
+use porthole_client::{Connection, Incoming, Options, Transport};
 use porthole_server::{Config, RunningServer};
-use rust_socketio::asynchronous::{Client, ClientBuilder};
-use rust_socketio::{Payload, TransportType};
+use rust_socketio::TransportType;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -174,6 +174,13 @@ impl Drop for TestContainer {
 /// The local access token test servers use (`--token`).
 pub const TEST_TOKEN: &str = "test-token-0123456789abcdef";
 
+/// A fresh directory under the temp dir.
+pub fn tempdir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("porthole-{name}-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 pub fn test_config() -> Config {
     let mut c = Config::defaults();
     c.listen = "127.0.0.1:0".parse().unwrap();
@@ -237,41 +244,43 @@ pub fn shell_request(container: &str) -> StartTerminal {
     StartTerminal { container_id: container.into(), cols: None, rows: None, command: None, flow_control: false }
 }
 
-/// A typed Socket.IO client over rust_socketio.
+/// A typed Socket.IO client for the tests: a [`porthole_client::Connection`] and everything it received.
 pub struct TestClient {
-    client: Client,
+    client: Connection,
     inbox: Arc<Mutex<Inbox>>,
     changed: Arc<Notify>,
 }
 
-/// rust_socketio's parser only understands binary events of the form `["event", <attachment>]`. For
-/// `["output", {"terminalId": …, "data": <attachment>}]` it hands over the attachment as `Payload::Binary` and,
-/// as the event name, the JSON text with quotes stripped: `output,{terminalId:t-…,data:}`. Recover the
-/// terminal id from that.
-fn binary_event_terminal(mangled: &str) -> Option<(String, TerminalId)> {
-    let (name, rest) = mangled.split_once(',')?;
-    let start = rest.find("terminalId:")? + "terminalId:".len();
-    let id: String = rest[start..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
-    Some((name.to_string(), TerminalId(id)))
+fn transport_of(t: TransportType) -> Transport {
+    match t {
+        TransportType::Polling => Transport::Polling,
+        TransportType::WebsocketUpgrade | TransportType::Any => Transport::Upgrade,
+        TransportType::Websocket => Transport::WebSocket,
+    }
 }
 
-/// The `offset` field of a mangled binary event name (see [`binary_event_terminal`]).
-fn binary_event_offset(mangled: &str) -> Option<u64> {
-    let start = mangled.find("offset:")? + "offset:".len();
-    mangled[start..].chars().take_while(|c| c.is_ascii_digit()).collect::<String>().parse().ok()
-}
-
-/// Acks arrive as `Text([Array([value])])` from rust_socketio; events as `Text([value])`.
-fn first_value(payload: Payload) -> Value {
-    match payload {
-        #[allow(deprecated)]
-        Payload::Text(mut values) if !values.is_empty() => match values.remove(0) {
-            Value::Array(mut inner) if !inner.is_empty() => inner.remove(0),
-            v => v,
-        },
-        #[allow(deprecated)]
-        Payload::String(s) => serde_json::from_str(&s).unwrap_or(Value::Null),
-        _ => Value::Null,
+/// Files what arrives into the inbox, checking that each terminal's output is contiguous.
+fn file(inbox: &mut Inbox, incoming: Incoming) {
+    match incoming {
+        Incoming::Output(o) => {
+            let id = o.terminal_id.clone();
+            let first = *inbox.first_offset.entry(id.clone()).or_insert(o.offset);
+            let have = inbox.output.get(&id).map_or(0, |b| b.len() as u64);
+            if o.offset != first + have {
+                let msg = format!("{id}: event at offset {}, expected {}", o.offset, first + have);
+                inbox.discontinuities.push(msg);
+            }
+            inbox.output.entry(id.clone()).or_default().extend_from_slice(&o.data.0);
+            inbox.order.push(id);
+        }
+        Incoming::Exit(exit) => {
+            inbox.exits.insert(exit.terminal_id.clone(), exit);
+        }
+        Incoming::RequestError(e) => inbox.errors.push(e),
+        Incoming::AuthError(e) => inbox.auth_errors.push(e),
+        Incoming::ContainersChanged(c) => inbox.changes.push(c),
+        Incoming::Closed => inbox.closed = true,
+        Incoming::Viewers(_) | Incoming::Unknown(_) => {}
     }
 }
 
@@ -313,106 +322,24 @@ impl TestClient {
         auth: Value,
         headers: &[(&str, &str)],
     ) -> Result<TestClient, String> {
-        let inbox = Arc::new(Mutex::new(Inbox::default()));
+        let options = Options {
+            auth: Some(auth),
+            headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            transport: transport_of(transport),
+            timeout: PATIENCE,
+            ..Options::new(url, TEST_TOKEN)
+        };
+        let (client, mut rx) = Connection::connect(&options).await.map_err(|e| e.to_string())?;
+        let inbox = Arc::new(Mutex::new(Inbox { hello: Some(client.hello().clone()), ..Inbox::default() }));
         let changed = Arc::new(Notify::new());
         let (i, n) = (inbox.clone(), changed.clone());
-        let mut builder = ClientBuilder::new(url).auth(auth);
-        for (k, v) in headers {
-            builder = builder.opening_header(*k, *v);
-        }
-        let (ei, en) = (inbox.clone(), changed.clone());
-        builder = builder.on("error", move |payload, _| {
-            let (inbox, changed) = (ei.clone(), en.clone());
-            async move {
-                #[allow(deprecated)]
-                let text = match payload {
-                    Payload::String(s) => s,
-                    Payload::Text(v) => serde_json::to_string(&v).unwrap_or_default(),
-                    Payload::Binary(_) => String::new(),
-                };
-                inbox.lock().unwrap().connect_error.get_or_insert(text);
-                changed.notify_waiters();
+        tokio::spawn(async move {
+            while let Some(incoming) = rx.recv().await {
+                file(&mut i.lock().unwrap(), incoming);
+                n.notify_waiters();
             }
-            .boxed()
         });
-        let (ci, cn) = (inbox.clone(), changed.clone());
-        builder = builder.on("close", move |_, _| {
-            let (inbox, changed) = (ci.clone(), cn.clone());
-            async move {
-                inbox.lock().unwrap().closed = true;
-                changed.notify_waiters();
-            }
-            .boxed()
-        });
-        let client = builder
-            .transport_type(transport)
-            .reconnect(false)
-            .on_any(move |event, payload, _| {
-                let (inbox, changed) = (i.clone(), n.clone());
-                async move {
-                    let name = String::from(event);
-                    {
-                        let mut inbox = inbox.lock().unwrap();
-                        match payload {
-                            Payload::Binary(bytes) => {
-                                if let Some((ev, id)) = binary_event_terminal(&name)
-                                    && ev == event::OUTPUT
-                                {
-                                    let offset = binary_event_offset(&name).unwrap_or(0);
-                                    let first = *inbox.first_offset.entry(id.clone()).or_insert(offset);
-                                    let have = inbox.output.get(&id).map_or(0, |o| o.len() as u64);
-                                    if offset != first + have {
-                                        let msg = format!("{id}: event at offset {offset}, expected {}", first + have);
-                                        inbox.discontinuities.push(msg);
-                                    }
-                                    inbox.output.entry(id.clone()).or_default().extend_from_slice(&bytes);
-                                    inbox.order.push(id);
-                                }
-                            }
-                            other => {
-                                let v = first_value(other);
-                                match name.as_str() {
-                                    event::EXIT => {
-                                        let exit: Exit = serde_json::from_value(v).expect("exit payload");
-                                        inbox.exits.insert(exit.terminal_id.clone(), exit);
-                                    }
-                                    event::REQUEST_ERROR => {
-                                        inbox.errors.push(serde_json::from_value(v).expect("error payload"))
-                                    }
-                                    event::HELLO => {
-                                        inbox.hello = Some(serde_json::from_value(v).expect("hello payload"))
-                                    }
-                                    event::AUTH_ERROR => {
-                                        inbox.auth_errors.push(serde_json::from_value(v).expect("auth-error payload"))
-                                    }
-                                    event::CONTAINERS_CHANGED => {
-                                        inbox.changes.push(serde_json::from_value(v).expect("containers-changed"))
-                                    }
-                                    _ => {}
-                                }
-                            }
-                        }
-                    }
-                    changed.notify_waiters();
-                }
-                .boxed()
-            })
-            .connect()
-            .await
-            .map_err(|e| format!("transport: {e}"))?;
-        let client = TestClient { client, inbox, changed };
-        let outcome = client
-            .wait_until("hello or connect_error", |i| {
-                i.hello.as_ref().map(|_| Ok(())).or_else(|| i.connect_error.clone().map(Err))
-            })
-            .await;
-        match outcome {
-            Ok(()) => Ok(client),
-            Err(e) => {
-                let _ = client.client.disconnect().await;
-                Err(e)
-            }
-        }
+        Ok(TestClient { client, inbox, changed })
     }
 
     /// The `auth-error` events received.
@@ -461,21 +388,7 @@ impl TestClient {
 
     /// Emits `payload` with an ack and returns the ack's JSON value.
     pub async fn request_raw(&self, name: &str, payload: Value) -> Value {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let tx = Arc::new(Mutex::new(Some(tx)));
-        self.client
-            .emit_with_ack(name, payload, PATIENCE, move |p: Payload, _| {
-                let tx = tx.clone();
-                async move {
-                    if let Some(tx) = tx.lock().unwrap().take() {
-                        let _ = tx.send(first_value(p));
-                    }
-                }
-                .boxed()
-            })
-            .await
-            .expect("emit");
-        tokio::time::timeout(PATIENCE, rx).await.expect("ack in time").expect("ack")
+        self.client.request_raw(name, payload).await.expect("ack in time")
     }
 
     pub async fn request<Req: Serialize, Res: DeserializeOwned>(
@@ -490,7 +403,7 @@ impl TestClient {
     }
 
     pub async fn emit_raw(&self, name: &str, payload: Value) {
-        self.client.emit(name, payload).await.expect("emit");
+        self.client.emit_raw(name, payload).await.expect("emit");
     }
 
     pub async fn start(&self, req: StartTerminal) -> Result<TerminalStarted, ErrorBody> {
@@ -508,10 +421,7 @@ impl TestClient {
     }
 
     pub async fn input(&self, id: &TerminalId, data: &str) {
-        let msg = Input { terminal_id: id.clone(), data: protocol::TerminalBytes(data.as_bytes().to_vec().into()) };
-        // Sent as a string: rust_socketio cannot put a binary attachment inside an object.
-        let v = serde_json::json!({ "terminalId": msg.terminal_id, "data": data });
-        self.emit_raw(event::INPUT, v).await;
+        self.client.input(id, data).await.expect("emit");
     }
 
     pub async fn resize(&self, id: &TerminalId, cols: u16, rows: u16) {
@@ -609,7 +519,7 @@ impl TestClient {
     }
 
     pub async fn disconnect(self) {
-        let _ = self.client.disconnect().await;
+        self.client.disconnect().await;
     }
 }
 
@@ -624,13 +534,4 @@ where
         assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-#[test]
-fn mangled_binary_event_names_are_recovered() {
-    assert_eq!(
-        binary_event_terminal("output,{terminalId:t-0123abcd,data:}"),
-        Some(("output".to_string(), TerminalId("t-0123abcd".into())))
-    );
-    assert_eq!(binary_event_terminal("hello"), None);
 }

@@ -1,0 +1,353 @@
+//! One Socket.IO connection to a Porthole server.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use app::protocol::{
+    self, ClientEvent, ContainersChanged, ErrorBody, ErrorEvent, Exit, Hello, Output, Reply, TerminalBytes, TerminalId,
+    TerminalViewers, event,
+};
+use bytes::Bytes;
+use futures_util::FutureExt;
+use rust_socketio::asynchronous::{Client, ClientBuilder};
+use rust_socketio::{Payload, TransportType};
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::Error;
+
+/// How long [`Options::default`] waits for `hello` and for each request's answer.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Which Engine.IO transport to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Transport {
+    /// A WebSocket from the start (one handshake).
+    #[default]
+    WebSocket,
+    /// HTTP long-polling only.
+    Polling,
+    /// Polling, upgraded to a WebSocket.
+    Upgrade,
+}
+
+/// How to connect.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The server's base URL, e.g. `http://127.0.0.1:7070` (a path other than `/` must end in `/socket.io/`).
+    pub url: String,
+    /// The credential sent as `auth.token`.
+    pub token: Option<String>,
+    /// A stable client id, so this client's sockets share its terminals.
+    pub client_id: Option<String>,
+    /// The protocol version announced; `None` announces none (a version 1 client).
+    pub protocol_version: Option<u32>,
+    /// The whole handshake `auth` object instead of the three fields above.
+    pub auth: Option<Value>,
+    /// Extra handshake headers (e.g. `Origin`, `Authorization`).
+    pub headers: Vec<(String, String)>,
+    pub transport: Transport,
+    /// How long to wait for `hello` and for each answer.
+    pub timeout: Duration,
+}
+
+impl Options {
+    /// A version-2 client of `url` signing in with `token`.
+    pub fn new(url: impl Into<String>, token: impl Into<String>) -> Options {
+        Options {
+            url: url.into(),
+            token: Some(token.into()),
+            client_id: None,
+            protocol_version: Some(protocol::PROTOCOL_VERSION),
+            auth: None,
+            headers: Vec::new(),
+            transport: Transport::WebSocket,
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+
+    fn auth(&self) -> Value {
+        if let Some(auth) = &self.auth {
+            return auth.clone();
+        }
+        let mut auth = serde_json::Map::new();
+        if let Some(t) = &self.token {
+            auth.insert("token".into(), t.clone().into());
+        }
+        if let Some(c) = &self.client_id {
+            auth.insert("clientId".into(), c.clone().into());
+        }
+        if let Some(v) = self.protocol_version {
+            auth.insert("protocolVersion".into(), v.into());
+        }
+        Value::Object(auth)
+    }
+}
+
+/// Something the server sent, in arrival order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Incoming {
+    Output(Output),
+    Exit(Exit),
+    RequestError(ErrorEvent),
+    Viewers(TerminalViewers),
+    ContainersChanged(ContainersChanged),
+    /// The credential lapsed; the server disconnects right after.
+    AuthError(ErrorBody),
+    /// The server disconnected this socket.
+    Closed,
+    /// An event this client does not know (a newer server), with its name.
+    Unknown(String),
+}
+
+/// Who waits for a terminal's next output, told the moment it is decoded (before it is queued): for measuring
+/// latency without the consumer's queue in between.
+type Watchers = Arc<Mutex<HashMap<TerminalId, oneshot::Sender<(Instant, Bytes)>>>>;
+
+/// One connection. Cheap to share by reference; requests are answered one at a time (see the crate docs).
+pub struct Connection {
+    client: Client,
+    watchers: Watchers,
+    hello: Hello,
+    timeout: Duration,
+    /// One request in flight at a time: `rust_socketio` resolves every request with the same (random) ack id.
+    requests: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection").field("user", &self.hello.user).finish_non_exhaustive()
+    }
+}
+
+/// Binary events arrive from `rust_socketio` as the attachment, with the JSON text, quotes stripped, as the
+/// event name: `output,{terminalId:t-…,offset:N,data:}`. The terminal id and offset are recovered from it.
+fn mangled_output(name: &str, data: Bytes) -> Option<Output> {
+    let (event_name, rest) = name.split_once(',')?;
+    if event_name != event::OUTPUT {
+        return None;
+    }
+    let field = |key: &str, ok: fn(char) -> bool| -> Option<String> {
+        let start = rest.find(key)? + key.len();
+        Some(rest[start..].chars().take_while(|c| ok(*c)).collect())
+    };
+    let terminal_id = TerminalId(field("terminalId:", |c| c.is_ascii_alphanumeric() || c == '-')?);
+    let offset = field("offset:", |c| c.is_ascii_digit()).and_then(|o| o.parse().ok()).unwrap_or(0);
+    Some(Output { terminal_id, offset, data: TerminalBytes(data) })
+}
+
+/// Acks arrive as `Text([Array([value])])`; events as `Text([value])`.
+fn first_value(payload: Payload) -> Value {
+    match payload {
+        #[allow(deprecated)]
+        Payload::Text(mut values) if !values.is_empty() => match values.remove(0) {
+            Value::Array(mut inner) if !inner.is_empty() => inner.remove(0),
+            v => v,
+        },
+        #[allow(deprecated)]
+        Payload::String(s) => serde_json::from_str(&s).unwrap_or(Value::Null),
+        _ => Value::Null,
+    }
+}
+
+fn decode(name: &str, payload: Payload) -> Option<Incoming> {
+    fn typed<T: serde::de::DeserializeOwned>(v: Value, wrap: fn(T) -> Incoming, name: &str) -> Incoming {
+        serde_json::from_value(v).map(wrap).unwrap_or_else(|e| Incoming::Unknown(format!("{name} (unparsable: {e})")))
+    }
+    if let Payload::Binary(data) = payload {
+        return mangled_output(name, data).map(Incoming::Output);
+    }
+    let v = first_value(payload);
+    Some(match name {
+        event::EXIT => typed(v, Incoming::Exit, name),
+        event::REQUEST_ERROR => typed(v, Incoming::RequestError, name),
+        event::TERMINAL_VIEWERS => typed(v, Incoming::Viewers, name),
+        event::CONTAINERS_CHANGED => typed(v, Incoming::ContainersChanged, name),
+        event::AUTH_ERROR => typed(v, Incoming::AuthError, name),
+        event::HELLO => return None,
+        other => Incoming::Unknown(other.to_string()),
+    })
+}
+
+/// What `connect` waits for first.
+type Greeting = Arc<Mutex<Option<oneshot::Sender<Result<Hello, Error>>>>>;
+
+impl Connection {
+    /// Connects and waits for `hello` (or the server's refusal). Everything the server sends afterwards
+    /// arrives on the receiver, in order; it is unbounded, so a consumer that falls behind should use flow
+    /// control (`flowControl` and [`Connection::ack_output`]), which bounds what is in flight.
+    pub async fn connect(options: &Options) -> Result<(Connection, mpsc::UnboundedReceiver<Incoming>), Error> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (greet_tx, greet_rx) = oneshot::channel();
+        let greeting: Greeting = Arc::new(Mutex::new(Some(greet_tx)));
+        let greet = |g: &Greeting, r: Result<Hello, Error>| {
+            if let Some(tx) = g.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                let _ = tx.send(r);
+            }
+        };
+        let mut builder = ClientBuilder::new(options.url.as_str()).auth(options.auth());
+        for (k, v) in &options.headers {
+            builder = builder.opening_header(k.as_str(), v.as_str());
+        }
+        let g = greeting.clone();
+        builder = builder.on("error", move |payload, _| {
+            #[allow(deprecated)]
+            let text = match payload {
+                Payload::String(s) => s,
+                Payload::Text(v) => v.first().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
+                Payload::Binary(_) => String::new(),
+            };
+            // A refusal reads `Received an ConnectError frame: {"message":"<code>: <message>"}`.
+            let refusal = text
+                .find('{')
+                .and_then(|i| serde_json::from_str::<Value>(&text[i..]).ok())
+                .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_string));
+            greet(&g, Err(refusal.map_or_else(|| Error::Transport(text), Error::Refused)));
+            async {}.boxed()
+        });
+        let closed = tx.clone();
+        builder = builder.on("close", move |_, _| {
+            let _ = closed.send(Incoming::Closed);
+            async {}.boxed()
+        });
+        let g = greeting.clone();
+        let watchers: Watchers = Arc::default();
+        let w = watchers.clone();
+        let transport = match options.transport {
+            Transport::WebSocket => TransportType::Websocket,
+            Transport::Polling => TransportType::Polling,
+            Transport::Upgrade => TransportType::WebsocketUpgrade,
+        };
+        let client = builder
+            .transport_type(transport)
+            // Never reconnect by itself (upstream #374; it would also retry a refused sign-in).
+            .reconnect(false)
+            .reconnect_on_disconnect(false)
+            .on_any(move |name, payload, _| {
+                let name = String::from(name);
+                if name == event::HELLO {
+                    let hello =
+                        serde_json::from_value(first_value(payload)).map_err(|e| Error::Protocol(e.to_string()));
+                    greet(&g, hello);
+                } else if let Some(incoming) = decode(&name, payload) {
+                    if let Incoming::Output(o) = &incoming
+                        && let Some(watcher) = w.lock().unwrap_or_else(|e| e.into_inner()).remove(&o.terminal_id)
+                    {
+                        let _ = watcher.send((Instant::now(), o.data.0.clone()));
+                    }
+                    let _ = tx.send(incoming);
+                }
+                async {}.boxed()
+            })
+            .connect()
+            .await
+            .map_err(|e| Error::Transport(e.to_string()))?;
+        let hello = match tokio::time::timeout(options.timeout, greet_rx).await {
+            Ok(Ok(Ok(hello))) => hello,
+            Ok(Ok(Err(e))) => {
+                let _ = client.disconnect().await;
+                return Err(e);
+            }
+            Ok(Err(_)) => return Err(Error::Transport("the connection ended before hello".into())),
+            Err(_) => {
+                let _ = client.disconnect().await;
+                return Err(Error::Timeout("the connection (hello)".into()));
+            }
+        };
+        let connection = Connection { client, watchers, hello, timeout: options.timeout, requests: Default::default() };
+        Ok((connection, rx))
+    }
+
+    /// The server's `hello`.
+    pub fn hello(&self) -> &Hello {
+        &self.hello
+    }
+
+    /// Sends `name` with an ack request and returns the ack's JSON.
+    pub async fn request_raw(&self, name: &str, payload: Value) -> Result<Value, Error> {
+        let _one = self.requests.lock().await;
+        let (tx, rx) = oneshot::channel();
+        let tx = Arc::new(Mutex::new(Some(tx)));
+        self.client
+            .emit_with_ack(name, payload, self.timeout, move |p: Payload, _| {
+                if let Some(tx) = tx.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                    let _ = tx.send(first_value(p));
+                }
+                async {}.boxed()
+            })
+            .await
+            .map_err(|e| Error::Transport(e.to_string()))?;
+        match tokio::time::timeout(self.timeout, rx).await {
+            Ok(Ok(v)) => Ok(v),
+            _ => Err(Error::Timeout(name.to_string())),
+        }
+    }
+
+    /// Sends request `E` and returns its answer: the ack's value, or the server's refusal.
+    pub async fn request<E: ClientEvent>(&self, payload: &E::Payload) -> Result<Result<E::Ack, ErrorBody>, Error> {
+        let v = serde_json::to_value(payload).map_err(|e| Error::Protocol(e.to_string()))?;
+        let answer = self.request_raw(E::NAME, v).await?;
+        let reply: Reply<E::Ack> =
+            serde_json::from_value(answer.clone()).map_err(|e| Error::Protocol(format!("{answer}: {e}")))?;
+        Ok(reply.into_result())
+    }
+
+    /// Sends `name` without an ack.
+    pub async fn emit_raw(&self, name: &str, payload: Value) -> Result<(), Error> {
+        self.client.emit(name, payload).await.map_err(|e| Error::Transport(e.to_string()))
+    }
+
+    /// Sends event `E` without an ack.
+    pub async fn emit<E: ClientEvent>(&self, payload: &E::Payload) -> Result<(), Error> {
+        let v = serde_json::to_value(payload).map_err(|e| Error::Protocol(e.to_string()))?;
+        self.emit_raw(E::NAME, v).await
+    }
+
+    /// Sends keystrokes. They travel as a JSON string (`rust_socketio` cannot put a binary attachment inside an
+    /// object), so `data` must be UTF-8.
+    pub async fn input(&self, terminal_id: &TerminalId, data: &str) -> Result<(), Error> {
+        self.emit_raw(event::INPUT, serde_json::json!({ "terminalId": terminal_id, "data": data })).await
+    }
+
+    /// Acknowledges that `processed` bytes of a flow-controlled terminal's output were consumed.
+    pub async fn ack_output(&self, terminal_id: &TerminalId, processed: u64) -> Result<(), Error> {
+        let ack = protocol::OutputAck { terminal_id: terminal_id.clone(), processed };
+        self.emit::<event::OutputAck>(&ack).await
+    }
+
+    /// The moment the next `output` of `terminal_id` arrives, and its bytes (it is also queued as usual).
+    pub fn next_output(&self, terminal_id: &TerminalId) -> oneshot::Receiver<(Instant, Bytes)> {
+        let (tx, rx) = oneshot::channel();
+        self.watchers.lock().unwrap_or_else(|e| e.into_inner()).insert(terminal_id.clone(), tx);
+        rx
+    }
+
+    /// Closes the connection (and never reconnects).
+    pub async fn disconnect(self) {
+        let _ = self.client.disconnect().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mangled_binary_output_is_recovered() {
+        let o = mangled_output("output,{terminalId:t-0123abcd,offset:42,data:}", Bytes::from_static(b"hi")).unwrap();
+        assert_eq!((o.terminal_id.0.as_str(), o.offset, &o.data.0[..]), ("t-0123abcd", 42, &b"hi"[..]));
+        assert!(mangled_output("hello", Bytes::new()).is_none());
+        assert!(mangled_output("exit,{terminalId:t-1}", Bytes::new()).is_none());
+    }
+
+    #[test]
+    fn auth_carries_the_given_fields_only() {
+        let mut o = Options::new("http://x", "tok");
+        o.client_id = Some("c1".into());
+        assert_eq!(o.auth(), serde_json::json!({"token": "tok", "clientId": "c1", "protocolVersion": 2}));
+        o.protocol_version = None;
+        o.token = None;
+        assert_eq!(o.auth(), serde_json::json!({"clientId": "c1"}));
+    }
+}
