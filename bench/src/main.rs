@@ -179,6 +179,15 @@ impl Container {
     }
 
     /// Runs `sh -c script` to completion (no tty).
+    /// Writes `/tmp/big.txt`, `mib` MiB of text lines, for the throughput runs.
+    async fn write_big_file(&self, mib: usize) -> anyhow::Result<()> {
+        self.sh(&format!(
+            "yes 'porthole benchmark: plain text lines of about sixty-four bytes, 0123456789' | head -c {} > /tmp/big.txt",
+            mib * 1024 * 1024
+        ))
+        .await
+    }
+
     async fn sh(&self, script: &str) -> anyhow::Result<()> {
         let exec = self
             .docker
@@ -720,12 +729,7 @@ async fn stream(
     let mut report = String::new();
     let container = Container::start(docker, &args.image, "main").await?;
     eprintln!("[bench] writing {} MiB of text in the container", args.mib);
-    container
-        .sh(&format!(
-            "yes 'porthole benchmark: plain text lines of about sixty-four bytes, 0123456789' | head -c {} > /tmp/big.txt",
-            args.mib * 1024 * 1024
-        ))
-        .await?;
+    container.write_big_file(args.mib).await?;
     let server = Server::start(&args.bin)?;
     let (mut raw, mut raw4, mut cli, mut web, mut cpus) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let dockerd = dockerd_pid().unwrap_or_default();
@@ -925,12 +929,7 @@ async fn js_report(
 ) -> anyhow::Result<String> {
     let pct = |a: f64, b: f64| if b > 0.0 { format!("{:.2}x", a / b) } else { "-".into() };
     let container = Container::start(docker, &args.image, "js").await?;
-    container
-        .sh(&format!(
-            "yes 'porthole benchmark: plain text lines of about sixty-four bytes, 0123456789' | head -c {} > /tmp/big.txt",
-            args.mib * 1024 * 1024
-        ))
-        .await?;
+    container.write_big_file(args.mib).await?;
     let server = Server::start(&args.bin)?;
     let (mut raw, mut web, mut msgs, mut cli) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut delivered = 0u64;
