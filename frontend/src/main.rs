@@ -3,7 +3,9 @@
 //! Leptos server functions (container and terminal lists), all typed by the shared `app` crate.
 
 mod socket;
+mod tabs;
 mod term;
+mod terminals;
 mod ui;
 
 fn main() {

@@ -6,10 +6,9 @@
 
 use std::rc::Rc;
 
-use app::protocol::{ErrorBody, ErrorCode, Reply, TerminalId};
+use app::protocol::{ClientEvent, ErrorBody, ErrorCode, Reply, ServerEvent, TerminalId};
 use js_sys::{Function, Promise, Reflect, Uint8Array};
 use serde::Serialize;
-use serde::de::DeserializeOwned;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
 
@@ -114,13 +113,15 @@ impl Client {
         Client { raw: Rc::new(io_connect(&origin, &opts)) }
     }
 
-    /// Calls `f` with every `event` payload that parses as `T` (others are logged and dropped).
-    pub fn on<T: DeserializeOwned + 'static>(&self, event: &'static str, mut f: impl FnMut(T) + 'static) {
-        let cb = Closure::<dyn FnMut(JsValue)>::new(move |v: JsValue| match serde_wasm_bindgen::from_value::<T>(v) {
-            Ok(t) => f(t),
-            Err(e) => web_sys::console::warn_1(&format!("porthole: bad {event} payload: {e}").into()),
+    /// Calls `f` with every payload of server event `E` (payloads that do not parse are logged and dropped).
+    pub fn on<E: ServerEvent + 'static>(&self, mut f: impl FnMut(E::Payload) + 'static) {
+        let cb = Closure::<dyn FnMut(JsValue)>::new(move |v: JsValue| {
+            match serde_wasm_bindgen::from_value::<E::Payload>(v) {
+                Ok(t) => f(t),
+                Err(e) => web_sys::console::warn_1(&format!("porthole: bad {} payload: {e}", E::NAME).into()),
+            }
         });
-        self.raw.on(event, cb.as_ref().unchecked_ref());
+        self.raw.on(E::NAME, cb.as_ref().unchecked_ref());
         // The socket lives as long as the page.
         cb.forget();
     }
@@ -136,7 +137,7 @@ impl Client {
                 f(TerminalId(id), offset, Uint8Array::new(&data));
             }
         });
-        self.raw.on(app::protocol::event::OUTPUT, cb.as_ref().unchecked_ref());
+        self.raw.on(<app::protocol::event::Output as ServerEvent>::NAME, cb.as_ref().unchecked_ref());
         cb.forget();
     }
 
@@ -177,7 +178,7 @@ impl Client {
         });
         self.raw.on("connect_error", refused.as_ref().unchecked_ref());
         refused.forget();
-        self.on(app::protocol::event::AUTH_ERROR, move |e: app::protocol::ErrorBody| f(e.message));
+        self.on::<app::protocol::event::AuthError>(move |e| f(e.message));
     }
 
     /// Follows the connection state.
@@ -258,24 +259,20 @@ impl Client {
         let _ = JsFuture::from(window.fetch_with_str_and_init(app::protocol::rest::LOGOUT, &init)).await;
     }
 
-    /// Fire-and-forget event.
-    pub fn emit<T: Serialize>(&self, event: &str, payload: &T) {
-        self.raw.emit(event, &to_js(payload));
+    /// Fire-and-forget client event `E`.
+    pub fn emit<E: ClientEvent>(&self, payload: &E::Payload) {
+        self.raw.emit(E::NAME, &to_js(payload));
     }
 
-    /// Event with an ack: the ack's success value, or its error (a timeout or a dropped connection
+    /// Client event `E` with an ack: the ack's success value, or its error (a timeout or a dropped connection
     /// becomes an `internal` error with a message saying so).
-    pub async fn request<Req: Serialize, Res: DeserializeOwned>(
-        &self,
-        event: &str,
-        req: &Req,
-    ) -> Result<Res, ErrorBody> {
-        let promise = self.raw.with_timeout(ACK_TIMEOUT_MS).emit_with_ack(event, &to_js(req));
+    pub async fn request<E: ClientEvent>(&self, req: &E::Payload) -> Result<E::Ack, ErrorBody> {
+        let promise = self.raw.with_timeout(ACK_TIMEOUT_MS).emit_with_ack(E::NAME, &to_js(req));
         let value = JsFuture::from(promise).await.map_err(|_| ErrorBody {
             code: ErrorCode::Internal,
             message: "the server did not answer (connection lost or timed out)".into(),
         })?;
-        serde_wasm_bindgen::from_value::<Reply<Res>>(value)
+        serde_wasm_bindgen::from_value::<Reply<E::Ack>>(value)
             .map_err(|e| ErrorBody { code: ErrorCode::Internal, message: format!("unreadable answer: {e}") })?
             .into_result()
     }

@@ -1,11 +1,7 @@
-//! The UI: top bar with the connection state, container picker, tab bar and terminal panes.
+//! The UI's views: top bar with the connection state, container picker (a drawer on phones), tab bar,
+//! terminal panes and the phone key bar. What the tabs do on the wire is in [`crate::terminals`].
 
-use std::collections::HashMap;
-
-use app::protocol::{
-    self, ContainerSummary, ContainersChanged, Exit, ExitReason, Input, Resize, StartTerminal, TerminalBytes,
-    TerminalId, TerminalStarted, event,
-};
+use app::protocol::{self, ContainerSummary, Resize, event};
 use js_sys::Function;
 use leptos::prelude::*;
 use leptos::task::spawn_local;
@@ -13,308 +9,33 @@ use wasm_bindgen::JsCast;
 use wasm_bindgen::prelude::*;
 
 use crate::socket::{Client, ConnState};
+use crate::tabs::{TabItem, TabKey, TabState, Ui};
 use crate::term::Xterm;
 
-/// What a tab's terminal is doing.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum TabState {
-    Starting,
-    Running,
-    /// Running on the server, but this page is (re)connecting to it; typed input waits.
-    Resuming,
-    /// Ended; the short marker for the tab title and the sentence for the pane.
-    Ended {
-        marker: String,
-        detail: String,
-    },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct TabKey(u32);
-
-/// Where a terminal's output stream stands in this page (absolute offsets).
-#[derive(Debug, Default, Clone, Copy)]
-struct FlowCount {
-    /// End of the bytes received (what a resume asks for).
-    received: u64,
-    /// End of the bytes xterm has parsed (what flow control acknowledges).
-    parsed: u64,
-    acked: u64,
-    in_flight: u32,
-}
-
-/// Bytes of input kept per tab while it resumes; more is dropped.
-const MAX_PENDING_INPUT: usize = 64 * 1024;
-
-/// Acknowledge parsed output at least this often (well below the server's low watermark).
-const ACK_EVERY_BYTES: u64 = 64 * 1024;
-
+/// Why the container list could not be loaded, as the user should read it.
 #[derive(Debug, Clone)]
-struct Tab {
-    key: TabKey,
-    container_id: String,
-    container_name: String,
-    terminal: RwSignal<Option<TerminalId>>,
-    state: RwSignal<TabState>,
-    /// Sockets following this terminal (this one included).
-    viewers: RwSignal<usize>,
-    /// A terminal to re-attach to when the tab's xterm is ready (restored after a reload).
-    restore: Option<TerminalId>,
-}
+struct ListError(String);
 
-/// Everything the UI shares; `Copy` handles only, so closures can capture it freely.
-#[derive(Clone, Copy)]
-struct Ui {
-    client: StoredValue<Client, LocalStorage>,
-    xterms: StoredValue<HashMap<u32, Xterm>, LocalStorage>,
-    /// Which tab shows which terminal.
-    routes: StoredValue<HashMap<TerminalId, u32>, LocalStorage>,
-    /// Input typed while a tab was resuming, sent once it is attached again (at most [`MAX_PENDING_INPUT`]).
-    pending_input: StoredValue<HashMap<u32, Vec<u8>>, LocalStorage>,
-    /// Output flow control per terminal: bytes parsed by xterm, bytes acknowledged, writes in flight.
-    flows: StoredValue<HashMap<TerminalId, FlowCount>, LocalStorage>,
-    tabs: RwSignal<Vec<Tab>>,
-    active: RwSignal<Option<TabKey>>,
-    next_key: StoredValue<u32>,
-    notice: RwSignal<Option<String>>,
-    conn: RwSignal<ConnState>,
-    /// Why the server refused this browser's credential, while signed out.
-    auth_problem: RwSignal<Option<String>>,
-    /// Who this browser is signed in as (from `hello`).
-    user: RwSignal<Option<String>>,
-    dark: RwSignal<bool>,
-}
-
-fn prefers_dark() -> bool {
-    web_sys::window()
-        .and_then(|w| w.match_media("(prefers-color-scheme: dark)").ok().flatten())
-        .is_some_and(|m| m.matches())
-}
-
-fn exit_text(exit: &Exit) -> (String, String) {
-    match exit.reason {
-        ExitReason::Exited => match exit.exit_code {
-            Some(0) => ("exited".into(), "The process exited.".into()),
-            Some(c) => (format!("exit {c}"), format!("The process exited with code {c}.")),
-            None => ("exited".into(), "The process exited.".into()),
-        },
-        ExitReason::ContainerStopped => ("stopped".into(), "The container stopped.".into()),
-        ExitReason::Closed => ("closed".into(), "The terminal was closed.".into()),
-        ExitReason::DockerUnavailable => ("docker down".into(), "The Docker daemon stopped answering.".into()),
-        ExitReason::ServerShutdown => ("server stopped".into(), "The Porthole server shut down.".into()),
-        ExitReason::Disconnected => ("disconnected".into(), "The connection to Porthole was lost.".into()),
-        ExitReason::Abandoned => ("abandoned".into(), "Nobody came back to the terminal in time; it was ended.".into()),
+impl std::fmt::Display for ListError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
     }
 }
+
+impl std::error::Error for ListError {}
+
+/// The phone key bar: the keys phone keyboards lack, with what each sends (Ctrl is a sticky modifier).
+const KEY_BAR: [(&str, &str); 7] = [
+    ("Esc", "\x1b"),
+    ("Tab", "\t"),
+    ("Up", "\x1b[A"),
+    ("Down", "\x1b[B"),
+    ("Left", "\x1b[D"),
+    ("Right", "\x1b[C"),
+    ("|", "|"),
+];
 
 impl Ui {
-    fn new() -> Ui {
-        Ui {
-            client: StoredValue::new_local(Client::connect(&crate::socket::client_id())),
-            xterms: StoredValue::new_local(HashMap::new()),
-            routes: StoredValue::new_local(HashMap::new()),
-            flows: StoredValue::new_local(HashMap::new()),
-            pending_input: StoredValue::new_local(HashMap::new()),
-            tabs: RwSignal::new(Vec::new()),
-            active: RwSignal::new(None),
-            next_key: StoredValue::new(1),
-            notice: RwSignal::new(None),
-            conn: RwSignal::new(ConnState::Connecting),
-            auth_problem: RwSignal::new(None),
-            user: RwSignal::new(None),
-            dark: RwSignal::new(prefers_dark()),
-        }
-    }
-
-    fn client(&self) -> Client {
-        self.client.get_value()
-    }
-
-    fn tab(&self, key: TabKey) -> Option<Tab> {
-        self.tabs.with_untracked(|t| t.iter().find(|t| t.key == key).cloned())
-    }
-
-    fn with_xterm<R>(&self, key: TabKey, f: impl FnOnce(&mut Xterm) -> R) -> Option<R> {
-        let mut out = None;
-        self.xterms.update_value(|m| out = m.get_mut(&key.0).map(f));
-        out
-    }
-
-    /// Opens a new tab with a terminal in `container`. The terminal starts once its pane is on screen
-    /// (so its size is known).
-    fn open_tab(&self, container_id: String, container_name: String) {
-        let key = TabKey(self.next_key.get_value());
-        self.next_key.set_value(key.0 + 1);
-        self.notice.set(None);
-        let tab = Tab {
-            key,
-            container_id,
-            container_name,
-            terminal: RwSignal::new(None),
-            state: RwSignal::new(TabState::Starting),
-            viewers: RwSignal::new(1),
-            restore: None,
-        };
-        self.tabs.update(|t| t.push(tab));
-        self.activate(key);
-    }
-
-    /// Brings back a tab for a terminal of this client that is still running on the server.
-    fn restore_tab(&self, info: protocol::TerminalInfo) {
-        let known = self.routes.with_value(|r| r.contains_key(&info.terminal_id))
-            || self.tabs.with_untracked(|t| t.iter().any(|t| t.restore.as_ref() == Some(&info.terminal_id)));
-        if known {
-            return;
-        }
-        let key = TabKey(self.next_key.get_value());
-        self.next_key.set_value(key.0 + 1);
-        let tab = Tab {
-            key,
-            container_id: info.container_id,
-            container_name: info.container_name,
-            terminal: RwSignal::new(None),
-            state: RwSignal::new(TabState::Starting),
-            viewers: RwSignal::new(info.attached + 1),
-            restore: Some(info.terminal_id),
-        };
-        self.tabs.update(|t| t.push(tab));
-        if self.active.get_untracked().is_none() {
-            self.activate(key);
-        }
-    }
-
-    /// Follows `id` in tab `key` from `since` (absent: all the output the server still has).
-    fn attach(&self, key: TabKey, id: TerminalId, since: Option<u64>) {
-        let Some(tab) = self.tab(key) else { return };
-        let ui = *self;
-        spawn_local(async move {
-            let req = protocol::AttachTerminal { terminal_id: id.clone(), since, flow_control: true };
-            let reply: Result<protocol::TerminalAttached, _> = ui.client().request(event::ATTACH_TERMINAL, &req).await;
-            if ui.tab(key).is_none() {
-                // The tab was closed while attaching: end the terminal as closing a tab does.
-                if reply.is_ok() {
-                    let close = protocol::CloseTerminal { terminal_id: id };
-                    let _: Result<protocol::TerminalAck, _> = ui.client().request(event::CLOSE_TERMINAL, &close).await;
-                }
-                return;
-            }
-            match reply {
-                Ok(a) => {
-                    ui.flows.update_value(|f| {
-                        f.insert(
-                            id.clone(),
-                            FlowCount { received: a.offset, parsed: a.offset, acked: a.offset, in_flight: 0 },
-                        );
-                    });
-                    ui.routes.update_value(|r| {
-                        r.insert(id.clone(), key.0);
-                    });
-                    if a.truncated {
-                        ui.with_xterm(key, |x| x.write_str("\r\n\x1b[2m[earlier output no longer kept]\x1b[0m\r\n"));
-                    }
-                    tab.terminal.set(Some(id.clone()));
-                    tab.state.set(TabState::Running);
-                    ui.send_pending_input(key);
-                    // Make the terminal fit this window.
-                    if let Some((c, r)) = ui.with_xterm(key, |x| (x.cols() as u16, x.rows() as u16))
-                        && protocol::dimension_ok(c)
-                        && protocol::dimension_ok(r)
-                        && !a.ended
-                    {
-                        ui.client().emit(event::RESIZE, &Resize { terminal_id: id, cols: c, rows: r });
-                    }
-                }
-                // The connection dropped again meanwhile: the next reconnect retries.
-                Err(e) if e.code == protocol::ErrorCode::Internal => {}
-                Err(e) => {
-                    let detail = format!("The terminal could not be resumed: {}", e.message);
-                    ui.with_xterm(key, |x| x.write_str(&format!("\r\n\x1b[2m[{detail}]\x1b[0m\r\n")));
-                    tab.state.set(TabState::Ended { marker: "lost".into(), detail });
-                }
-            }
-        });
-    }
-
-    /// After a reconnect: every running tab resumes from the last byte it received.
-    fn resume_all(&self) {
-        let tabs: Vec<Tab> = self.tabs.with_untracked(|t| t.to_vec());
-        for tab in tabs {
-            if !matches!(tab.state.get_untracked(), TabState::Running | TabState::Resuming) {
-                continue;
-            }
-            let Some(id) = tab.terminal.get_untracked() else { continue };
-            let since = self.flows.with_value(|f| f.get(&id).map(|c| c.received));
-            self.attach(tab.key, id, since);
-        }
-    }
-
-    /// Starts (or restarts) the terminal of a tab whose xterm exists.
-    fn start_terminal(&self, key: TabKey) {
-        let Some(tab) = self.tab(key) else { return };
-        let Some((cols, rows)) = self.with_xterm(key, |x| (x.cols() as u16, x.rows() as u16)) else {
-            return;
-        };
-        tab.state.set(TabState::Starting);
-        let ui = *self;
-        spawn_local(async move {
-            let req = StartTerminal {
-                container_id: tab.container_id.clone(),
-                cols: protocol::dimension_ok(cols).then_some(cols),
-                rows: protocol::dimension_ok(rows).then_some(rows),
-                command: None,
-                flow_control: true,
-            };
-            let reply: Result<TerminalStarted, _> = ui.client().request(event::START_TERMINAL, &req).await;
-            match reply {
-                Ok(started) => {
-                    if ui.tab(key).is_none() {
-                        // The tab was closed while the terminal started.
-                        let close = protocol::CloseTerminal { terminal_id: started.terminal_id };
-                        let _: Result<protocol::TerminalAck, _> =
-                            ui.client().request(event::CLOSE_TERMINAL, &close).await;
-                        return;
-                    }
-                    ui.routes.update_value(|r| {
-                        r.insert(started.terminal_id.clone(), key.0);
-                    });
-                    ui.flows.update_value(|f| {
-                        f.insert(started.terminal_id.clone(), FlowCount::default());
-                    });
-                    tab.terminal.set(Some(started.terminal_id.clone()));
-                    tab.state.set(TabState::Running);
-                    ui.send_pending_input(key);
-                    // The pane may have changed size while the terminal started.
-                    let now = ui.with_xterm(key, |x| (x.cols() as u16, x.rows() as u16));
-                    if let Some((c, r)) = now
-                        && (c, r) != (started.cols, started.rows)
-                        && protocol::dimension_ok(c)
-                        && protocol::dimension_ok(r)
-                    {
-                        ui.client().emit(event::RESIZE, &Resize { terminal_id: started.terminal_id, cols: c, rows: r });
-                    }
-                    if ui.active.get_untracked() == Some(key) {
-                        ui.with_xterm(key, |x| x.focus());
-                    }
-                }
-                Err(e) => {
-                    ui.pending_input.update_value(|p| {
-                        p.remove(&key.0);
-                    });
-                    // Nothing to show in a tab that never had a terminal: say why where the user clicked.
-                    let had_output = tab.terminal.get_untracked().is_some();
-                    if had_output {
-                        let (marker, detail) = ("failed".to_string(), e.message.clone());
-                        ui.with_xterm(key, |x| x.write_str(&format!("\r\n\x1b[31m{detail}\x1b[0m\r\n")));
-                        tab.state.set(TabState::Ended { marker, detail });
-                    } else {
-                        ui.notice.set(Some(e.message));
-                        ui.remove_tab(key);
-                    }
-                }
-            }
-        });
-    }
-
     /// Gives the keyboard back to the visible terminal (after clicks on the tab bar, closes, ...).
     fn focus_active(&self) {
         let ui = *self;
@@ -325,7 +46,8 @@ impl Ui {
         });
     }
 
-    fn activate(&self, key: TabKey) {
+    pub fn activate(&self, key: TabKey) {
+        self.drawer.set(false);
         let previous = self.active.get_untracked();
         if previous == Some(key) {
             self.focus_active();
@@ -348,7 +70,7 @@ impl Ui {
     }
 
     fn cycle(&self, step: i32) {
-        let keys: Vec<TabKey> = self.tabs.with_untracked(|t| t.iter().map(|t| t.key).collect());
+        let keys = self.keys();
         if keys.is_empty() {
             return;
         }
@@ -357,48 +79,18 @@ impl Ui {
         self.activate(keys[next]);
     }
 
-    /// Closes a tab: its terminal session ends on the server (no process left behind).
-    fn close_tab(&self, key: TabKey) {
-        if let Some(tab) = self.tab(key)
-            && let Some(id) = tab.terminal.get_untracked()
-            && matches!(tab.state.get_untracked(), TabState::Running | TabState::Resuming)
+    pub fn remove_tab(&self, key: TabKey) {
+        let pos = self.keys().iter().position(|k| *k == key);
+        if let Some(mut tab) = self.take_tab(key)
+            && let Some(x) = tab.xterm.as_mut()
         {
-            let client = self.client();
-            spawn_local(async move {
-                let _: Result<protocol::TerminalAck, _> =
-                    client.request(event::CLOSE_TERMINAL, &protocol::CloseTerminal { terminal_id: id }).await;
-            });
+            x.dispose();
         }
-        self.remove_tab(key);
-    }
-
-    fn remove_tab(&self, key: TabKey) {
-        let keys: Vec<TabKey> = self.tabs.with_untracked(|t| t.iter().map(|t| t.key).collect());
-        let pos = keys.iter().position(|k| *k == key);
-        if let Some(tab) = self.tab(key)
-            && let Some(id) = tab.terminal.get_untracked()
-        {
-            self.routes.update_value(|r| {
-                r.remove(&id);
-            });
-            self.flows.update_value(|f| {
-                f.remove(&id);
-            });
-        }
-        self.xterms.update_value(|m| {
-            if let Some(mut x) = m.remove(&key.0) {
-                x.dispose();
-            }
-        });
-        self.pending_input.update_value(|p| {
-            p.remove(&key.0);
-        });
-        self.tabs.update(|t| t.retain(|t| t.key != key));
         if self.active.get_untracked() != Some(key) {
             self.focus_active();
         } else {
             self.active.set(None);
-            let remaining: Vec<TabKey> = self.tabs.with_untracked(|t| t.iter().map(|t| t.key).collect());
+            let remaining = self.keys();
             if let Some(p) = pos
                 && !remaining.is_empty()
             {
@@ -407,87 +99,11 @@ impl Ui {
         }
     }
 
-    fn on_output(&self, id: TerminalId, offset: u64, data: js_sys::Uint8Array) {
-        let Some(key) = self.routes.with_value(|r| r.get(&id).copied()) else {
-            return;
-        };
-        let len = u64::from(data.length());
-        // Offsets make a resume exact: skip what is already on screen, say so if something is missing.
-        let mut skip = 0u64;
-        let mut gap = 0u64;
-        self.flows.update_value(|f| {
-            let c = f.entry(id.clone()).or_default();
-            if offset < c.received {
-                skip = (c.received - offset).min(len);
-            } else if offset > c.received {
-                gap = offset - c.received;
-            }
-            c.received = c.received.max(offset + len);
-            if skip < len {
-                c.in_flight += 1;
-            }
-        });
-        if skip >= len {
-            return;
-        }
-        let data = if skip > 0 { data.subarray(skip as u32, len as u32) } else { data };
-        let end = offset + len;
-        let ui = *self;
-        if gap > 0 {
-            self.with_xterm(TabKey(key), |x| x.write_str("\r\n\x1b[2m[some output was lost]\x1b[0m\r\n"));
-        }
-        // Acknowledge once xterm has parsed the bytes, so a flood waits for the screen instead of piling up.
-        self.with_xterm(TabKey(key), |x| x.write_then(&data, move || ui.parsed(id, end)));
-    }
-
-    fn parsed(&self, id: TerminalId, end: u64) {
-        let mut ack = None;
-        self.flows.update_value(|f| {
-            if let Some(c) = f.get_mut(&id) {
-                c.parsed = c.parsed.max(end);
-                c.in_flight = c.in_flight.saturating_sub(1);
-                if c.parsed - c.acked >= ACK_EVERY_BYTES || (c.in_flight == 0 && c.parsed > c.acked) {
-                    c.acked = c.parsed;
-                    ack = Some(c.parsed);
-                }
-            }
-        });
-        if let Some(processed) = ack {
-            self.client().emit(event::OUTPUT_ACK, &protocol::OutputAck { terminal_id: id, processed });
-        }
-    }
-
-    fn on_exit(&self, exit: Exit) {
-        let Some(key) = self.routes.with_value(|r| r.get(&exit.terminal_id).copied()) else {
-            return;
-        };
-        let key = TabKey(key);
-        let (marker, detail) = exit_text(&exit);
-        self.with_xterm(key, |x| x.write_str(&format!("\r\n\x1b[2m[{detail}]\x1b[0m\r\n")));
-        if let Some(tab) = self.tab(key) {
-            tab.state.set(TabState::Ended { marker, detail });
-        }
-        self.routes.update_value(|r| {
-            r.remove(&exit.terminal_id);
-        });
-        self.flows.update_value(|f| {
-            f.remove(&exit.terminal_id);
-        });
-    }
-
-    fn on_viewers(&self, v: protocol::TerminalViewers) {
-        if let Some(key) = self.routes.with_value(|r| r.get(&v.terminal_id).copied())
-            && let Some(tab) = self.tab(TabKey(key))
-        {
-            tab.viewers.set(v.attached);
-        }
-    }
-
     /// Creates the xterm for a tab in `el`, wires its input and size to the server, then starts the terminal.
     fn mount_xterm(&self, key: TabKey, el: web_sys::HtmlElement) {
         let mut x = Xterm::open(el, self.dark.get_untracked());
         let ui = *self;
-        let on_data = Closure::<dyn FnMut(String)>::new(move |data: String| ui.send_input(key, data.into_bytes()));
+        let on_data = Closure::<dyn FnMut(String)>::new(move |data: String| ui.type_keys(key, data.into_bytes()));
         x.listen("onData", on_data.as_ref().unchecked_ref());
         // Binary data (some mouse reports): one byte per character.
         let on_binary = Closure::<dyn FnMut(String)>::new(move |data: String| {
@@ -497,13 +113,13 @@ impl Ui {
         let on_resize = Closure::<dyn FnMut(JsValue)>::new(move |size: JsValue| {
             let get = |k: &str| js_sys::Reflect::get(&size, &k.into()).ok().and_then(|v| v.as_f64()).unwrap_or(0.0);
             let (cols, rows) = (get("cols") as u16, get("rows") as u16);
-            if let Some(tab) = ui.tab(key)
-                && let Some(id) = tab.terminal.get_untracked()
-                && tab.state.get_untracked() == TabState::Running
+            if let Some(view) = ui.view(key)
+                && let Some(id) = view.terminal.get_untracked()
+                && view.state.get_untracked() == TabState::Running
                 && protocol::dimension_ok(cols)
                 && protocol::dimension_ok(rows)
             {
-                ui.client().emit(event::RESIZE, &Resize { terminal_id: id, cols, rows });
+                ui.client().emit::<event::Resize>(&Resize { terminal_id: id, cols, rows });
             }
         });
         x.listen("onResize", on_resize.as_ref().unchecked_ref());
@@ -531,43 +147,13 @@ impl Ui {
         if self.active.get_untracked() == Some(key) {
             x.show();
         }
-        self.xterms.update_value(|m| {
-            m.insert(key.0, x);
+        let restore = self.with_tab(key, |t| {
+            t.xterm = Some(x);
+            t.restore.clone()
         });
-        match self.tab(key).and_then(|t| t.restore) {
+        match restore.flatten() {
             Some(id) => self.attach(key, id, None),
             None => self.start_terminal(key),
-        }
-    }
-
-    fn send_input(&self, key: TabKey, data: Vec<u8>) {
-        let Some(tab) = self.tab(key) else { return };
-        let state = tab.state.get_untracked();
-        if matches!(state, TabState::Resuming | TabState::Starting) {
-            // Keys typed right after opening, reopening or a reconnect reach the shell once it runs.
-            self.pending_input.update_value(|p| {
-                let q = p.entry(key.0).or_default();
-                let room = MAX_PENDING_INPUT.saturating_sub(q.len());
-                q.extend_from_slice(&data[..data.len().min(room)]);
-            });
-            return;
-        }
-        let Some(id) = tab.terminal.get_untracked() else { return };
-        if state != TabState::Running {
-            return;
-        }
-        for chunk in data.chunks(protocol::MAX_INPUT_BYTES) {
-            let input = Input { terminal_id: id.clone(), data: TerminalBytes(chunk.to_vec().into()) };
-            self.client().emit(event::INPUT, &input);
-        }
-    }
-
-    /// Sends what was typed while the tab was starting or resuming.
-    fn send_pending_input(&self, key: TabKey) {
-        let mut typed = Vec::new();
-        self.pending_input.update_value(|p| typed = p.remove(&key.0).unwrap_or_default());
-        if !typed.is_empty() {
-            self.send_input(key, typed);
         }
     }
 
@@ -579,13 +165,31 @@ impl Ui {
 
     fn set_dark(&self, dark: bool) {
         self.dark.set(dark);
-        self.xterms.update_value(|m| m.values().for_each(|x| x.set_dark(dark)));
+        for key in self.keys() {
+            self.with_xterm(key, |x| x.set_dark(dark));
+        }
     }
 
     /// Plain-text screen of the tab at `index` (test and debugging hook: `window.porthole.screen(i)`).
     fn screen_text(&self, index: usize) -> Option<String> {
-        let key = self.tabs.with_untracked(|t| t.get(index).map(|t| t.key))?;
+        let key = self.keys().get(index).copied()?;
         self.with_xterm(key, |x| x.text())
+    }
+
+    /// Opens or closes the container drawer; closing gives the keyboard back to the terminal.
+    fn toggle_drawer(&self, open: bool) {
+        self.drawer.set(open);
+        if !open {
+            self.focus_active();
+        }
+    }
+
+    /// A key bar key: sent to the active tab, which keeps the keyboard.
+    fn key_bar(&self, data: &str) {
+        if let Some(key) = self.active.get_untracked() {
+            self.type_keys(key, data.as_bytes().to_vec());
+            self.focus_active();
+        }
     }
 }
 
@@ -632,29 +236,20 @@ fn shortcut(e: &web_sys::KeyboardEvent) -> Option<Shortcut> {
 #[component]
 pub fn App() -> impl IntoView {
     let ui = Ui::new();
-    let containers: RwSignal<Option<Result<Vec<ContainerSummary>, String>>> = RwSignal::new(None);
-    let refresh = move || {
-        spawn_local(async move {
-            let list = app::api::list_containers().await.map_err(|e| match e {
+    let containers = LocalResource::new(|| async {
+        app::api::list_containers().await.map_err(|e| {
+            ListError(match e {
                 leptos::prelude::ServerFnError::ServerError(m) => m,
                 other => other.to_string(),
-            });
-            containers.set(Some(list));
-        });
-    };
-    refresh();
+            })
+        })
+    });
+    let refresh = move || containers.refetch();
 
     let client = ui.client();
     client.on_output(move |id, offset, data| ui.on_output(id, offset, data));
-    client.on(event::TERMINAL_VIEWERS, move |v: protocol::TerminalViewers| ui.on_viewers(v));
-    // The socket dropped: keystrokes now would reach a socket not attached yet, so they wait for the resume.
-    client.on_disconnect(move || {
-        ui.tabs.with_untracked(|tabs| {
-            for t in tabs.iter().filter(|t| t.state.get_untracked() == TabState::Running) {
-                t.state.set(TabState::Resuming);
-            }
-        });
-    });
+    client.on::<event::TerminalViewers>(move |v| ui.on_viewers(v));
+    client.on_disconnect(move || ui.suspend_all());
     // First connect: bring back this client's running terminals (a reload, a second window). Reconnects:
     // resume every tab from the last byte it got.
     let connects = StoredValue::new(0u32);
@@ -664,7 +259,7 @@ pub fn App() -> impl IntoView {
         if n == 0 {
             spawn_local(async move {
                 if let Ok(list) = app::api::list_terminals().await {
-                    let mine = format!("client:{}", crate::socket::client_id());
+                    let mine = protocol::Owner::Client(crate::socket::client_id()).to_string();
                     for t in list.into_iter().filter(|t| t.owner == mine && t.state != protocol::TerminalState::Exited)
                     {
                         ui.restore_tab(t);
@@ -675,10 +270,10 @@ pub fn App() -> impl IntoView {
             ui.resume_all();
         }
     });
-    client.on(event::EXIT, move |exit: Exit| ui.on_exit(exit));
+    client.on::<event::Exit>(move |exit| ui.on_exit(exit));
     // Coalesce bursts of container events into one refresh.
     let pending = StoredValue::new(false);
-    client.on(event::CONTAINERS_CHANGED, move |_: ContainersChanged| {
+    client.on::<event::ContainersChanged>(move |_| {
         if !pending.get_value() {
             pending.set_value(true);
             set_timeout(
@@ -690,7 +285,7 @@ pub fn App() -> impl IntoView {
             );
         }
     });
-    client.on(event::HELLO, move |hello: protocol::Hello| ui.user.set(Some(hello.user)));
+    client.on::<event::Hello>(move |hello| ui.user.set(Some(hello.user)));
     client.on_auth_error(move |why| {
         ui.auth_problem.set(Some(why));
         ui.conn.set(ConnState::SignedOut);
@@ -713,9 +308,12 @@ pub fn App() -> impl IntoView {
         e.prevent_default();
         match s {
             Shortcut::NewTab => {
-                let current = ui.active.get_untracked().and_then(|k| ui.tab(k));
-                if let Some(t) = current {
-                    ui.open_tab(t.container_id, t.container_name);
+                let current = ui
+                    .active
+                    .get_untracked()
+                    .and_then(|k| ui.with_tab(k, |t| (t.container_id.clone(), t.container_name.clone())));
+                if let Some((id, name)) = current {
+                    ui.open_tab(id, name);
                 }
             }
             Shortcut::CloseTab => {
@@ -726,7 +324,7 @@ pub fn App() -> impl IntoView {
             Shortcut::Next => ui.cycle(1),
             Shortcut::Previous => ui.cycle(-1),
             Shortcut::Goto(i) => {
-                if let Some(k) = ui.tabs.with_untracked(|t| t.get(i).map(|t| t.key)) {
+                if let Some(k) = ui.keys().get(i).copied() {
                     ui.activate(k);
                 }
             }
@@ -739,8 +337,12 @@ pub fn App() -> impl IntoView {
     install_test_hook(ui);
 
     view! {
-        <div class="app">
+        <div class="app" class:drawer-open=move || ui.drawer.get()>
             <header class="topbar">
+                <button class="drawer-toggle" aria-label="Containers" aria-expanded=move || ui.drawer.get().to_string()
+                    data-testid="drawer-toggle" on:click=move |_| ui.toggle_drawer(!ui.drawer.get_untracked())>
+                    <span class="burger"></span>
+                </button>
                 <span class="brand"><span class="brand-dot"></span>"Porthole"</span>
                 <span class="spacer"></span>
                 <span class="hint">
@@ -770,19 +372,21 @@ pub fn App() -> impl IntoView {
                 <SignIn ui=ui />
             </Show>
             <Picker ui=ui containers=containers />
+            <div class="drawer-scrim" on:click=move |_| ui.toggle_drawer(false)></div>
             <main class="main">
                 <TabBar ui=ui />
                 <div class="panes">
-                    <Show when=move || ui.tabs.with(|t| t.is_empty())>
+                    <Show when=move || ui.order.with(|t| t.is_empty())>
                         <div class="welcome">
                             <h1>"Pick a container"</h1>
                             <span>"Its shell opens here, in a new tab."</span>
                         </div>
                     </Show>
-                    <For each=move || ui.tabs.get() key=|t| t.key.0 let:tab>
+                    <For each=move || ui.order.get() key=|t| t.view.key let:tab>
                         <Pane ui=ui tab=tab />
                     </For>
                 </div>
+                <KeyBar ui=ui />
             </main>
         </div>
     }
@@ -834,54 +438,56 @@ fn SignIn(ui: Ui) -> impl IntoView {
 }
 
 #[component]
-fn Picker(ui: Ui, containers: RwSignal<Option<Result<Vec<ContainerSummary>, String>>>) -> impl IntoView {
+fn Picker(ui: Ui, containers: LocalResource<Result<Vec<ContainerSummary>, ListError>>) -> impl IntoView {
     let filter = RwSignal::new(String::new());
-    let shown = move || {
+    let matching = move |list: Vec<ContainerSummary>| {
         let needle = filter.get().to_lowercase();
-        match containers.get() {
-            Some(Ok(list)) => Ok(list
-                .into_iter()
-                .filter(|c| {
-                    needle.is_empty()
-                        || c.name.to_lowercase().contains(&needle)
-                        || c.image.to_lowercase().contains(&needle)
-                })
-                .collect::<Vec<_>>()),
-            Some(Err(e)) => Err(e),
-            None => Ok(Vec::new()),
+        list.into_iter()
+            .filter(|c| {
+                needle.is_empty() || c.name.to_lowercase().contains(&needle) || c.image.to_lowercase().contains(&needle)
+            })
+            .collect::<Vec<_>>()
+    };
+    let list_view = move |list: Vec<ContainerSummary>| {
+        if list.is_empty() {
+            return view! { <div class="empty">"No containers match."</div> }.into_any();
         }
+        view! {
+            <ul class="containers" data-testid="containers">
+                {list.into_iter().map(|c| {
+                    let (id, name) = (c.id.clone(), c.name.clone());
+                    view! {
+                        <li>
+                            <button class="container" data-state=c.state.clone() data-name=c.name.clone()
+                                title=format!("{} · {}", c.image, c.status)
+                                on:click=move |_| ui.open_tab(id.clone(), name.clone())>
+                                <span class="dot"></span>
+                                <span class="name">{c.name.clone()}</span>
+                                <span class="meta">{format!("{} · {}", c.image, c.status)}</span>
+                            </button>
+                        </li>
+                    }
+                }).collect_view()}
+            </ul>
+        }
+        .into_any()
     };
     view! {
-        <aside class="sidebar">
+        <aside class="sidebar" data-testid="drawer">
             <h2>"Containers"</h2>
             <input class="filter" type="search" placeholder="Filter by name or image" aria-label="Filter containers"
                 prop:value=move || filter.get()
                 on:input=move |ev| filter.set(event_target_value(&ev)) />
             {move || ui.notice.get().map(|n| view! { <div class="notice" role="alert" data-testid="notice">{n}</div> })}
-            {move || match shown() {
-                Err(e) => view! { <div class="notice" role="alert">{e}</div> }.into_any(),
-                Ok(list) if list.is_empty() && containers.with(|c| c.is_some()) => {
-                    view! { <div class="empty">"No containers match."</div> }.into_any()
-                }
-                Ok(list) => view! {
-                    <ul class="containers" data-testid="containers">
-                        {list.into_iter().map(|c| {
-                            let (id, name) = (c.id.clone(), c.name.clone());
-                            view! {
-                                <li>
-                                    <button class="container" data-state=c.state.clone() data-name=c.name.clone()
-                                        title=format!("{} · {}", c.image, c.status)
-                                        on:click=move |_| ui.open_tab(id.clone(), name.clone())>
-                                        <span class="dot"></span>
-                                        <span class="name">{c.name.clone()}</span>
-                                        <span class="meta">{format!("{} · {}", c.image, c.status)}</span>
-                                    </button>
-                                </li>
-                            }
-                        }).collect_view()}
-                    </ul>
-                }.into_any(),
-            }}
+            <Transition fallback=|| ()>
+                <ErrorBoundary fallback=|errors| view! {
+                    {move || errors.get().into_iter().map(|(_, e)| view! {
+                        <div class="notice" role="alert">{e.to_string()}</div>
+                    }).collect_view()}
+                }>
+                    {move || containers.get().map(|r| r.map(|list| list_view(matching(list))))}
+                </ErrorBoundary>
+            </Transition>
         </aside>
     }
 }
@@ -890,21 +496,21 @@ fn Picker(ui: Ui, containers: RwSignal<Option<Result<Vec<ContainerSummary>, Stri
 fn TabBar(ui: Ui) -> impl IntoView {
     view! {
         <nav class="tabs" role="tablist">
-            <For each=move || ui.tabs.get() key=|t| t.key.0 let:tab>
+            <For each=move || ui.order.get() key=|t| t.view.key let:tab>
                 {
-                    let key = tab.key;
-                    let state = tab.state;
+                    let TabItem { view: v, container_name } = tab;
+                    let key = v.key;
                     view! {
                         <div class="tab" role="tab" data-testid="tab"
                             aria-selected=move || (ui.active.get() == Some(key)).to_string()
                             on:click=move |_| ui.activate(key)>
-                            <span class="title">{tab.container_name.clone()}</span>
-                            {move || (tab.viewers.get() > 1).then(|| view! {
+                            <span class="title">{container_name}</span>
+                            {move || (v.viewers.get() > 1).then(|| view! {
                                 <span class="viewers" data-testid="viewers" title="Sockets following this terminal">
-                                    {format!("👥 {}", tab.viewers.get())}
+                                    {format!("👥 {}", v.viewers.get())}
                                 </span>
                             })}
-                            {move || match state.get() {
+                            {move || match v.state.get() {
                                 TabState::Ended { marker, .. } => Some(view! { <span class="marker">{format!("⏻ {marker}")}</span> }),
                                 _ => None,
                             }}
@@ -919,8 +525,8 @@ fn TabBar(ui: Ui) -> impl IntoView {
 }
 
 #[component]
-fn Pane(ui: Ui, tab: Tab) -> impl IntoView {
-    let key = tab.key;
+fn Pane(ui: Ui, tab: TabItem) -> impl IntoView {
+    let key = tab.view.key;
     let el = NodeRef::<leptos::html::Div>::new();
     el.on_load(move |div| {
         let el: web_sys::HtmlElement = div.into();
@@ -930,12 +536,12 @@ fn Pane(ui: Ui, tab: Tab) -> impl IntoView {
                 let _ = wasm_bindgen_futures::JsFuture::from(doc.fonts().load("14px \"JetBrains Mono\"")).await;
             }
             // The tab may have been closed while the font loaded.
-            if ui.tab(key).is_some() {
+            if ui.view(key).is_some() {
                 ui.mount_xterm(key, el);
             }
         });
     });
-    let state = tab.state;
+    let state = tab.view.state;
     view! {
         <section class="pane" role="tabpanel" data-testid="pane" hidden=move || ui.active.get() != Some(key)>
             <div class="term" node_ref=el></div>
@@ -949,6 +555,24 @@ fn Pane(ui: Ui, tab: Tab) -> impl IntoView {
                 _ => None,
             }}
         </section>
+    }
+}
+
+/// Keys phone keyboards lack (shown on narrow screens), sent to the active tab. Buttons take no focus, so the
+/// phone keyboard stays up.
+#[component]
+fn KeyBar(ui: Ui) -> impl IntoView {
+    let keep_focus = |e: leptos::ev::PointerEvent| e.prevent_default();
+    view! {
+        <div class="keybar" role="toolbar" aria-label="Terminal keys" data-testid="keybar">
+            <button aria-label="Ctrl" aria-pressed=move || ui.ctrl.get().to_string() on:pointerdown=keep_focus
+                on:click=move |_| ui.ctrl.update(|c| *c = !*c)>"Ctrl"</button>
+            {KEY_BAR.iter().map(|(name, data)| view! {
+                <button aria-label=*name on:pointerdown=keep_focus on:click=move |_| ui.key_bar(data)>
+                    {match *name { "Up" => "↑", "Down" => "↓", "Left" => "←", "Right" => "→", other => other }}
+                </button>
+            }).collect_view()}
+        </div>
     }
 }
 
@@ -972,7 +596,7 @@ fn install_test_hook(ui: Ui) {
         ui.screen_text(i as usize).map(JsValue::from).unwrap_or(JsValue::NULL)
     });
     let size = Closure::<dyn Fn(u32) -> JsValue>::new(move |i: u32| {
-        let key = ui.tabs.with_untracked(|t| t.get(i as usize).map(|t| t.key));
+        let key = ui.keys().get(i as usize).copied();
         key.and_then(|k| ui.with_xterm(k, |x| js_sys::Array::of2(&x.cols().into(), &x.rows().into()).into()))
             .unwrap_or(JsValue::NULL)
     });
