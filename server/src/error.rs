@@ -1,6 +1,6 @@
 //! The service layer's error: a protocol [`ErrorCode`] plus a message the user can read.
 //!
-//! The socket layer turns it into an ack `{error: {code, message}}` or an `error` event, the HTTP layer into a
+//! The socket layer turns it into an ack `{error: {code, message}}` or a `request-error` event, the HTTP layer into a
 //! status with the same JSON body. Details for operators go to the log where the error is made.
 
 use app::protocol::{ErrorBody, ErrorCode, ErrorReply};

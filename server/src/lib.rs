@@ -52,7 +52,7 @@ pub fn security(config: &Config) -> anyhow::Result<state::Security> {
         auth::Authenticator::local(config.token.clone().unwrap_or_else(auth::generate_token))
     };
     let policy = match &config.policy {
-        Some(path) => auth::policy::Policy::load(path).map_err(anyhow::Error::msg)?,
+        Some(path) => auth::policy::Policy::load(path)?,
         None => {
             if !auth.is_local() {
                 tracing::warn!("no --policy given: every holder of a valid JWT may open any container");

@@ -162,6 +162,17 @@ pub struct Policy {
     pub source: Option<std::path::PathBuf>,
 }
 
+/// Why a policy file could not be loaded (the previous policy, if any, stays).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    #[error("no --policy file was given; nothing to reload")]
+    NoFile,
+    #[error("cannot read the policy {}: {reason}", path.display())]
+    Unreadable { path: std::path::PathBuf, reason: String },
+    #[error("policy {}: {reason}", path.display())]
+    Invalid { path: std::path::PathBuf, reason: String },
+}
+
 impl Policy {
     /// Without a policy file: whoever is authenticated may do everything.
     pub fn allow_all() -> Policy {
@@ -185,10 +196,10 @@ impl Policy {
         }
     }
 
-    pub fn load(path: &Path) -> Result<Policy, String> {
-        let text =
-            std::fs::read_to_string(path).map_err(|e| format!("cannot read the policy {}: {e}", path.display()))?;
-        let mut p = Policy::parse(&text).map_err(|e| format!("policy {}: {e}", path.display()))?;
+    pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| PolicyError::Unreadable { path: path.to_path_buf(), reason: e.to_string() })?;
+        let mut p = Policy::parse(&text).map_err(|reason| PolicyError::Invalid { path: path.to_path_buf(), reason })?;
         p.source = Some(path.to_path_buf());
         Ok(p)
     }

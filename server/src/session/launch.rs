@@ -3,7 +3,8 @@
 //! A request is checked once, into a [`StartPlan`], before any Docker work. Without a `command` the login
 //! shells are tried in order ([`DEFAULT_SHELLS`]); which one a container has is remembered per container (at
 //! most [`MAX_REMEMBERED_SHELLS`] containers), so concurrent starts in one container probe it once, not once
-//! each.
+//! each. At most [`MAX_CONCURRENT_LAUNCHES`] execs are being started at once; the daemon's start timeout
+//! counts from an exec's turn, not from the request.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -22,6 +23,9 @@ const START_WAIT: Duration = Duration::from_secs(10);
 pub const DEFAULT_SHELLS: [&[&str]; 2] = [&["bash", "-l"], &["sh", "-l"]];
 /// Containers whose default shell is remembered; beyond it the memory is cleared and rebuilt.
 pub const MAX_REMEMBERED_SHELLS: usize = 4096;
+/// Execs being started at once (create, start, wait for the pid). More starts wait their turn: a daemon given
+/// hundreds at once starts none of them in time, while this many keep it busy.
+pub const MAX_CONCURRENT_LAUNCHES: usize = 16;
 
 /// A checked `start-terminal` request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,6 +134,8 @@ pub struct Launcher {
     /// Container id -> per container, a lock held while its default shell is probed, and the index into
     /// [`DEFAULT_SHELLS`] that worked.
     shells: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<usize>>>>>,
+    /// [`MAX_CONCURRENT_LAUNCHES`] permits.
+    launches: tokio::sync::Semaphore,
 }
 
 /// How one exec turned out.
@@ -146,7 +152,12 @@ impl std::fmt::Debug for Launcher {
 
 impl Launcher {
     pub fn new(runtime: Arc<dyn ContainerRuntime>, pending_reaps: PendingReaps) -> Launcher {
-        Launcher { runtime, pending_reaps, shells: Mutex::new(HashMap::new()) }
+        Launcher {
+            runtime,
+            pending_reaps,
+            shells: Mutex::new(HashMap::new()),
+            launches: tokio::sync::Semaphore::new(MAX_CONCURRENT_LAUNCHES),
+        }
     }
 
     /// Starts `plan` in `target` as terminal `id` (its processes carry the reaper's marker).
@@ -223,7 +234,10 @@ impl Launcher {
             user: None,
             tty: true,
         };
-        let result = self.attempt_inner(target, &spec).await;
+        let result = match self.launches.acquire().await {
+            Ok(_turn) => self.attempt_inner(target, &spec).await,
+            Err(_) => Err(ServiceError::new(ErrorCode::Internal, "the server is shutting down")),
+        };
         if result.is_err() {
             // The daemon may have started the process although it did not say so in time: end it.
             let (runtime, container, id) = (self.runtime.clone(), target.id.clone(), id.clone());

@@ -268,16 +268,16 @@ impl AppState {
     }
 
     /// Re-reads the policy file. On error the old policy stays and the error is returned.
-    pub fn reload_policy(&self) -> Result<(), String> {
+    pub fn reload_policy(&self) -> Result<(), crate::auth::policy::PolicyError> {
         let Some(path) = self.policy().source.clone() else {
-            return Err("no --policy file was given; nothing to reload".into());
+            return Err(crate::auth::policy::PolicyError::NoFile);
         };
         let result = Policy::load(&path);
         let outcome = if result.is_ok() { "allowed" } else { "denied" };
         self.audit(Record {
             action: "policy.reload",
             outcome,
-            reason: result.as_ref().err().cloned(),
+            reason: result.as_ref().err().map(|e| e.to_string()),
             ..Record::default()
         });
         let policy = result?;
