@@ -208,6 +208,15 @@ impl Sessions {
         Ok((Attachment { terminal: terminal.clone(), sub, flow_control }, attached))
     }
 
+    /// Undoes an attach whose answer never reached the client (before its output started): the viewer is
+    /// detached first, so a terminal left with nobody starts its grace period again.
+    pub fn undo_attach(&self, attachment: Attachment) {
+        let terminal = attachment.terminal().clone();
+        let viewer = attachment.sub.id().clone();
+        self.detach(&terminal, &viewer);
+        drop(attachment);
+    }
+
     /// `viewer` (a socket) went away: it stops following every terminal.
     pub async fn detach_everywhere(&self, viewer: &ViewerId) {
         for t in self.directory.all() {

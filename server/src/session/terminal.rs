@@ -265,23 +265,22 @@ impl Terminal {
             tokio::select! {
                 e = &mut read => break e,
                 Some(c) = control.recv() => match c {
-                    Control::Joined => {
-                        grace_ends = None;
-                        if closing.is_none() {
+                    // Both are rechecked against the viewers now: the two messages of an attach and a detach
+                    // racing on different threads may arrive in either order.
+                    Control::Joined | Control::Deserted { .. } if closing.is_none() => {
+                        let ends_on_leave = matches!(c, Control::Deserted { ends_on_leave: true });
+                        if self.log.viewers() > 0 {
+                            grace_ends = None;
                             self.phase.send_replace(Phase::Running { deserted_since: None });
+                        } else if ends_on_leave || grace.is_zero() {
+                            begin = Some(ExitReason::Disconnected);
+                        } else if grace_ends.is_none() {
+                            tracing::info!(?grace, "nobody attached; terminal kept for the grace period");
+                            grace_ends = Some(tokio::time::Instant::now() + grace);
+                            self.phase.send_replace(Phase::Running { deserted_since: Some(Instant::now()) });
                         }
                     }
-                    Control::Deserted { ends_on_leave } => {
-                        if closing.is_none() && self.log.viewers() == 0 {
-                            if ends_on_leave || grace.is_zero() {
-                                begin = Some(ExitReason::Disconnected);
-                            } else {
-                                tracing::info!(?grace, "nobody attached; terminal kept for the grace period");
-                                grace_ends = Some(tokio::time::Instant::now() + grace);
-                                self.phase.send_replace(Phase::Running { deserted_since: Some(Instant::now()) });
-                            }
-                        }
-                    }
+                    Control::Joined | Control::Deserted { .. } => {}
                     Control::Close { reason, done } => {
                         if closing.is_none() {
                             begin = Some(reason);
@@ -342,16 +341,15 @@ impl Terminal {
         self.log.finish(exit.clone());
         sessions.directory().ended(&self, reason == ExitReason::Closed);
         self.phase.send_replace(Phase::Ended(exit));
-        if let Some(closer) = closer {
-            let _ = closer.send(result);
-        }
+        waiters.extend(closer);
         while let Ok(c) = control.try_recv() {
             if let Control::Close { done, .. } = c {
                 waiters.push(done);
             }
         }
+        // Every close waiting learns whether the processes could be ended.
         for w in waiters {
-            let _ = w.send(Ok(()));
+            let _ = w.send(result.clone());
         }
     }
 }

@@ -197,3 +197,40 @@ async fn shutdown_ends_every_terminal_and_refuses_new_ones() {
     assert!(sessions.start(&owner(), target, &plan(None), None).await.is_err());
     assert_eq!(runtime.running(), 0);
 }
+
+#[tokio::test]
+async fn an_attach_whose_answer_never_arrived_leaves_the_grace_period_running() {
+    let runtime = Arc::new(EchoRuntime::default());
+    let sessions = Sessions::new(runtime.clone(), limits(Duration::from_millis(300)));
+    let t = started(&sessions, &runtime).await;
+    let gone = CancellationToken::new();
+    let (a, _) = sessions.attach(&t, ViewerId("s1".into()), AttachOptions::default(), &gone).unwrap();
+    a.start(Arc::new(Collect::default()));
+    sessions.detach(&t, &ViewerId("s1".into()));
+    // A reconnecting client attaches, and its socket drops before the answer goes out.
+    let (b, _) = sessions.attach(&t, ViewerId("s2".into()), AttachOptions::default(), &gone).unwrap();
+    sessions.undo_attach(b);
+    assert_eq!(sessions.info(&t).attached, 0);
+    tokio::time::timeout(Duration::from_secs(5), t.ended()).await.expect("the grace period ran out");
+    assert!(matches!(t.phase(), Phase::Ended(Exit { reason: ExitReason::Abandoned, .. })));
+}
+
+#[tokio::test]
+async fn a_flow_controlled_viewer_gets_the_rest_and_the_exit_of_a_closed_terminal_without_acking() {
+    let runtime = Arc::new(EchoRuntime::default());
+    let sessions = Sessions::new(runtime.clone(), limits(Duration::from_secs(60)));
+    let t = started(&sessions, &runtime).await;
+    let how = AttachOptions { flow_control: true, ..AttachOptions::default() };
+    let (a, _) = sessions.attach(&t, ViewerId("s1".into()), how, &CancellationToken::new()).unwrap();
+    let sink = Arc::new(Collect::default());
+    a.start(sink.clone());
+    // More than the flow-control window, never acknowledged.
+    let chunk = vec![b'x'; 60 * 1024];
+    for _ in 0..12 {
+        t.send_input(Bytes::from(chunk.clone())).unwrap();
+    }
+    eventually("the window to fill", || sink.out.lock().unwrap().len() as u64 >= app::protocol::FLOW_HIGH_WATERMARK)
+        .await;
+    sessions.close(&t, ExitReason::Closed).await.unwrap();
+    eventually("the exit", || sink.exits.lock().unwrap().len() == 1).await;
+}

@@ -76,6 +76,8 @@ async fn pump(attachment: Attachment, sink: Arc<dyn TerminalSink>) {
         let Some(next) = sub.next(MAX_MESSAGE_BYTES).await else { break };
         match next {
             Delivery::Output { offset, data } => {
+                // The cursor moves first, so a fast client's ack of these bytes is never ahead of it.
+                sub.delivered(offset, data.len() as u64);
                 let mut pause = Duration::from_millis(1);
                 loop {
                     // A replaced or detached viewer must not send another byte.
@@ -95,7 +97,6 @@ async fn pump(attachment: Attachment, sink: Arc<dyn TerminalSink>) {
                     }
                 }
                 streaming_until = (data.len() >= BULK_HINT_BYTES).then(|| Instant::now() + COALESCE_WAIT);
-                sub.delivered(offset, data.len() as u64);
             }
             Delivery::Exit(exit) => {
                 sink.exit(&exit);

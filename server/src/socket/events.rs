@@ -131,7 +131,7 @@ pub(super) fn register(socket: &Arc<Socket>, state: &AppState, conn: &Arc<Conn>,
                         attachment.start(Arc::new(SocketSink { socket, conn: conn.clone(), state: state.clone() }));
                     } else {
                         // Only this attachment failed; the socket's other terminals are unaffected.
-                        state.detach(attachment, &conn.seat);
+                        state.detach(attachment);
                     }
                 }
                 Err(e) => refuse(&conn, &state, &span, ack, e),

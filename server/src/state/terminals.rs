@@ -238,10 +238,8 @@ impl AppState {
     }
 
     /// The attach's answer could not be delivered: only that attachment is undone.
-    pub fn detach(&self, attachment: Attachment, seat: &Seat) {
-        let terminal = attachment.terminal().clone();
-        drop(attachment);
-        self.sessions.detach(&terminal, &seat.viewer);
+    pub fn detach(&self, attachment: Attachment) {
+        self.sessions.undo_attach(attachment);
     }
 
     /// The socket left: it stops following every terminal (each left with nobody starts its grace period).
@@ -275,7 +273,12 @@ impl AppState {
     pub fn ack(&self, caller: &Caller, seat: &Seat, req: OutputAck) -> Result<(), ServiceError> {
         self.still_valid(caller)?;
         let t = self.sessions.find(&req.terminal_id)?;
-        t.log().ack(&seat.viewer, req.processed).map_err(|e| match e {
+        match t.log().ack(&seat.viewer, req.processed) {
+            // A viewer leaves once it delivered the exit; its acks still in flight are harmless.
+            Err(AckError::NotAttached) if t.has_ended() => return Ok(()),
+            other => other,
+        }
+        .map_err(|e| match e {
             AckError::NotAttached => ServiceError::unknown_terminal(t.id()),
             AckError::NoFlowControl => {
                 ServiceError::invalid(format!("terminal {} was not started or attached with flowControl", t.id()))

@@ -31,6 +31,9 @@ use super::{TerminalSink, ViewerId};
 mod tap;
 pub use tap::Tap;
 
+/// What each entry costs against the cap beyond its bytes (about what the entry and its allocation take).
+pub const ENTRY_OVERHEAD_BYTES: usize = 64;
+
 /// One thing a terminal published, as a tap sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
@@ -70,11 +73,13 @@ impl Entry {
         }
     }
 
-    fn size(&self) -> usize {
-        match &self.kind {
-            Kind::Output(b) | Kind::Input(b) => b.len(),
-            Kind::Resize(..) => 0,
-        }
+    /// What the entry costs against the log's cap: its bytes, plus [`EventLog`]'s per-entry overhead.
+    fn size(&self, overhead: usize) -> usize {
+        overhead
+            + match &self.kind {
+                Kind::Output(b) | Kind::Input(b) => b.len(),
+                Kind::Resize(..) => 0,
+            }
     }
 }
 
@@ -141,6 +146,9 @@ pub struct ViewerStart {
 pub struct EventLog {
     inner: Mutex<Inner>,
     cap: usize,
+    /// Counted per entry on top of its bytes ([`ENTRY_OVERHEAD_BYTES`]), so many tiny entries (resizes, 1-byte
+    /// writes) cannot grow the log's memory past its cap.
+    overhead: usize,
     started: Instant,
     /// Bumped on every change a subscriber may wait for (an append, the exit).
     changed: watch::Sender<u64>,
@@ -155,11 +163,17 @@ impl std::fmt::Debug for EventLog {
 }
 
 impl EventLog {
-    /// A log keeping about `cap` bytes (at least the newest entry).
+    /// A log keeping about `cap` bytes (at least the newest entry), each entry counted with
+    /// [`ENTRY_OVERHEAD_BYTES`] on top of its bytes.
     pub fn new(cap: usize) -> Arc<EventLog> {
+        EventLog::with_overhead(cap, ENTRY_OVERHEAD_BYTES)
+    }
+
+    fn with_overhead(cap: usize, overhead: usize) -> Arc<EventLog> {
         Arc::new(EventLog {
             inner: Mutex::new(Inner::default()),
             cap: cap.max(1),
+            overhead,
             started: Instant::now(),
             changed: watch::channel(0).0,
             progress: Notify::new(),
@@ -200,11 +214,11 @@ impl EventLog {
         let entry = Entry { seq: inner.next_seq, offset: inner.end, at, kind };
         inner.next_seq += 1;
         inner.end += entry.output_len();
-        inner.bytes += entry.size();
+        inner.bytes += entry.size(self.overhead);
         inner.entries.push_back(entry);
         while inner.bytes > self.cap && inner.entries.len() > 1 {
             if let Some(old) = inner.entries.pop_front() {
-                inner.bytes -= old.size();
+                inner.bytes -= old.size(self.overhead);
             }
         }
         drop(inner);
@@ -450,13 +464,14 @@ impl ViewerSub {
         inner.viewers.get(&self.id).filter(|v| v.sub == self.sub).and_then(|v| v.acked).map_or(0, |a| self.cursor - a)
     }
 
-    /// Waits until at most `high` bytes are unacknowledged (false: stopped).
+    /// Waits until at most `high` bytes are unacknowledged, or the terminal ended (its process is gone, so
+    /// there is nothing to hold back: the rest and the exit go out) (false: stopped).
     pub async fn wait_for_acks(&self, high: u64) -> bool {
         loop {
             let progressed = self.log.progress.notified();
             tokio::pin!(progressed);
             progressed.as_mut().enable();
-            if self.unacked() <= high {
+            if self.unacked() <= high || self.log.has_ended() {
                 return true;
             }
             tokio::select! {

@@ -20,7 +20,7 @@ fn output(d: Option<Delivery>) -> (u64, Vec<u8>) {
 
 #[test]
 fn offsets_count_every_output_byte_and_reads_join_chunks() {
-    let log = EventLog::new(1024);
+    let log = EventLog::with_overhead(1024, 0);
     log.push_output(Bytes::from_static(b"hello "));
     log.push_resize(100, 30);
     log.push_output(Bytes::from_static(b"world"));
@@ -36,7 +36,7 @@ fn offsets_count_every_output_byte_and_reads_join_chunks() {
 
 #[test]
 fn truncation_keeps_the_newest_bytes_and_reads_across_the_truncation_point_start_at_the_oldest_kept() {
-    let log = EventLog::new(10);
+    let log = EventLog::with_overhead(10, 0);
     for chunk in [&b"aaaa"[..], b"bbbb", b"cccc", b"dddd"] {
         log.push_output(Bytes::copy_from_slice(chunk));
     }
@@ -54,7 +54,7 @@ fn truncation_keeps_the_newest_bytes_and_reads_across_the_truncation_point_start
 
 #[test]
 fn a_viewer_reading_when_its_cursor_falls_off_the_log_continues_at_the_oldest_kept_byte() {
-    let log = EventLog::new(8);
+    let log = EventLog::with_overhead(8, 0);
     log.push_output(Bytes::from_static(b"0123"));
     let (mut v, _) = viewer(&log, "a", Some(0), false);
     assert_eq!(output(v.peek(2)), (0, b"01".to_vec()));
@@ -67,7 +67,7 @@ fn a_viewer_reading_when_its_cursor_falls_off_the_log_continues_at_the_oldest_ke
 
 #[test]
 fn timestamps_never_decrease_and_taps_see_every_event_in_order() {
-    let log = EventLog::new(1 << 20);
+    let log = EventLog::with_overhead(1 << 20, 0);
     let mut tap = log.tap(true);
     log.push_output(Bytes::from_static(b"$ "));
     log.push_input(&Bytes::from_static(b"ls\r"));
@@ -100,7 +100,7 @@ fn timestamps_never_decrease_and_taps_see_every_event_in_order() {
 
 #[test]
 fn input_is_kept_only_while_a_tap_asks_for_it() {
-    let log = EventLog::new(1 << 20);
+    let log = EventLog::with_overhead(1 << 20, 0);
     let mut plain = log.tap(false);
     log.push_input(&Bytes::from_static(b"secret"));
     let with_input = log.tap(true);
@@ -122,7 +122,7 @@ fn input_is_kept_only_while_a_tap_asks_for_it() {
 
 #[test]
 fn a_slow_tap_gets_a_gap_and_never_holds_the_terminal_back() {
-    let log = EventLog::new(8);
+    let log = EventLog::with_overhead(8, 0);
     let mut tap = log.tap(false);
     log.push_output(Bytes::from_static(b"0123"));
     assert!(matches!(tap.try_next(), Some(Event::Output { offset: 0, .. })));
@@ -140,7 +140,7 @@ fn a_slow_tap_gets_a_gap_and_never_holds_the_terminal_back() {
 
 #[tokio::test]
 async fn flow_controlled_viewers_hold_the_reader_and_a_viewer_leaving_mid_read_releases_it() {
-    let log = EventLog::new(1 << 20);
+    let log = EventLog::with_overhead(1 << 20, 0);
     let (mut slow, _) = viewer(&log, "slow", Some(0), true);
     let (fast, _) = viewer(&log, "fast", Some(0), false);
     assert_eq!(log.viewers(), 2);
@@ -173,7 +173,7 @@ async fn flow_controlled_viewers_hold_the_reader_and_a_viewer_leaving_mid_read_r
 
 #[tokio::test]
 async fn a_replaced_viewer_stops_and_its_drop_leaves_the_new_one() {
-    let log = EventLog::new(1024);
+    let log = EventLog::with_overhead(1024, 0);
     let (old, _) = viewer(&log, "a", None, false);
     let (new, _) = viewer(&log, "a", None, false);
     assert!(old.stopped().is_cancelled());
@@ -188,7 +188,7 @@ async fn a_replaced_viewer_stops_and_its_drop_leaves_the_new_one() {
 
 #[tokio::test]
 async fn viewers_get_the_exit_after_the_last_byte() {
-    let log = EventLog::new(1024);
+    let log = EventLog::with_overhead(1024, 0);
     let (mut v, _) = viewer(&log, "a", None, false);
     let reader = {
         let log = log.clone();
@@ -205,4 +205,18 @@ async fn viewers_get_the_exit_after_the_last_byte() {
     assert!(matches!(tap.next().await, Some(Event::Output { .. })));
     assert!(matches!(tap.next().await, Some(Event::Exit { .. })));
     assert_eq!(tap.next().await, None);
+}
+
+#[test]
+fn tiny_entries_count_their_overhead_so_resizes_cannot_grow_the_log_past_its_cap() {
+    let log = EventLog::new(64 * 1024);
+    log.push_output(Bytes::from_static(b"$ "));
+    for i in 0..100_000u32 {
+        log.push_resize(80 + (i % 50) as u16, 24);
+    }
+    let inner = log.lock();
+    assert!(inner.entries.len() <= 64 * 1024 / ENTRY_OVERHEAD_BYTES, "{} entries kept", inner.entries.len());
+    assert!(inner.bytes <= 64 * 1024);
+    // The output that fell off is reported to a late viewer as truncation, not lost silently.
+    assert_eq!(inner.start(), inner.end);
 }
