@@ -725,7 +725,6 @@ async fn stream(
     docker: &Docker,
     engine: &porthole_server::docker::engine::Engine,
 ) -> anyhow::Result<String> {
-    let pct = |a: f64, b: f64| if b > 0.0 { format!("{:.2}x", a / b) } else { "-".into() };
     let mut report = String::new();
     let container = Container::start(docker, &args.image, "main").await?;
     eprintln!("[bench] writing {} MiB of text in the container", args.mib);
@@ -775,9 +774,9 @@ async fn stream(
         args.mib,
         bytes as f64 / MIB,
         args.rounds,
-        pct(web_t, raw_t),
-        pct(web_t, cli_t),
-        pct(web_t, raw4_t),
+        ratio(web_t, raw_t),
+        ratio(web_t, cli_t),
+        ratio(web_t, raw4_t),
     );
     type Row = (&'static str, fn(&Percentiles) -> f64, &'static str);
     let rows: [Row; 3] = [("p50", |p| p.p50, "≤ 0.35 ms"), ("p95", |p| p.p95, ""), ("p99", |p| p.p99, "≤ 0.7 ms")];
@@ -788,8 +787,8 @@ async fn stream(
             f(&raw_e),
             f(&cli_e),
             f(&web_e),
-            pct(f(&web_e), f(&raw_e)),
-            pct(f(&web_e), f(&cli_e)),
+            ratio(f(&web_e), f(&raw_e)),
+            ratio(f(&web_e), f(&cli_e)),
         );
     }
     let [d_raw, d_cli, d_web] = daemon_cpu.map(median);
@@ -912,6 +911,11 @@ fn cli_opens(container: &str, n: usize) -> anyhow::Result<(Vec<f64>, usize)> {
     Ok((ready, failed))
 }
 
+/// `a` as a multiple of `b`, for the report (`-` without `b`).
+fn ratio(a: f64, b: f64) -> String {
+    if b > 0.0 { format!("{:.2}x", a / b) } else { "-".into() }
+}
+
 fn max_of(v: &[f64]) -> f64 {
     v.iter().copied().fold(0.0, f64::max)
 }
@@ -927,7 +931,6 @@ async fn js_report(
     docker: &Docker,
     engine: &porthole_server::docker::engine::Engine,
 ) -> anyhow::Result<String> {
-    let pct = |a: f64, b: f64| if b > 0.0 { format!("{:.2}x", a / b) } else { "-".into() };
     let container = Container::start(docker, &args.image, "js").await?;
     container.write_big_file(args.mib).await?;
     let server = Server::start(&args.bin)?;
@@ -977,8 +980,8 @@ async fn js_report(
         args.mib,
         args.rounds,
         delivered as f64 / 1024.0 / messages.max(1.0),
-        pct(web_t, raw_t),
-        pct(web_t, cli_t),
+        ratio(web_t, raw_t),
+        ratio(web_t, cli_t),
     );
     type Row = (&'static str, fn(&Percentiles) -> f64);
     let rows: [Row; 2] = [("p50", |p| p.p50), ("p99", |p| p.p99)];
@@ -988,7 +991,7 @@ async fn js_report(
             args.samples,
             f(&cli_e),
             f(&web_e),
-            pct(f(&web_e), f(&cli_e)),
+            ratio(f(&web_e), f(&cli_e)),
         );
     }
     report += &format!(
@@ -1000,7 +1003,7 @@ async fn js_report(
         cli_failed,
         max_of(&ready),
         o["failed"].as_u64().unwrap_or(0),
-        pct(max_of(&ready), max_of(&cli_ready)),
+        ratio(max_of(&ready), max_of(&cli_ready)),
         args.opens,
         o["close_ms"].as_f64().unwrap_or(0.0),
         args.opens_max,

@@ -70,37 +70,35 @@ pub(super) fn register(socket: &Arc<Socket>, state: &AppState, conn: &Arc<Conn>,
             tokio::spawn(task.instrument(span.clone()));
         });
     }
-    {
-        let (state, conn, span) = (state.clone(), conn.clone(), span.clone());
-        on::<event::Input, _>(socket, move |ack, req| {
-            let _g = span.enter();
-            let id = req.as_ref().ok().map(|r| r.terminal_id.clone());
-            let result = admitted::<event::Input>(conn.admit(&state), req)
-                .and_then(|r| state.input(&conn.caller, &conn.seat, r));
-            answer(&conn, &state, ack, id, result);
-        });
-    }
-    {
-        let (state, conn, span) = (state.clone(), conn.clone(), span.clone());
-        on::<event::Resize, _>(socket, move |ack, req| {
-            let _g = span.enter();
-            let id = req.as_ref().ok().map(|r| r.terminal_id.clone());
-            let result = admitted::<event::Resize>(conn.admit(&state), req)
-                .and_then(|r| state.resize(&conn.caller, &conn.seat, r));
-            answer(&conn, &state, ack, id, result);
-        });
-    }
-    {
-        let (state, conn, span) = (state.clone(), conn.clone(), span.clone());
-        on::<event::OutputAck, _>(socket, move |ack, req| {
-            let _g = span.enter();
-            // Not rate-limited: acks are cumulative and cheap, and dropping the last one would leave a
-            // flow-controlled terminal paused for good.
-            let id = req.as_ref().ok().map(|r| r.terminal_id.clone());
-            let result = admitted::<event::OutputAck>(Ok(()), req).and_then(|r| state.ack(&conn.caller, &conn.seat, r));
-            answer(&conn, &state, ack, id, result);
-        });
-    }
+    on_stream::<event::Input>(
+        socket,
+        state,
+        conn,
+        span,
+        Admit::RateLimited,
+        |r| &r.terminal_id,
+        |s, c, r| s.input(&c.caller, &c.seat, r),
+    );
+    on_stream::<event::Resize>(
+        socket,
+        state,
+        conn,
+        span,
+        Admit::RateLimited,
+        |r| &r.terminal_id,
+        |s, c, r| s.resize(&c.caller, &c.seat, r),
+    );
+    // Not rate-limited: acks are cumulative and cheap, and dropping the last one would leave a flow-controlled
+    // terminal paused for good.
+    on_stream::<event::OutputAck>(
+        socket,
+        state,
+        conn,
+        span,
+        Admit::Always,
+        |r| &r.terminal_id,
+        |s, c, r| s.ack(&c.caller, &c.seat, r),
+    );
     {
         let (state, conn, span) = (state.clone(), conn.clone(), span.clone());
         on::<event::CloseTerminal, _>(socket, move |ack, req| {
@@ -152,6 +150,36 @@ pub(super) fn register(socket: &Arc<Socket>, state: &AppState, conn: &Arc<Conn>,
             ready(())
         });
     }
+}
+
+/// Whether a stream event goes through the rate limit and credential check first.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Admit {
+    RateLimited,
+    Always,
+}
+
+/// Registers one of the events on a terminal's byte stream (`input`, `resize`, `output-ack`): handled
+/// synchronously as it is dispatched (so input keeps its order) by `call`, answered by [`answer`].
+fn on_stream<E>(
+    socket: &Arc<Socket>,
+    state: &AppState,
+    conn: &Arc<Conn>,
+    span: &tracing::Span,
+    admit: Admit,
+    terminal: fn(&E::Payload) -> &TerminalId,
+    call: fn(&AppState, &Conn, E::Payload) -> Result<(), ServiceError>,
+) where
+    E: ClientEvent<Ack = TerminalAck> + 'static,
+{
+    let (state, conn, span) = (state.clone(), conn.clone(), span.clone());
+    on::<E, _>(socket, move |ack, req| {
+        let _g = span.enter();
+        let id = req.as_ref().ok().map(|r| terminal(r).clone());
+        let admission = if admit == Admit::RateLimited { conn.admit(&state) } else { Ok(()) };
+        let result = admitted::<E>(admission, req).and_then(|r| call(&state, &conn, r));
+        answer(&conn, &state, ack, id, result);
+    });
 }
 
 /// Answers a refused request with its error (and records it).

@@ -222,7 +222,19 @@ impl AppState {
 
     /// Whether `caller`'s credential is still honoured: not expired, revoked by the policy or signed out.
     pub fn still_valid(&self, caller: &Caller) -> Result<(), ServiceError> {
-        self.valid_under(&self.policy(), caller)
+        let p = &caller.principal;
+        if p.expired_at(now_secs(), self.security.auth.leeway()) {
+            return Err(ServiceError::new(ErrorCode::TokenExpired, "the token has expired; sign in again"));
+        }
+        AppState::revoked_under(&self.policy(), caller)?;
+        self.signed_out(caller)
+    }
+
+    fn signed_out(&self, caller: &Caller) -> Result<(), ServiceError> {
+        if self.security.auth.signed_out(&caller.principal) {
+            return Err(ServiceError::new(ErrorCode::TokenRevoked, "this session was signed out"));
+        }
+        Ok(())
     }
 
     /// Whether `caller`'s credential has neither expired nor been signed out (the policy's revocations are
@@ -231,25 +243,16 @@ impl AppState {
         if caller.principal.expired_at(now_secs(), self.security.auth.leeway()) {
             return Err(ServiceError::new(ErrorCode::TokenExpired, "the token has expired; sign in again"));
         }
-        if self.security.auth.signed_out(&caller.principal) {
-            return Err(ServiceError::new(ErrorCode::TokenRevoked, "this session was signed out"));
-        }
-        Ok(())
+        self.signed_out(caller)
     }
 
-    /// [`AppState::still_valid`] under a policy snapshot the caller goes on to use.
-    fn valid_under(&self, policy: &Policy, caller: &Caller) -> Result<(), ServiceError> {
-        let p = &caller.principal;
-        if p.expired_at(now_secs(), self.security.auth.leeway()) {
-            return Err(ServiceError::new(ErrorCode::TokenExpired, "the token has expired; sign in again"));
+    /// Whether `policy` revokes `caller`'s credential (the part of [`AppState::still_valid`] that needs the
+    /// policy, checked with the policy snapshot the caller goes on to use).
+    fn revoked_under(policy: &Policy, caller: &Caller) -> Result<(), ServiceError> {
+        match policy.revoked(&caller.principal) {
+            Some(why) => Err(ServiceError::new(ErrorCode::TokenRevoked, why)),
+            None => Ok(()),
         }
-        if let Some(why) = policy.revoked(p) {
-            return Err(ServiceError::new(ErrorCode::TokenRevoked, why));
-        }
-        if self.security.auth.signed_out(p) {
-            return Err(ServiceError::new(ErrorCode::TokenRevoked, "this session was signed out"));
-        }
-        Ok(())
     }
 
     /// Exchanges a token for a session cookie value and lifetime.

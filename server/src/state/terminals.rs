@@ -57,10 +57,11 @@ impl AppState {
     }
 
     /// One policy decision for one event on `terminal`: the credential is not revoked, and the grant allows
-    /// `need`. Returns whether the caller may only watch.
+    /// `need`. Returns whether the caller may only watch. (Expiry and sign-out were checked when the event was
+    /// admitted, or the request authenticated.)
     fn decide(&self, caller: &Caller, terminal: &Terminal, need: Need) -> Result<bool, ServiceError> {
         let policy = self.policy();
-        self.valid_under(&policy, caller)?;
+        AppState::revoked_under(&policy, caller)?;
         match (AppState::grant_under(&policy, caller, terminal), need) {
             (None, _) => Err(ServiceError::unknown_terminal(terminal.id())),
             (Some(g), Need::See) => Ok(g.level == Level::View),
@@ -123,7 +124,7 @@ impl AppState {
         req: &StartTerminal,
     ) -> Result<Option<usize>, ServiceError> {
         let policy = self.policy();
-        self.valid_under(&policy, caller)?;
+        AppState::revoked_under(&policy, caller)?;
         let Some(grant) = policy.grant(&caller.principal, &target.name, &target.labels) else {
             return Err(no_such_container(&req.container_id));
         };

@@ -294,7 +294,8 @@ impl EventLog {
         drop(inner);
         self.progress.notify_waiters();
         let start = ViewerStart { offset, end, truncated: since.is_some_and(|s| s < start) };
-        Ok((ViewerSub { log: self.clone(), id, sub, stop, cursor: offset, armed: true }, start))
+        let changed = self.changed.subscribe();
+        Ok((ViewerSub { log: self.clone(), id, sub, stop, cursor: offset, armed: true, changed }, start))
     }
 
     /// Removes viewer `id`; returns, if it was there, whether its leaving ends the terminal at once.
@@ -435,6 +436,8 @@ pub struct ViewerSub {
     cursor: u64,
     /// Dropping it unsubscribes (see [`ViewerSub::keep`]).
     armed: bool,
+    /// Tells it something was published.
+    changed: watch::Receiver<u64>,
 }
 
 impl std::fmt::Debug for ViewerSub {
@@ -496,25 +499,23 @@ impl ViewerSub {
     }
 
     /// Waits for the next delivery (None: stopped).
-    pub async fn next(&self, max: usize) -> Option<Delivery> {
-        let mut changed = self.log.changed.subscribe();
+    pub async fn next(&mut self, max: usize) -> Option<Delivery> {
         loop {
-            changed.borrow_and_update();
+            self.changed.borrow_and_update();
             if let Some(d) = self.peek(max) {
                 return Some(d);
             }
             tokio::select! {
-                r = changed.changed() => if r.is_err() { return None },
+                r = self.changed.changed() => if r.is_err() { return None },
                 _ = self.stop.cancelled() => return None,
             }
         }
     }
 
     /// Waits until something is published, or `timeout` passes.
-    pub async fn more_within(&self, timeout: Duration) {
-        let mut changed = self.log.changed.subscribe();
-        changed.borrow_and_update();
-        let _ = tokio::time::timeout(timeout, changed.changed()).await;
+    pub async fn more_within(&mut self, timeout: Duration) {
+        self.changed.borrow_and_update();
+        let _ = tokio::time::timeout(timeout, self.changed.changed()).await;
     }
 
     /// Records that `len` bytes from `offset` (as [`ViewerSub::peek`] gave them) were handed to the transport.

@@ -174,7 +174,7 @@ async fn flow_controlled_viewers_hold_the_reader_and_a_viewer_leaving_mid_read_r
 #[tokio::test]
 async fn a_replaced_viewer_stops_and_its_drop_leaves_the_new_one() {
     let log = EventLog::with_overhead(1024, 0);
-    let (old, _) = viewer(&log, "a", None, false);
+    let (mut old, _) = viewer(&log, "a", None, false);
     let (new, _) = viewer(&log, "a", None, false);
     assert!(old.stopped().is_cancelled());
     assert_eq!(old.next(10).await, None);
