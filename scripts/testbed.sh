@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Brings up Porthole's test bed on a Debian machine, idempotently:
-#   - Debian packages: docker.io (the engine), busybox-static and bash-static (image contents), procps,
-#     curl and util-linux (prlimit) for the tests
-#   - a running dockerd (started here when none answers)
+#   - Debian packages: docker.io (the engine), runsc (gVisor, for sandbox profiles with runtime = "runsc"),
+#     busybox-static and bash-static (image contents), procps, curl and util-linux (prlimit) for the tests
+#   - a running dockerd (started here when none answers) with runsc registered as a runtime (restarted once
+#     when a running one lacks it)
 #   - the local test images, built with `docker import` because no registry is reachable:
 #       porthole-test/bash:$IMAGE_TAG  busybox applets + /bin/bash
 #       porthole-test/sh:$IMAGE_TAG    busybox applets only (exercises the sh fallback)
@@ -22,7 +23,7 @@ as_root() {
 
 install_packages() {
   local missing=()
-  for pkg in docker.io busybox-static bash-static procps curl util-linux; do
+  for pkg in docker.io runsc busybox-static bash-static procps curl util-linux; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
   done
   if [ ${#missing[@]} -gt 0 ]; then
@@ -32,8 +33,35 @@ install_packages() {
   fi
 }
 
+# gVisor needs --network=none here (it cannot run in the root network namespace) and the ptrace platform.
+DAEMON_JSON=/etc/docker/daemon.json
+register_runsc() {
+  if [ -f "$DAEMON_JSON" ] && grep -q '"runsc"' "$DAEMON_JSON"; then return; fi
+  if [ -f "$DAEMON_JSON" ] && [ -s "$DAEMON_JSON" ]; then
+    log "$DAEMON_JSON exists without a runsc runtime; add it by hand:"
+    log '  "runtimes": {"runsc": {"path": "/usr/bin/runsc", "runtimeArgs": ["--network=none", "--platform=ptrace"]}}'
+    exit 1
+  fi
+  log "registering runsc in $DAEMON_JSON"
+  as_root mkdir -p "$(dirname "$DAEMON_JSON")"
+  printf '%s\n' '{"runtimes": {"runsc": {"path": "/usr/bin/runsc", "runtimeArgs": ["--network=none", "--platform=ptrace"]}}}' \
+    | as_root tee "$DAEMON_JSON" >/dev/null
+}
+
+daemon_has_runsc() {
+  docker info --format '{{json .Runtimes}}' 2>/dev/null | grep -q '"runsc"'
+}
+
 start_dockerd() {
-  if docker info >/dev/null 2>&1; then return; fi
+  if docker info >/dev/null 2>&1; then
+    if daemon_has_runsc; then return; fi
+    log "the running dockerd lacks the runsc runtime: restarting it"
+    as_root pkill -x dockerd || true
+    for _ in $(seq 1 60); do
+      docker info >/dev/null 2>&1 || break
+      sleep 0.5
+    done
+  fi
   log "starting dockerd (log: $DOCKERD_LOG)"
   as_root setsid dockerd >"$DOCKERD_LOG" 2>&1 < /dev/null &
   for _ in $(seq 1 120); do
@@ -76,7 +104,12 @@ build_image() {
 }
 
 install_packages
+register_runsc
 start_dockerd
+if ! daemon_has_runsc; then
+  log "dockerd runs but has no runsc runtime; see $DAEMON_JSON and $DOCKERD_LOG"
+  exit 1
+fi
 build_image "$PORTHOLE_TEST_IMAGE_BASH" yes
 build_image "$PORTHOLE_TEST_IMAGE_SH" no
 log "ready: $PORTHOLE_TEST_IMAGE_BASH $PORTHOLE_TEST_IMAGE_SH"

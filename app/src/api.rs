@@ -6,7 +6,7 @@
 
 use leptos::prelude::*;
 
-use crate::protocol::{ContainerSummary, TerminalInfo};
+use crate::protocol::{ContainerSummary, SandboxProfile, TerminalInfo};
 
 /// Where server functions are mounted.
 pub const SERVER_FN_PREFIX: &str = "/api/fn";
@@ -16,13 +16,14 @@ pub mod backend {
     //! The server side of the server functions.
     use std::sync::Arc;
 
-    use crate::protocol::{ContainerSummary, ErrorBody, TerminalInfo};
+    use crate::protocol::{ContainerSummary, ErrorBody, SandboxProfile, TerminalInfo};
 
     /// What the server functions need from the server; implemented by its service layer.
     #[async_trait::async_trait]
     pub trait Backend: Send + Sync + 'static {
         async fn containers(&self) -> Result<Vec<ContainerSummary>, ErrorBody>;
         fn terminals(&self) -> Vec<TerminalInfo>;
+        fn sandbox_profiles(&self) -> Vec<SandboxProfile>;
     }
 
     /// The context value the server provides for each server function call.
@@ -45,4 +46,10 @@ pub async fn list_containers() -> Result<Vec<ContainerSummary>, ServerFnError> {
 #[server(prefix = "/api/fn", endpoint = "list_terminals")]
 pub async fn list_terminals() -> Result<Vec<TerminalInfo>, ServerFnError> {
     Ok(backend()?.terminals())
+}
+
+/// The sandbox profiles the user may create.
+#[server(prefix = "/api/fn", endpoint = "list_sandbox_profiles")]
+pub async fn list_sandbox_profiles() -> Result<Vec<SandboxProfile>, ServerFnError> {
+    Ok(backend()?.sandbox_profiles())
 }

@@ -22,6 +22,9 @@ pub const MIN_PROTOCOL_VERSION: u32 = 1;
 /// Longest accepted `clientId`, in bytes.
 pub const MAX_CLIENT_ID_LEN: usize = 128;
 
+mod sandbox;
+pub use sandbox::*;
+
 /// Socket.IO namespace every event travels on.
 pub const NAMESPACE: &str = "/";
 
@@ -59,6 +62,17 @@ pub mod event {
     /// Server -> client: the socket's credential stopped being valid (expired, revoked, signed out)
     /// ([`super::ErrorBody`]); the server disconnects the socket right after.
     pub const AUTH_ERROR: &str = "auth-error";
+    /// Client -> server, with ack: make a sandbox from a profile and open a terminal in it
+    /// ([`super::CreateSandbox`] -> [`super::SandboxCreated`]).
+    pub const CREATE_SANDBOX: &str = "create-sandbox";
+    /// Client -> server, with ack: remove a sandbox, ending its terminals ([`super::RemoveSandbox`] -> the same).
+    pub const REMOVE_SANDBOX: &str = "remove-sandbox";
+    /// Client -> server, with ack: start a container ([`super::ContainerAction`] -> the same).
+    pub const START_CONTAINER: &str = "start-container";
+    /// Client -> server, with ack: stop a container ([`super::ContainerAction`] -> the same).
+    pub const STOP_CONTAINER: &str = "stop-container";
+    /// Client -> server, with ack: restart a container ([`super::ContainerAction`] -> the same).
+    pub const RESTART_CONTAINER: &str = "restart-container";
 
     /// Binds a marker type to its event name and payload types.
     macro_rules! bind {
@@ -89,6 +103,11 @@ pub mod event {
     bind!(/** [`OUTPUT_ACK`]; acked only when the client asks. */ client OutputAck = OUTPUT_ACK: super::OutputAck => super::TerminalAck);
     bind!(/** [`ATTACH_TERMINAL`]. */ client AttachTerminal = ATTACH_TERMINAL: super::AttachTerminal => super::TerminalAttached);
     bind!(/** [`CLOSE_TERMINAL`]. */ client CloseTerminal = CLOSE_TERMINAL: super::CloseTerminal => super::TerminalAck);
+    bind!(/** [`CREATE_SANDBOX`]. */ client CreateSandbox = CREATE_SANDBOX: super::CreateSandbox => super::SandboxCreated);
+    bind!(/** [`REMOVE_SANDBOX`]. */ client RemoveSandbox = REMOVE_SANDBOX: super::RemoveSandbox => super::RemoveSandbox);
+    bind!(/** [`START_CONTAINER`]. */ client StartContainer = START_CONTAINER: super::ContainerAction => super::ContainerAction);
+    bind!(/** [`STOP_CONTAINER`]. */ client StopContainer = STOP_CONTAINER: super::ContainerAction => super::ContainerAction);
+    bind!(/** [`RESTART_CONTAINER`]. */ client RestartContainer = RESTART_CONTAINER: super::ContainerAction => super::ContainerAction);
     bind!(/** [`OUTPUT`]. */ server Output = OUTPUT: super::Output);
     bind!(/** [`EXIT`]. */ server Exit = EXIT: super::Exit);
     bind!(/** [`REQUEST_ERROR`]. */ server RequestError = REQUEST_ERROR: super::ErrorEvent);
@@ -129,6 +148,19 @@ pub mod rest {
     pub const LOGOUT: &str = "/api/v1/logout";
     /// `GET`: who the credential belongs to ([`super::WhoAmI`]).
     pub const WHOAMI: &str = "/api/v1/whoami";
+    /// `POST {"profile": "..."}`: 201 with a new [`super::Sandbox`]; `GET`: the caller's sandboxes (everyone's
+    /// the policy lets them see).
+    pub const SANDBOXES: &str = "/api/v1/sandboxes";
+    /// `DELETE` (204): removes a sandbox, ending its terminals (`sandbox_removed`).
+    pub const SANDBOX: &str = "/api/v1/sandboxes/{id}";
+    /// `GET`: the profiles the caller may create ([`super::SandboxProfile`] list).
+    pub const SANDBOX_PROFILES: &str = "/api/v1/sandbox-profiles";
+    /// `POST` (204): starts a container.
+    pub const CONTAINER_START: &str = "/api/v1/containers/{id}/start";
+    /// `POST` (204): stops a container.
+    pub const CONTAINER_STOP: &str = "/api/v1/containers/{id}/stop";
+    /// `POST` (204): restarts a container.
+    pub const CONTAINER_RESTART: &str = "/api/v1/containers/{id}/restart";
 
     /// The concrete path of one terminal.
     pub fn terminal(id: &super::TerminalId) -> String {
@@ -400,6 +432,12 @@ pub enum ExitReason {
     Disconnected,
     /// Nobody re-attached within the grace period after the last viewer left.
     Abandoned,
+    /// Its sandbox was removed (`DELETE /api/v1/sandboxes/{id}`, `remove-sandbox`, the UI).
+    SandboxRemoved,
+    /// Its sandbox reached its idle timeout or its max lifetime.
+    SandboxExpired,
+    /// Its container was killed for running out of memory (Docker's `State.OOMKilled`).
+    Oom,
 }
 
 impl ExitReason {
@@ -413,6 +451,9 @@ impl ExitReason {
             ExitReason::ServerShutdown => "server_shutdown",
             ExitReason::Disconnected => "disconnected",
             ExitReason::Abandoned => "abandoned",
+            ExitReason::SandboxRemoved => "sandbox_removed",
+            ExitReason::SandboxExpired => "sandbox_expired",
+            ExitReason::Oom => "oom",
         }
     }
 }
@@ -480,6 +521,10 @@ pub enum ErrorCode {
     TooManyConnections,
     /// A Socket.IO connection did not sign in (complete its CONNECT) in time, or sent too much before it did.
     SignInTimeout,
+    /// No sandbox profile of this name exists, or the caller may not use it (the same answer).
+    UnknownProfile,
+    /// The profile's image is not present on the Docker host (nothing is ever pulled).
+    ImageNotFound,
     /// Anything else; the message says what.
     Internal,
 }
@@ -509,6 +554,8 @@ impl ErrorCode {
             ErrorCode::OriginNotAllowed => "origin_not_allowed",
             ErrorCode::TooManyConnections => "too_many_connections",
             ErrorCode::SignInTimeout => "sign_in_timeout",
+            ErrorCode::UnknownProfile => "unknown_profile",
+            ErrorCode::ImageNotFound => "image_not_found",
             ErrorCode::Internal => "internal",
         }
     }
@@ -649,6 +696,12 @@ pub struct ContainerSummary {
     /// The container's labels.
     #[serde(default)]
     pub labels: std::collections::BTreeMap<String, String>,
+    /// When it is a sandbox: its profile, owner and lifetime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<Sandbox>,
+    /// What the caller may do with it.
+    #[serde(default)]
+    pub rights: ContainerRights,
 }
 
 /// `GET /api/v1/whoami` body.

@@ -52,6 +52,8 @@ pub struct TabView {
     /// Sockets following this terminal (this one included).
     pub viewers: RwSignal<usize>,
     pub terminal: RwSignal<Option<TerminalId>>,
+    /// What the tab bar calls it: its container's name.
+    pub title: RwSignal<String>,
 }
 
 /// One tab: its container, its view signals, and what the protocol logic keeps for it.
@@ -61,6 +63,8 @@ pub struct Tab {
     pub container_name: String,
     /// A terminal to re-attach to when the tab's xterm is ready (restored after a reload).
     pub restore: Option<TerminalId>,
+    /// A sandbox profile: the tab's terminal starts in a new sandbox of it (`create-sandbox`).
+    pub sandbox: Option<String>,
     pub xterm: Option<Xterm>,
     /// The output stream, while a terminal is attached.
     pub flow: Option<FlowCount>,
@@ -73,7 +77,6 @@ pub struct Tab {
 #[derive(Debug, Clone)]
 pub struct TabItem {
     pub view: TabView,
-    pub container_name: String,
 }
 
 /// Everything the UI shares; `Copy` handles only, so closures can capture it freely.
@@ -141,10 +144,20 @@ impl Ui {
             state: RwSignal::new(TabState::Starting),
             viewers: RwSignal::new(viewers),
             terminal: RwSignal::new(None),
+            title: RwSignal::new(container_name.clone()),
         };
-        let item = TabItem { view, container_name: container_name.clone() };
+        let item = TabItem { view };
         let tab =
-            Tab { view, container_id, container_name, restore, xterm: None, flow: None, pending_input: Vec::new() };
+            Tab {
+                view,
+                container_id,
+                container_name,
+                restore,
+                sandbox: None,
+                xterm: None,
+                flow: None,
+                pending_input: Vec::new(),
+            };
         self.tabs.update_value(|t| {
             t.insert(key, tab);
         });

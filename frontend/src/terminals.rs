@@ -26,6 +26,11 @@ pub fn exit_text(exit: &Exit) -> (String, String) {
         ExitReason::ServerShutdown => ("server stopped".into(), "The Porthole server shut down.".into()),
         ExitReason::Disconnected => ("disconnected".into(), "The connection to Porthole was lost.".into()),
         ExitReason::Abandoned => ("abandoned".into(), "Nobody came back to the terminal in time; it was ended.".into()),
+        ExitReason::SandboxRemoved => ("sandbox removed".into(), "Its sandbox was removed.".into()),
+        ExitReason::SandboxExpired => {
+            ("sandbox expired".into(), "Its sandbox reached its time limit and was removed.".into())
+        }
+        ExitReason::Oom => ("out of memory".into(), "The container ran out of memory and was killed.".into()),
     }
 }
 
@@ -36,6 +41,25 @@ impl Ui {
         self.notice.set(None);
         let key = self.add_tab(container_id, container_name, 1, None);
         self.activate(key);
+    }
+
+    /// Opens a new tab whose terminal starts in a new sandbox of `profile`.
+    pub fn open_sandbox_tab(&self, profile: String) {
+        self.notice.set(None);
+        let key = self.add_tab(String::new(), format!("new {profile} sandbox"), 1, None);
+        self.with_tab(key, |t| t.sandbox = Some(profile));
+        self.activate(key);
+    }
+
+    /// Names tab `key` after the container its terminal runs in.
+    fn rename_tab(&self, key: TabKey, container_id: String, container_name: String) {
+        if let Some(view) = self.view(key) {
+            view.title.set(container_name.clone());
+        }
+        self.with_tab(key, |t| {
+            t.container_id = container_id;
+            t.container_name = container_name;
+        });
     }
 
     /// Brings back a tab for a terminal of this client that is still running on the server.
@@ -124,24 +148,33 @@ impl Ui {
         }
     }
 
-    /// Starts (or restarts) the terminal of a tab whose xterm exists.
+    /// Starts (or restarts) the terminal of a tab whose xterm exists: in its container, or in a new sandbox.
     pub fn start_terminal(&self, key: TabKey) {
         let Some(view) = self.view(key) else { return };
         let Some((cols, rows)) = self.with_xterm(key, |x| (x.cols() as u16, x.rows() as u16)) else {
             return;
         };
-        let Some(container_id) = self.with_tab(key, |t| t.container_id.clone()) else { return };
+        let Some((container_id, sandbox)) = self.with_tab(key, |t| (t.container_id.clone(), t.sandbox.take())) else {
+            return;
+        };
         view.state.set(TabState::Starting);
+        let (cols, rows) = (protocol::dimension_ok(cols).then_some(cols), protocol::dimension_ok(rows).then_some(rows));
         let ui = *self;
         spawn_local(async move {
-            let req = StartTerminal {
-                container_id,
-                cols: protocol::dimension_ok(cols).then_some(cols),
-                rows: protocol::dimension_ok(rows).then_some(rows),
-                command: None,
-                flow_control: true,
+            let reply = match sandbox {
+                Some(profile) => {
+                    let req = protocol::CreateSandbox { profile, cols, rows, flow_control: true };
+                    ui.client().request::<event::CreateSandbox>(&req).await.map(|created| {
+                        ui.rename_tab(key, created.sandbox.id, created.sandbox.name);
+                        created.terminal
+                    })
+                }
+                None => {
+                    let req = StartTerminal { container_id, cols, rows, command: None, flow_control: true };
+                    ui.client().request::<event::StartTerminal>(&req).await
+                }
             };
-            match ui.client().request::<event::StartTerminal>(&req).await {
+            match reply {
                 Ok(started) => {
                     if ui.view(key).is_none() {
                         // The tab was closed while the terminal started.
@@ -172,6 +205,20 @@ impl Ui {
                         ui.remove_tab(key);
                     }
                 }
+            }
+        });
+    }
+
+    /// Asks for a container action (`start-container`, `stop-container`, `restart-container`) or a sandbox's
+    /// removal; a refusal is shown as a notice.
+    pub fn container_request<E>(&self, payload: E::Payload)
+    where
+        E: protocol::ClientEvent + 'static,
+    {
+        let ui = *self;
+        spawn_local(async move {
+            if let Err(e) = ui.client().request::<E>(&payload).await {
+                ui.notice.set(Some(e.message));
             }
         });
     }

@@ -454,20 +454,7 @@ fn Picker(ui: Ui, containers: LocalResource<Result<Vec<ContainerSummary>, ListEr
         }
         view! {
             <ul class="containers" data-testid="containers">
-                {list.into_iter().map(|c| {
-                    let (id, name) = (c.id.clone(), c.name.clone());
-                    view! {
-                        <li>
-                            <button class="container" data-state=c.state.clone() data-name=c.name.clone()
-                                title=format!("{} · {}", c.image, c.status)
-                                on:click=move |_| ui.open_tab(id.clone(), name.clone())>
-                                <span class="dot"></span>
-                                <span class="name">{c.name.clone()}</span>
-                                <span class="meta">{format!("{} · {}", c.image, c.status)}</span>
-                            </button>
-                        </li>
-                    }
-                }).collect_view()}
+                {list.into_iter().map(|c| container_item(ui, c)).collect_view()}
             </ul>
         }
         .into_any()
@@ -478,6 +465,7 @@ fn Picker(ui: Ui, containers: LocalResource<Result<Vec<ContainerSummary>, ListEr
             <input class="filter" type="search" placeholder="Filter by name or image" aria-label="Filter containers"
                 prop:value=move || filter.get()
                 on:input=move |ev| filter.set(event_target_value(&ev)) />
+            <NewSandbox ui=ui />
             {move || ui.notice.get().map(|n| view! { <div class="notice" role="alert" data-testid="notice">{n}</div> })}
             <Transition fallback=|| ()>
                 <ErrorBoundary fallback=|errors| view! {
@@ -492,19 +480,113 @@ fn Picker(ui: Ui, containers: LocalResource<Result<Vec<ContainerSummary>, ListEr
     }
 }
 
+/// "in 7h 59m", "in 42s": how long until `at_ms`.
+fn time_left(at_ms: u64) -> String {
+    let now = js_sys::Date::now() as u64;
+    let secs = at_ms.saturating_sub(now) / 1000;
+    match secs {
+        0 => "expiring".into(),
+        s if s < 60 => format!("{s}s left"),
+        s if s < 3600 => format!("{}m left", s / 60),
+        s => format!("{}h {}m left", s / 3600, (s % 3600) / 60),
+    }
+}
+
+/// One container in the picker: open it; a sandbox's badge, profile and time left; the actions the policy
+/// allows.
+fn container_item(ui: Ui, c: ContainerSummary) -> impl IntoView {
+    let (id, name) = (c.id.clone(), c.name.clone());
+    let running = c.state == "running";
+    let meta = match &c.sandbox {
+        Some(s) => format!("{} · {} · {}", s.profile, c.status, time_left(s.expires_at)),
+        None => format!("{} · {}", c.image, c.status),
+    };
+    let action = move |what: &'static str| {
+        let container_id = c.id.clone();
+        move |_| {
+            let req = protocol::ContainerAction { container_id: container_id.clone() };
+            match what {
+                "start" => ui.container_request::<event::StartContainer>(req),
+                "stop" => ui.container_request::<event::StopContainer>(req),
+                "restart" => ui.container_request::<event::RestartContainer>(req),
+                _ => ui.container_request::<event::RemoveSandbox>(protocol::RemoveSandbox { id: container_id.clone() }),
+            }
+        }
+    };
+    let manage = c.rights.manage.then(|| {
+        view! {
+            <button class="act" data-testid="start" title="Start" disabled=running on:click=action("start")>"▶"</button>
+            <button class="act" data-testid="stop" title="Stop" disabled=!running on:click=action("stop")>"■"</button>
+            <button class="act" data-testid="restart" title="Restart" on:click=action("restart")>"↻"</button>
+        }
+    });
+    let remove = c.rights.remove.then(|| {
+        view! { <button class="act danger" data-testid="remove" title="Remove sandbox" on:click=action("remove")>"🗑"</button> }
+    });
+    let title = meta.clone();
+    view! {
+        <li class="container-row" data-name=c.name.clone()>
+            <button class="container" data-state=c.state.clone() data-name=c.name.clone() title=title
+                on:click=move |_| ui.open_tab(id.clone(), name.clone())>
+                <span class="dot"></span>
+                <span class="name">
+                    {c.name.clone()}
+                    {c.sandbox.is_some().then(|| view! { <span class="badge" data-testid="sandbox-badge">"sandbox"</span> })}
+                </span>
+                <span class="meta">{meta}</span>
+            </button>
+            <span class="actions">{manage}{remove}</span>
+        </li>
+    }
+}
+
+/// The "New sandbox" control: the profiles the user may create, and a button that opens a tab in a new one.
+#[component]
+fn NewSandbox(ui: Ui) -> impl IntoView {
+    let profiles = LocalResource::new(|| async { app::api::list_sandbox_profiles().await.unwrap_or_default() });
+    let chosen = RwSignal::new(String::new());
+    let create = move |_| {
+        let profile = chosen.get_untracked();
+        let first = profiles.get().and_then(|p| p.first().map(|p| p.name.clone()));
+        if let Some(profile) = Some(profile).filter(|p| !p.is_empty()).or(first) {
+            ui.open_sandbox_tab(profile);
+            ui.toggle_drawer(false);
+        }
+    };
+    view! {
+        <Transition fallback=|| ()>
+            {move || profiles.get().filter(|p| !p.is_empty()).map(|list| view! {
+                <div class="new-sandbox" data-testid="new-sandbox">
+                    <select aria-label="Sandbox profile" data-testid="profile"
+                        on:change=move |ev| chosen.set(event_target_value(&ev))>
+                        {list.into_iter().map(|p| {
+                            let label = match p.runtime.as_deref() {
+                                Some(r) => format!("{} ({}, {r})", p.name, p.image),
+                                None => format!("{} ({})", p.name, p.image),
+                            };
+                            view! { <option value=p.name.clone()>{label}</option> }
+                        }).collect_view()}
+                    </select>
+                    <button class="primary" data-testid="create-sandbox" on:click=create>"New sandbox"</button>
+                </div>
+            })}
+        </Transition>
+    }
+}
+
 #[component]
 fn TabBar(ui: Ui) -> impl IntoView {
     view! {
         <nav class="tabs" role="tablist">
             <For each=move || ui.order.get() key=|t| t.view.key let:tab>
                 {
-                    let TabItem { view: v, container_name } = tab;
+                    let TabItem { view: v } = tab;
                     let key = v.key;
                     view! {
                         <div class="tab" role="tab" data-testid="tab"
                             aria-selected=move || (ui.active.get() == Some(key)).to_string()
                             on:click=move |_| ui.activate(key)>
-                            <span class="title">{container_name}</span>
+                            <span class="title">{move || v.title.get()}</span>
                             {move || (v.viewers.get() > 1).then(|| view! {
                                 <span class="viewers" data-testid="viewers" title="Sockets following this terminal">
                                     {format!("👥 {}", v.viewers.get())}

@@ -87,6 +87,20 @@ pub struct Config {
     #[arg(long, env = "PORTHOLE_POLICY")]
     pub policy: Option<PathBuf>,
 
+    /// Sandbox profiles (TOML: one `[profile.NAME]` table each), re-read on SIGHUP. Without it no sandbox can be
+    /// created (those made before stay their owners').
+    #[arg(long, env = "PORTHOLE_SANDBOXES")]
+    pub sandboxes: Option<PathBuf>,
+
+    /// Directory for Porthole's own state (an SQLite file: this instance's id and the sandboxes it made).
+    /// Default: $XDG_DATA_HOME/porthole, else ~/.local/share/porthole.
+    #[arg(long, env = "PORTHOLE_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// Most sandboxes one user may hold at once (the policy's `max_sandboxes` overrides it).
+    #[arg(long, env = "PORTHOLE_MAX_SANDBOXES_PER_USER", default_value_t = 4)]
+    pub max_sandboxes_per_user: usize,
+
     /// TLS certificate chain (PEM); with --tls-key, serves HTTPS/WSS and sends HSTS.
     #[arg(long, env = "PORTHOLE_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -189,6 +203,9 @@ impl Config {
             jwt_groups_claim: "groups".into(),
             jwt_leeway_secs: 30,
             policy: None,
+            sandboxes: None,
+            state_dir: None,
+            max_sandboxes_per_user: 4,
             tls_cert: None,
             tls_key: None,
             trusted_proxy: Vec::new(),
@@ -236,6 +253,9 @@ impl Config {
                 "--max-events-per-sec, --max-auth-failures and --max-terminals-per-user must be at least 1".into()
             );
         }
+        if self.max_sandboxes_per_user == 0 {
+            return Err("--max-sandboxes-per-user must be at least 1".into());
+        }
         if self.max_terminals_per_client == 0 || self.max_terminals == 0 {
             return Err("terminal limits must be at least 1".into());
         }
@@ -261,6 +281,19 @@ impl Config {
             Some(h) if !h.is_empty() => Endpoint::parse(h),
             _ => Endpoint::from_env(),
         }
+    }
+
+    /// Where Porthole keeps its state: `--state-dir`, else `$XDG_DATA_HOME/porthole`, else
+    /// `~/.local/share/porthole`, else `./porthole-state`.
+    pub fn state_dir(&self) -> PathBuf {
+        if let Some(d) = &self.state_dir {
+            return d.clone();
+        }
+        let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+        env("XDG_DATA_HOME")
+            .map(|d| d.join("porthole"))
+            .or_else(|| env("HOME").map(|h| h.join(".local/share/porthole")))
+            .unwrap_or_else(|| PathBuf::from("porthole-state"))
     }
 
     pub fn jwt(&self) -> JwtConfig {

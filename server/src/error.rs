@@ -41,8 +41,11 @@ impl ServiceError {
     pub fn status(&self) -> StatusCode {
         match self.code {
             ErrorCode::InvalidPayload => StatusCode::BAD_REQUEST,
-            ErrorCode::ContainerNotFound | ErrorCode::UnknownTerminal | ErrorCode::NotFound => StatusCode::NOT_FOUND,
-            ErrorCode::ContainerNotRunning => StatusCode::CONFLICT,
+            ErrorCode::ContainerNotFound
+            | ErrorCode::UnknownTerminal
+            | ErrorCode::NotFound
+            | ErrorCode::UnknownProfile => StatusCode::NOT_FOUND,
+            ErrorCode::ContainerNotRunning | ErrorCode::ImageNotFound => StatusCode::CONFLICT,
             ErrorCode::CommandNotFound => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorCode::TooManyTerminals | ErrorCode::InputOverflow => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::DockerUnavailable => StatusCode::SERVICE_UNAVAILABLE,

@@ -8,6 +8,7 @@ pub mod docker;
 pub mod error;
 pub mod http;
 pub mod refusals;
+pub mod sandbox;
 pub mod session;
 pub mod socket;
 pub mod state;
@@ -69,6 +70,16 @@ pub fn security(config: &Config) -> anyhow::Result<state::Security> {
     ))
 }
 
+/// The sandbox manager from the flags: the state store under `--state-dir` and the `--sandboxes` profiles.
+pub fn sandboxes(config: &Config, runtime: Arc<dyn ContainerRuntime>) -> anyhow::Result<Arc<sandbox::Sandboxes>> {
+    let store = sandbox::store::Store::open(&config.state_dir()).map_err(anyhow::Error::msg)?;
+    let profiles = match &config.sandboxes {
+        Some(path) => sandbox::profile::Profiles::load(path).map_err(anyhow::Error::msg)?,
+        None => sandbox::profile::Profiles::default(),
+    };
+    sandbox::Sandboxes::new(runtime, store, profiles, config.max_sandboxes_per_user).map_err(anyhow::Error::msg)
+}
+
 /// Builds the axum router with the Socket.IO layer and the edge guard, over `runtime`.
 pub fn router(
     config: &Config,
@@ -84,7 +95,8 @@ fn router_with_edge(
     edge: Arc<http::conn::Connections>,
 ) -> anyhow::Result<(axum::Router, AppState, SocketIo)> {
     let sign_in = edge.limits().sign_in_timeout;
-    let state = AppState::new(runtime, config.limits(), security(config)?, edge);
+    let sandboxes = sandboxes(config, runtime.clone())?;
+    let state = AppState::new(runtime, config.limits(), security(config)?, sandboxes, edge);
     let parser = ParserConfig::common().max_incoming_binaries(4).max_incoming_binary_buf_size(MAX_PACKET_BYTES);
     let (layer, io) = SocketIo::builder()
         .with_parser(parser)
@@ -188,6 +200,15 @@ pub async fn start_with_runtime(config: &Config, runtime: Arc<dyn ContainerRunti
     );
     let edge = http::conn::Connections::new(limits);
     let (router, state, io) = router_with_edge(config, runtime.clone(), edge.clone())?;
+    let profiles = state.sandbox_manager().profiles();
+    if !profiles.profiles.is_empty() {
+        match runtime.runtimes().await {
+            Ok(have) => profiles.check_runtimes(&have).map_err(anyhow::Error::msg)?,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot check the sandbox profiles' runtimes: the daemon does not answer")
+            }
+        }
+    }
     let tls = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => {
             // One process-wide crypto provider (ring); a second install attempt is harmless.
@@ -205,6 +226,10 @@ pub async fn start_with_runtime(config: &Config, runtime: Arc<dyn ContainerRunti
     let stop = CancellationToken::new();
     tokio::spawn(watch::container_events(runtime, io.clone(), state.clone(), stop.clone()));
     tokio::spawn(refusals::Refusals::run(state.clone(), stop.clone()));
+    {
+        let (state, stop) = (state.clone(), stop.clone());
+        tokio::spawn(async move { state.maintain_sandboxes(stop).await });
+    }
     let shutdown = {
         let (stop, state) = (stop.clone(), state.clone());
         async move {

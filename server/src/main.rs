@@ -65,14 +65,21 @@ async fn main() -> ExitCode {
     }
 }
 
-/// Re-reads the policy file on each SIGHUP; a bad file keeps the old policy.
+/// Re-reads the policy and the sandbox profiles on each SIGHUP; a bad file keeps the old one.
 async fn reload_on_sighup(state: porthole_server::AppState) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
     while hup.recv().await.is_some() {
         match state.reload_policy() {
             Ok(()) => tracing::info!("policy reloaded"),
+            Err(porthole_server::auth::policy::PolicyError::NoFile) => {}
             Err(e) => tracing::error!(error = %e, "policy not reloaded; the previous one stays in force"),
+        }
+        if state.sandbox_manager().profiles().source.is_some() {
+            match state.reload_sandboxes().await {
+                Ok(()) => tracing::info!("sandbox profiles reloaded"),
+                Err(e) => tracing::error!(error = %e, "sandbox profiles not reloaded; the previous ones stay in force"),
+            }
         }
     }
 }

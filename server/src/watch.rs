@@ -70,7 +70,7 @@ pub async fn container_events(
 fn send(io: &SocketIo, state: &AppState, change: &ContainersChanged, about: Option<&ContainerEvent>) {
     for socket in io.sockets() {
         let Some(caller) = socket.extensions.get::<Caller>() else { continue };
-        if about.is_some_and(|e| !state.may_see_container(&caller, &e.name, &e.labels)) {
+        if about.is_some_and(|e| !state.may_see_container(&caller, &e.change.container_id, &e.name, &e.labels)) {
             continue;
         }
         if let Err(e) = socket.emit(<event::ContainersChanged as app::protocol::ServerEvent>::NAME, change) {

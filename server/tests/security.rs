@@ -5,49 +5,14 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use app::protocol::{AttachTerminal, ErrorReply, StartTerminal, TerminalInfo, event};
+use common::jwt::*;
 use common::*;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use porthole_server::Config;
 use rust_socketio::TransportType;
 use serde_json::{Value, json};
-
-const SECRET: &str = "a-test-secret-that-is-longer-than-32-bytes";
-const ISSUER: &str = "https://id.example.test";
-const AUDIENCE: &str = "porthole";
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
-}
-
-/// A file with `contents` in the temp dir, unique to this test run.
-fn temp_file(name: &str, contents: &str) -> PathBuf {
-    let path = std::env::temp_dir().join(format!("porthole-sec-{}-{name}", uuid::Uuid::new_v4().simple()));
-    std::fs::write(&path, contents).unwrap();
-    path
-}
-
-fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
-}
-
-fn claims(sub: &str, groups: &[&str]) -> Value {
-    json!({
-        "sub": sub, "groups": groups, "iss": ISSUER, "aud": AUDIENCE,
-        "iat": now(), "exp": now() + 3600, "jti": uuid::Uuid::new_v4().to_string(),
-    })
-}
-
-fn sign_hs(claims: &Value, secret: &[u8]) -> String {
-    jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(secret)).unwrap()
-}
-
-fn token(sub: &str, groups: &[&str]) -> String {
-    sign_hs(&claims(sub, groups), SECRET.as_bytes())
-}
 
 /// The policy the JWT tests run under.
 const POLICY: &str = r#"
@@ -71,33 +36,6 @@ labels = { "porthole.team" = "sec" }
 login_shell = false
 commands = [["sh", "-c", "echo allowed-$((6*7))"]]
 "#;
-
-/// A JWT (HS256, issuer and audience checked) server with [`POLICY`]; the audit log goes to the returned file.
-fn jwt_config(policy: &str) -> (Config, PathBuf) {
-    let mut c = test_config();
-    c.token = None;
-    c.jwt_secret_file = Some(temp_file("secret", &format!("{SECRET}\n")));
-    c.jwt_issuer = Some(ISSUER.into());
-    c.jwt_audience = Some(AUDIENCE.into());
-    c.jwt_leeway_secs = 0;
-    c.policy = Some(temp_file("policy.toml", policy));
-    let audit = std::env::temp_dir().join(format!("porthole-sec-{}-audit.log", uuid::Uuid::new_v4().simple()));
-    c.audit_log = audit.display().to_string();
-    c.max_auth_failures = 1000;
-    (c, audit)
-}
-
-async fn connect_as(server: &porthole_server::RunningServer, token: &str) -> Result<TestClient, String> {
-    let auth = json!({"token": token, "protocolVersion": 2, "clientId": uuid::Uuid::new_v4().simple().to_string()});
-    TestClient::try_connect(&base_url(server), TransportType::Websocket, auth, &[]).await
-}
-
-/// `(status, error code)` of a JSON error response (code empty for a success).
-async fn outcome(res: reqwest::Response) -> (u16, String) {
-    let status = res.status().as_u16();
-    let code = res.json::<ErrorReply>().await.map(|r| r.error.code.as_str().to_string()).unwrap_or_default();
-    (status, code)
-}
 
 fn no_redirects() -> reqwest::Client {
     reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap()

@@ -71,6 +71,25 @@ pub struct Grant {
     /// The level at which other users' terminals in this container may be reached: the best level of one
     /// `shared` rule (`None`: not at all). Never more than `level`.
     pub shared: Option<Level>,
+    /// May start, stop and restart the container (and remove it, when it is someone's sandbox): a matching
+    /// rule has `manage = true`.
+    pub manage: bool,
+}
+
+/// Which sandbox profiles a rule lets its users create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Profiles {
+    Any,
+    Only(Vec<String>),
+}
+
+impl Profiles {
+    fn allows(&self, profile: &str) -> bool {
+        match self {
+            Profiles::Any => true,
+            Profiles::Only(list) => list.iter().any(|p| p == profile),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -124,6 +143,18 @@ struct RuleFile {
     #[serde(default)]
     shared: bool,
     max_terminals: Option<usize>,
+    /// `"any"` or a list of profile names.
+    sandboxes: Option<CommandsFileWords>,
+    max_sandboxes: Option<usize>,
+    #[serde(default)]
+    manage: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum CommandsFileWords {
+    Word(String),
+    List(Vec<String>),
 }
 
 #[derive(Debug)]
@@ -136,6 +167,9 @@ struct Rule {
     labels: BTreeMap<String, String>,
     grant: Grant,
     max_terminals: Option<usize>,
+    /// Profiles its users may create sandboxes from (`None`: none).
+    sandboxes: Option<Profiles>,
+    max_sandboxes: Option<usize>,
 }
 
 impl Rule {
@@ -187,8 +221,11 @@ impl Policy {
                     login_shell: true,
                     commands: Commands::Any,
                     shared: Some(Level::Interact),
+                    manage: true,
                 },
                 max_terminals: None,
+                sandboxes: Some(Profiles::Any),
+                max_sandboxes: None,
             }],
             revoked_subjects: HashSet::new(),
             revoked_token_ids: HashSet::new(),
@@ -241,6 +278,17 @@ impl Policy {
             if r.max_terminals == Some(0) {
                 return Err(format!("rule {n}: max_terminals must be at least 1 (leave the user out instead)"));
             }
+            if r.max_sandboxes == Some(0) {
+                return Err(format!("rule {n}: max_sandboxes must be at least 1 (leave sandboxes out instead)"));
+            }
+            let sandboxes = match r.sandboxes {
+                None => None,
+                Some(CommandsFileWords::Word(w)) if w == "any" => Some(Profiles::Any),
+                Some(CommandsFileWords::Word(w)) => {
+                    return Err(format!("rule {n}: sandboxes must be \"any\" or a list of profile names, not {w:?}"));
+                }
+                Some(CommandsFileWords::List(list)) => Some(Profiles::Only(list)),
+            };
             rules.push(Rule {
                 subjects: r.subjects,
                 groups: r.groups,
@@ -251,8 +299,11 @@ impl Policy {
                     login_shell: r.login_shell,
                     commands,
                     shared: r.shared.then_some(r.access),
+                    manage: r.manage,
                 },
                 max_terminals: r.max_terminals,
+                sandboxes,
+                max_sandboxes: r.max_sandboxes,
             });
         }
         Ok(Policy {
@@ -276,6 +327,7 @@ impl Policy {
                     // Not `|`: each rule's shared level stands on its own (see the module comment).
                     acc.shared = acc.shared.max(g.shared);
                     acc.commands.union(&g.commands);
+                    acc.manage |= g.manage;
                 }
             }
         }
@@ -285,6 +337,16 @@ impl Policy {
     /// The most terminals `p` may hold at once: the largest `max_terminals` of the rules that apply to them.
     pub fn quota(&self, p: &Principal) -> Option<usize> {
         self.rules.iter().filter(|r| r.applies_to(p)).filter_map(|r| r.max_terminals).max()
+    }
+
+    /// Whether `p` may create sandboxes from `profile`: a rule that applies to them lists it (or says `"any"`).
+    pub fn may_create(&self, p: &Principal, profile: &str) -> bool {
+        self.rules.iter().filter(|r| r.applies_to(p)).any(|r| r.sandboxes.as_ref().is_some_and(|s| s.allows(profile)))
+    }
+
+    /// The most sandboxes `p` may hold at once: the largest `max_sandboxes` of the rules that apply to them.
+    pub fn sandbox_quota(&self, p: &Principal) -> Option<usize> {
+        self.rules.iter().filter(|r| r.applies_to(p)).filter_map(|r| r.max_sandboxes).max()
     }
 
     /// Why `p`'s credential is no longer honoured, if it is not.
@@ -413,11 +475,47 @@ mod tests {
     }
 
     #[test]
+    fn sandboxes_and_management() {
+        let p = Policy::parse(
+            r#"
+            [[rule]]
+            groups = ["dev"]
+            containers = ["sandbox-*"]
+            sandboxes = ["py", "scratch"]
+            max_sandboxes = 2
+
+            [[rule]]
+            groups = ["oncall"]
+            containers = ["web-*"]
+            manage = true
+            sandboxes = "any"
+            max_sandboxes = 5
+            "#,
+        )
+        .unwrap();
+        let dev = user("dan", &["dev"]);
+        assert!(p.may_create(&dev, "py") && !p.may_create(&dev, "gpu"));
+        assert_eq!(p.sandbox_quota(&dev), Some(2));
+        assert!(!p.grant(&dev, "sandbox-1", &BTreeMap::new()).unwrap().manage);
+        let both = user("olga", &["dev", "oncall"]);
+        assert!(p.may_create(&both, "gpu"));
+        assert_eq!(p.sandbox_quota(&both), Some(5));
+        assert!(p.grant(&both, "web-1", &BTreeMap::new()).unwrap().manage);
+        assert!(!p.grant(&both, "sandbox-1", &BTreeMap::new()).unwrap().manage);
+        let nobody = user("x", &[]);
+        assert!(!p.may_create(&nobody, "py"));
+        assert_eq!(p.sandbox_quota(&nobody), None);
+        assert!(Policy::parse("[[rule]]\nsubjects = [\"a\"]\nsandboxes = \"all\"").unwrap_err().contains("any"));
+        assert!(Policy::parse("[[rule]]\nsubjects = [\"a\"]\nmax_sandboxes = 0").is_err());
+    }
+
+    #[test]
     fn allow_all_allows_everything() {
         let p = Policy::allow_all();
         let g = p.grant(&user("x", &[]), "any", &BTreeMap::new()).unwrap();
         assert!(
             g.commands.allows(&["anything".into()]) && g.shared == Some(Level::Interact) && g.level == Level::Interact
         );
+        assert!(g.manage && p.may_create(&user("x", &[]), "any-profile") && p.sandbox_quota(&user("x", &[])).is_none());
     }
 }

@@ -58,6 +58,9 @@ fn target() -> ContainerTarget {
         state: "running".into(),
         accepts_exec: true,
         labels: Default::default(),
+        user: String::new(),
+        caps_dropped: false,
+        oom_killed: false,
     }
 }
 
@@ -161,5 +164,9 @@ impl ContainerRuntime for EchoRuntime {
 
     async fn remove_container(&self, id: &str) -> Result<(), RuntimeError> {
         Err(RuntimeError::NotFound(id.into()))
+    }
+
+    async fn runtimes(&self) -> Result<Vec<String>, RuntimeError> {
+        Ok(vec!["runc".into()])
     }
 }

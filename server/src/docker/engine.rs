@@ -276,6 +276,8 @@ impl ContainerRuntime for Engine {
                 status: c.status.unwrap_or_default(),
                 created: c.created.unwrap_or_default(),
                 labels: c.labels.map(|l| l.into_iter().collect()).unwrap_or_default(),
+                sandbox: None,
+                rights: Default::default(),
             })
             .collect())
     }
@@ -283,6 +285,12 @@ impl ContainerRuntime for Engine {
     async fn resolve(&self, container_ref: &str) -> Result<ContainerTarget, RuntimeError> {
         let c = self.with_client(|d| async move { d.inspect_container(container_ref, None).await }).await?;
         let state = c.state.unwrap_or_default();
+        let config = c.config.unwrap_or_default();
+        let caps_dropped = c
+            .host_config
+            .as_ref()
+            .and_then(|h| h.cap_drop.as_ref())
+            .is_some_and(|d| d.iter().any(|c| c.eq_ignore_ascii_case("ALL")));
         let running = state.running.unwrap_or(false);
         let paused = state.paused.unwrap_or(false);
         let restarting = state.restarting.unwrap_or(false);
@@ -291,7 +299,10 @@ impl ContainerRuntime for Engine {
             name: c.name.map(|n| strip_slash(&n)).unwrap_or_default(),
             state: state.status.map(|s| s.to_string()).unwrap_or_default(),
             accepts_exec: running && !paused && !restarting,
-            labels: c.config.and_then(|c| c.labels).map(|l| l.into_iter().collect()).unwrap_or_default(),
+            labels: config.labels.map(|l| l.into_iter().collect()).unwrap_or_default(),
+            user: config.user.unwrap_or_default(),
+            caps_dropped,
+            oom_killed: state.oom_killed.unwrap_or(false),
         })
     }
 
@@ -359,6 +370,17 @@ impl ContainerRuntime for Engine {
             cap_drop: Some(vec!["ALL".into()]),
             security_opt: Some(vec!["no-new-privileges:true".into()]),
             runtime: spec.runtime.clone(),
+            init: Some(spec.init),
+            ulimits: (!spec.ulimits.is_empty()).then(|| {
+                spec.ulimits
+                    .iter()
+                    .map(|(name, soft, hard)| bollard::models::ResourcesUlimits {
+                        name: Some(name.clone()),
+                        soft: Some(*soft),
+                        hard: Some(*hard),
+                    })
+                    .collect()
+            }),
             ..Default::default()
         };
         let body = ContainerCreateBody {
@@ -366,6 +388,8 @@ impl ContainerRuntime for Engine {
             cmd: spec.cmd.clone(),
             user: spec.user.clone(),
             labels: Some(spec.labels.clone().into_iter().collect()),
+            env: (!spec.env.is_empty()).then(|| spec.env.clone()),
+            working_dir: spec.working_dir.clone(),
             tty: Some(true),
             open_stdin: Some(true),
             host_config: Some(host),
@@ -399,6 +423,11 @@ impl ContainerRuntime for Engine {
     async fn remove_container(&self, id: &str) -> Result<(), RuntimeError> {
         let options = bollard::query_parameters::RemoveContainerOptions { force: true, v: true, link: false };
         self.with_client(|d| async move { d.remove_container(id, Some(options)).await }).await
+    }
+
+    async fn runtimes(&self) -> Result<Vec<String>, RuntimeError> {
+        let info = self.with_client(|d| async move { d.info().await }).await?;
+        Ok(info.runtimes.map(|r| r.into_keys().collect()).unwrap_or_default())
     }
 }
 

@@ -44,6 +44,20 @@ pub struct ContainerTarget {
     /// Running and not paused: an exec can start.
     pub accepts_exec: bool,
     pub labels: std::collections::BTreeMap<String, String>,
+    /// The container's configured user (`Config.User`; empty: the image's, usually root).
+    pub user: String,
+    /// It runs with every capability dropped (`CapDrop` has `ALL`): root in it cannot signal other users.
+    pub caps_dropped: bool,
+    /// Docker's `State.OOMKilled`: a process of it was killed for lack of memory in its last run.
+    pub oom_killed: bool,
+}
+
+impl ContainerTarget {
+    /// Who may end a terminal's processes here: root, unless every capability is dropped (then root has no
+    /// `CAP_KILL` over other users), where it is the container's own user, the one its terminals run as.
+    pub fn reaper_user(&self) -> String {
+        if self.caps_dropped && !self.user.is_empty() { self.user.clone() } else { "0".into() }
+    }
 }
 
 /// A container lifecycle event, with what the policy needs to decide who may hear of it.
@@ -115,6 +129,13 @@ pub struct ContainerSpec {
     pub read_only_rootfs: bool,
     /// An OCI runtime registered with the daemon (e.g. `runsc`); `None`: the default.
     pub runtime: Option<String>,
+    /// `(name, soft, hard)` resource limits, e.g. `("nofile", 1024, 1024)`.
+    pub ulimits: Vec<(String, i64, i64)>,
+    /// `NAME=value` entries of the container's environment.
+    pub env: Vec<String>,
+    pub working_dir: Option<String>,
+    /// Run Docker's init as PID 1 (it reaps orphans and passes signals on).
+    pub init: bool,
 }
 
 /// What Porthole needs from a container engine.
@@ -142,7 +163,9 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     /// Stops a container, killing it after `grace`; stopping a stopped one is not an error.
     /// Errors: `NotFound` no such container.
     async fn stop_container(&self, id: &str, grace: std::time::Duration) -> Result<(), RuntimeError>;
-    /// Removes a container, killing it first if it runs. Errors: `NotFound` no such container, `Conflict` a
-    /// removal is already in progress.
+    /// Removes a container and its anonymous volumes, killing it first if it runs. Errors: `NotFound` no such
+    /// container, `Conflict` a removal is already in progress.
     async fn remove_container(&self, id: &str) -> Result<(), RuntimeError>;
+    /// The OCI runtimes the daemon has registered (`runc`, `runsc`, ...).
+    async fn runtimes(&self) -> Result<Vec<String>, RuntimeError>;
 }

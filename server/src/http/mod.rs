@@ -5,6 +5,7 @@
 pub mod csp;
 
 pub mod conn;
+mod sandboxes;
 mod tracked;
 
 use std::net::{IpAddr, SocketAddr};
@@ -362,6 +363,7 @@ fn rest_router(state: AppState) -> Router {
         .route(rest::TERMINAL, get(terminal).delete(close_terminal))
         .route(rest::LOGOUT, post(logout))
         .route(rest::WHOAMI, get(whoami))
+        .merge(sandboxes::routes())
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), require_auth));
     Router::new()
         .route(rest::HEALTHZ, get(healthz))

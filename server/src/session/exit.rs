@@ -33,14 +33,32 @@ pub enum Lifecycle {
 pub struct Ended<'a> {
     pub id: &'a TerminalId,
     pub container_id: &'a str,
+    /// Who the reaper runs as there.
+    pub reaper_user: &'a str,
     pub exec_id: &'a str,
     pub lifecycle: Lifecycle,
     /// Why Porthole was ending it, if it was.
     pub closing: Option<ExitReason>,
 }
 
-/// The exit code (when the daemon has one) and the reason the terminal ended.
+/// The exit code (when the daemon has one) and the reason the terminal ended. A container that stopped because
+/// it ran out of memory (Docker's `State.OOMKilled`) gives [`ExitReason::Oom`].
 pub async fn diagnose(
+    runtime: &dyn ContainerRuntime,
+    pending: &PendingReaps,
+    ended: Ended<'_>,
+    stream_error: Option<String>,
+) -> (Option<i64>, ExitReason) {
+    match diagnose_process(runtime, pending, ended, stream_error).await {
+        (code, ExitReason::ContainerStopped) => match runtime.resolve(ended.container_id).await {
+            Ok(t) if t.oom_killed => (code, ExitReason::Oom),
+            _ => (code, ExitReason::ContainerStopped),
+        },
+        other => other,
+    }
+}
+
+async fn diagnose_process(
     runtime: &dyn ContainerRuntime,
     pending: &PendingReaps,
     ended: Ended<'_>,
@@ -73,7 +91,7 @@ pub async fn diagnose(
     let still_running = status.as_ref().is_some_and(|s| s.as_ref().is_ok_and(|s| s.running));
     match status {
         Some(Err(RuntimeError::Unavailable(_))) => {
-            pending.push(ended.container_id.to_string(), ended.id.clone());
+            pending.push(ended.container_id.to_string(), ended.reaper_user.to_string(), ended.id.clone());
             (None, ExitReason::DockerUnavailable)
         }
         // The exec is gone with its container.
@@ -82,13 +100,13 @@ pub async fn diagnose(
             Ok(t) if t.accepts_exec => {
                 if still_running {
                     // The stream broke while the process still runs: make sure it does not linger.
-                    let _ = reaper::reap(runtime, ended.container_id, ended.id).await;
+                    let _ = reaper::reap(runtime, ended.container_id, ended.reaper_user, ended.id).await;
                 }
                 (exit_code, ExitReason::Exited)
             }
             Ok(_) | Err(RuntimeError::NotFound(_)) => (exit_code, ExitReason::ContainerStopped),
             Err(RuntimeError::Unavailable(_)) => {
-                pending.push(ended.container_id.to_string(), ended.id.clone());
+                pending.push(ended.container_id.to_string(), ended.reaper_user.to_string(), ended.id.clone());
                 (exit_code, ExitReason::DockerUnavailable)
             }
             Err(_) => (exit_code, ExitReason::Exited),

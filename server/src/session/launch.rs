@@ -241,10 +241,11 @@ impl Launcher {
         if result.is_err() {
             // The daemon may have started the process although it did not say so in time: end it.
             let (runtime, container, id) = (self.runtime.clone(), target.id.clone(), id.clone());
-            let pending = self.pending_reaps.clone();
+            let (pending, user) = (self.pending_reaps.clone(), target.reaper_user());
             tokio::spawn(async move {
-                if let Err(RuntimeError::Unavailable(_)) = reaper::reap(runtime.as_ref(), &container, &id).await {
-                    pending.push(container, id);
+                if let Err(RuntimeError::Unavailable(_)) = reaper::reap(runtime.as_ref(), &container, &user, &id).await
+                {
+                    pending.push(container, user, id);
                 }
             });
         }

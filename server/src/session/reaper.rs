@@ -68,15 +68,21 @@ pub fn marker(id: &TerminalId) -> String {
 /// Most terminals ended by one reaper exec.
 pub const MAX_BATCH: usize = 128;
 
-/// Kills the marked processes of one terminal now.
-pub async fn reap(runtime: &dyn ContainerRuntime, container_id: &str, id: &TerminalId) -> Result<(), RuntimeError> {
-    reap_all(runtime, container_id, std::slice::from_ref(id)).await
+/// Kills the marked processes of one terminal now, as `user` (see [`crate::docker::ContainerTarget::reaper_user`]).
+pub async fn reap(
+    runtime: &dyn ContainerRuntime,
+    container_id: &str,
+    user: &str,
+    id: &TerminalId,
+) -> Result<(), RuntimeError> {
+    reap_all(runtime, container_id, user, std::slice::from_ref(id)).await
 }
 
-/// Kills the marked processes of every terminal in `ids` (all in one container) with one exec.
+/// Kills the marked processes of every terminal in `ids` (all in one container) with one exec, as `user`.
 pub async fn reap_all(
     runtime: &dyn ContainerRuntime,
     container_id: &str,
+    user: &str,
     ids: &[TerminalId],
 ) -> Result<(), RuntimeError> {
     let id = ids.first().map(|t| t.0.as_str()).unwrap_or_default();
@@ -88,7 +94,7 @@ pub async fn reap_all(
             let mut cmd: Vec<String> = shell.iter().map(|s| s.to_string()).collect();
             cmd.extend(["-c".into(), SCRIPT.into(), "porthole-reaper".into()]);
             cmd.extend(ids.iter().map(|t| t.0.clone()));
-            let spec = ExecSpec { cmd, env: vec![], user: Some("0".into()), tty: false };
+            let spec = ExecSpec { cmd, env: vec![], user: Some(user.to_string()), tty: false };
             let mut stream = runtime.start_exec(container_id, &spec).await?;
             drop(stream.input);
             let mut sink = Vec::new();
@@ -124,12 +130,14 @@ pub async fn reap_all(
 }
 
 type Waiter = (TerminalId, tokio::sync::oneshot::Sender<Result<(), RuntimeError>>);
+/// Container id -> the user the reaper runs as there, and the closes waiting.
+type Waiting = std::collections::HashMap<String, (String, Vec<Waiter>)>;
 
 /// Reaps waiting per container, each container's served by one task at a time: the closes that arrive while a
 /// reap runs go together in the next one (at most [`MAX_BATCH`] each).
 #[derive(Debug, Default, Clone)]
 pub struct Batches {
-    waiting: Arc<Mutex<std::collections::HashMap<String, Vec<Waiter>>>>,
+    waiting: Arc<Mutex<Waiting>>,
 }
 
 impl Batches {
@@ -138,13 +146,18 @@ impl Batches {
         &self,
         runtime: Arc<dyn ContainerRuntime>,
         container_id: &str,
+        user: &str,
         id: &TerminalId,
     ) -> Result<(), RuntimeError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let first = {
             let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
             let first = !waiting.contains_key(container_id);
-            waiting.entry(container_id.to_string()).or_default().push((id.clone(), tx));
+            waiting
+                .entry(container_id.to_string())
+                .or_insert_with(|| (user.to_string(), Vec::new()))
+                .1
+                .push((id.clone(), tx));
             first
         };
         if first {
@@ -158,18 +171,18 @@ impl Batches {
         // The first request waits a moment, so closes sent together go together.
         tokio::task::yield_now().await;
         loop {
-            let batch: Vec<Waiter> = {
+            let (user, batch): (String, Vec<Waiter>) = {
                 let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
-                let Some(list) = waiting.get_mut(&container_id) else { return };
+                let Some((user, list)) = waiting.get_mut(&container_id) else { return };
                 if list.is_empty() {
                     waiting.remove(&container_id);
                     return;
                 }
                 let n = list.len().min(MAX_BATCH);
-                list.drain(..n).collect()
+                (user.clone(), list.drain(..n).collect())
             };
             let ids: Vec<TerminalId> = batch.iter().map(|(id, _)| id.clone()).collect();
-            let result = reap_all(runtime.as_ref(), &container_id, &ids).await;
+            let result = reap_all(runtime.as_ref(), &container_id, &user, &ids).await;
             for (_, tx) in batch {
                 let _ = tx.send(result.clone());
             }
@@ -180,23 +193,24 @@ impl Batches {
 /// Reaps that must wait for the daemon.
 #[derive(Debug, Default, Clone)]
 pub struct PendingReaps {
-    queue: Arc<Mutex<VecDeque<(String, TerminalId)>>>,
+    /// (container id, reaper user, terminal).
+    queue: Arc<Mutex<VecDeque<(String, String, TerminalId)>>>,
 }
 
 impl PendingReaps {
-    pub fn push(&self, container_id: String, id: TerminalId) {
+    pub fn push(&self, container_id: String, user: String, id: TerminalId) {
         tracing::warn!(container = %container_id, terminal = %id, "daemon unreachable; will end the terminal's processes when it returns");
-        self.requeue(container_id, id);
+        self.requeue(container_id, user, id);
     }
 
-    fn requeue(&self, container_id: String, id: TerminalId) {
+    fn requeue(&self, container_id: String, user: String, id: TerminalId) {
         let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
         if q.len() >= MAX_PENDING_REAPS
-            && let Some((c, t)) = q.pop_front()
+            && let Some((c, _, t)) = q.pop_front()
         {
             tracing::error!(container = %c, terminal = %t, "pending reap queue full; giving up on the oldest");
         }
-        q.push_back((container_id, id));
+        q.push_back((container_id, user, id));
     }
 
     pub fn len(&self) -> usize {
@@ -210,12 +224,12 @@ impl PendingReaps {
     /// Tries every queued reap once; keeps those that still cannot reach the daemon.
     pub async fn retry(&self, runtime: &dyn ContainerRuntime) {
         let batch: Vec<_> = self.queue.lock().unwrap_or_else(|e| e.into_inner()).drain(..).collect();
-        for (container_id, id) in batch {
-            match reap(runtime, &container_id, &id).await {
+        for (container_id, user, id) in batch {
+            match reap(runtime, &container_id, &user, &id).await {
                 Ok(()) => {
                     tracing::info!(container = %container_id, terminal = %id, "ended processes left from a daemon outage")
                 }
-                Err(RuntimeError::Unavailable(_)) => self.requeue(container_id, id),
+                Err(RuntimeError::Unavailable(_)) => self.requeue(container_id, user, id),
                 // The container is gone or the reap itself failed for good: nothing more to do.
                 Err(e) => {
                     tracing::warn!(container = %container_id, terminal = %id, error = %e, "dropping pending reap")

@@ -53,6 +53,8 @@ pub struct Terminal {
     owner: OwnerId,
     container_id: String,
     container_name: String,
+    /// Who the reaper runs as in the container.
+    reaper_user: String,
     /// The container's labels when the terminal started (the policy matches on them).
     labels: std::collections::BTreeMap<String, String>,
     lifecycle: Lifecycle,
@@ -98,6 +100,7 @@ impl Terminal {
         let terminal = Arc::new(Terminal {
             id: parts.id,
             owner: parts.owner,
+            reaper_user: parts.target.reaper_user(),
             container_id: parts.target.id,
             container_name: parts.target.name,
             labels: parts.target.labels,
@@ -318,6 +321,7 @@ impl Terminal {
         let facts = exit::Ended {
             id: &self.id,
             container_id: &self.container_id,
+            reaper_user: &self.reaper_user,
             exec_id: &self.exec_id,
             lifecycle: self.lifecycle,
             closing,
@@ -365,10 +369,11 @@ fn pack(cols: u16, rows: u16) -> u32 {
 /// the container still runs but the processes could not be ended.
 async fn end_processes(sessions: Arc<Sessions>, terminal: Arc<Terminal>) -> Result<(), ServiceError> {
     let runtime = sessions.runtime().clone();
-    match sessions.reaps().reap(runtime.clone(), &terminal.container_id, &terminal.id).await {
+    match sessions.reaps().reap(runtime.clone(), &terminal.container_id, &terminal.reaper_user, &terminal.id).await {
         Ok(()) => Ok(()),
         Err(RuntimeError::Unavailable(_)) => {
-            sessions.pending_reaps().push(terminal.container_id.clone(), terminal.id.clone());
+            let (container, user) = (terminal.container_id.clone(), terminal.reaper_user.clone());
+            sessions.pending_reaps().push(container, user, terminal.id.clone());
             Ok(())
         }
         Err(e) => match runtime.resolve(&terminal.container_id).await {

@@ -1,8 +1,9 @@
 //! The socket's event handlers: each translates one client event into one service call and its answer.
 //!
 //! `input`, `resize` and `output-ack` are handled synchronously when socketioxide dispatches the packet, so
-//! input keeps the order it arrived in; `start-terminal`, `attach-terminal` and `close-terminal` are answered
-//! on the spot when refused, and otherwise run as spawned futures.
+//! input keeps the order it arrived in; the other requests (`start-terminal`, `create-sandbox`,
+//! `close-terminal`, `remove-sandbox`, the container actions) are answered on the spot when refused, and
+//! otherwise run as spawned futures; `attach-terminal` is answered at once.
 
 use std::future::{Ready, ready};
 use std::sync::Arc;
@@ -14,7 +15,8 @@ use tracing::Instrument;
 
 use super::conn::{Ack, Conn, Sock, SocketSink};
 use crate::error::ServiceError;
-use crate::state::AppState;
+use crate::session::viewer::Attachment;
+use crate::state::{Action, AppState};
 
 /// The request of an event, once the socket may send it (`admission`) and its payload parsed (`req`).
 /// Admission is refused first.
@@ -41,35 +43,9 @@ where
 /// Registers the socket's event handlers (from the connect middleware, before anything awaits: events that
 /// arrive before their handler exists would be dropped).
 pub(super) fn register(socket: &Arc<Socket>, state: &AppState, conn: &Arc<Conn>, span: &tracing::Span) {
-    {
-        let (state, conn, span) = (state.clone(), conn.clone(), span.clone());
-        on::<event::StartTerminal, _>(socket, move |ack, req| {
-            let req = match admitted::<event::StartTerminal>(conn.admit(&state), req) {
-                Ok(req) => req,
-                Err(e) => return refuse(&conn, &state, &span, ack, e),
-            };
-            let (state, conn) = (state.clone(), conn.clone());
-            let task = async move {
-                match state.start(&conn.caller, &conn.seat, req).await {
-                    Ok((attachment, started)) => {
-                        let socket = ack.socket.clone();
-                        // The socket may have left while Docker started the process, before its disconnect
-                        // handler could see this terminal.
-                        if ack.send(&conn, &state, Ok(started)) && socket.connected() {
-                            attachment.start(Arc::new(SocketSink { socket, conn, state }));
-                        } else {
-                            state.abandon(&conn.caller, attachment).await;
-                        }
-                    }
-                    Err(e) => {
-                        conn.refused(&state, event::START_TERMINAL, &e, None);
-                        ack.send(&conn, &state, Err(e));
-                    }
-                }
-            };
-            tokio::spawn(task.instrument(span.clone()));
-        });
-    }
+    on_open::<event::StartTerminal, _, _>(socket, state, conn, span, |state, conn, req| async move {
+        state.start(&conn.caller, &conn.seat, req).await
+    });
     on_stream::<event::Input>(
         socket,
         state,
@@ -99,24 +75,9 @@ pub(super) fn register(socket: &Arc<Socket>, state: &AppState, conn: &Arc<Conn>,
         |r| &r.terminal_id,
         |s, c, r| s.ack(&c.caller, &c.seat, r),
     );
-    {
-        let (state, conn, span) = (state.clone(), conn.clone(), span.clone());
-        on::<event::CloseTerminal, _>(socket, move |ack, req| {
-            let req = match admitted::<event::CloseTerminal>(conn.admit(&state), req) {
-                Ok(req) => req,
-                Err(e) => return refuse(&conn, &state, &span, ack, e),
-            };
-            let (state, conn) = (state.clone(), conn.clone());
-            let task = async move {
-                let reply = state.close(&conn.caller, &conn.seat, req).await;
-                if let Err(e) = &reply {
-                    conn.refused(&state, event::CLOSE_TERMINAL, e, None);
-                }
-                ack.send(&conn, &state, reply);
-            };
-            tokio::spawn(task.instrument(span.clone()));
-        });
-    }
+    on_request::<event::CloseTerminal, _, _>(socket, state, conn, span, |state, conn, req| async move {
+        state.close(&conn.caller, &conn.seat, req).await
+    });
     {
         let (state, conn, span) = (state.clone(), conn.clone(), span.clone());
         on::<event::AttachTerminal, _>(socket, move |ack, req| {
@@ -136,6 +97,23 @@ pub(super) fn register(socket: &Arc<Socket>, state: &AppState, conn: &Arc<Conn>,
             }
         });
     }
+    // A sandbox whose terminal's answer could not be delivered stays (listed, removable); only the terminal
+    // nobody learned of ends.
+    on_open::<event::CreateSandbox, _, _>(socket, state, conn, span, |state, conn, req| async move {
+        state.create_sandbox_terminal(&conn.caller, &conn.seat, req).await
+    });
+    on_request::<event::RemoveSandbox, _, _>(socket, state, conn, span, |state, conn, req| async move {
+        state.remove_sandbox(&conn.caller, &req.id).await.map(|()| req)
+    });
+    on_request::<event::StartContainer, _, _>(socket, state, conn, span, |state, conn, req| async move {
+        state.container_action(&conn.caller, &req, Action::Start).await.map(|()| req)
+    });
+    on_request::<event::StopContainer, _, _>(socket, state, conn, span, |state, conn, req| async move {
+        state.container_action(&conn.caller, &req, Action::Stop).await.map(|()| req)
+    });
+    on_request::<event::RestartContainer, _, _>(socket, state, conn, span, |state, conn, req| async move {
+        state.container_action(&conn.caller, &req, Action::Restart).await.map(|()| req)
+    });
     {
         let (state, conn, span) = (state.clone(), conn.clone(), span.clone());
         socket.on_disconnect(move |Sock(socket): Sock, reason: DisconnectReason| -> Ready<()> {
@@ -150,6 +128,70 @@ pub(super) fn register(socket: &Arc<Socket>, state: &AppState, conn: &Arc<Conn>,
             ready(())
         });
     }
+}
+
+/// Registers a request that opens a terminal (`start-terminal`, `create-sandbox`): the service call runs as a
+/// spawned future; once the client has the answer the attachment starts, else the terminal is abandoned.
+fn on_open<E, F, Fut>(socket: &Arc<Socket>, state: &AppState, conn: &Arc<Conn>, span: &tracing::Span, call: F)
+where
+    E: ClientEvent + 'static,
+    F: Fn(AppState, Arc<Conn>, E::Payload) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = Result<(Attachment, E::Ack), ServiceError>> + Send + 'static,
+{
+    let (state, conn, span) = (state.clone(), conn.clone(), span.clone());
+    on::<E, _>(socket, move |ack, req| {
+        let req = match admitted::<E>(conn.admit(&state), req) {
+            Ok(req) => req,
+            Err(e) => return refuse(&conn, &state, &span, ack, e),
+        };
+        let (state, conn, call) = (state.clone(), conn.clone(), call.clone());
+        let task = async move {
+            match call(state.clone(), conn.clone(), req).await {
+                Ok((attachment, reply)) => {
+                    let socket = ack.socket.clone();
+                    // The socket may have left while Docker started the process, before its disconnect
+                    // handler could see this terminal.
+                    if ack.send(&conn, &state, Ok(reply)) && socket.connected() {
+                        attachment.start(Arc::new(SocketSink { socket, conn, state }));
+                    } else {
+                        state.abandon(&conn.caller, attachment).await;
+                    }
+                }
+                Err(e) => {
+                    conn.refused(&state, E::NAME, &e, None);
+                    ack.send(&conn, &state, Err(e));
+                }
+            }
+        };
+        tokio::spawn(task.instrument(span.clone()));
+    });
+}
+
+/// Registers a request answered by one service call that runs as a spawned future (`remove-sandbox` and the
+/// container actions).
+fn on_request<E, F, Fut>(socket: &Arc<Socket>, state: &AppState, conn: &Arc<Conn>, span: &tracing::Span, call: F)
+where
+    E: ClientEvent + 'static,
+    F: Fn(AppState, Arc<Conn>, E::Payload) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = Result<E::Ack, ServiceError>> + Send + 'static,
+{
+    let (state, conn, span) = (state.clone(), conn.clone(), span.clone());
+    on::<E, _>(socket, move |ack, req| {
+        let req = match admitted::<E>(conn.admit(&state), req) {
+            Ok(req) => req,
+            Err(e) => return refuse(&conn, &state, &span, ack, e),
+        };
+        let (state, conn) = (state.clone(), conn.clone());
+        let call = call.clone();
+        let task = async move {
+            let reply = call(state.clone(), conn.clone(), req).await;
+            if let Err(e) = &reply {
+                conn.refused(&state, E::NAME, e, None);
+            }
+            ack.send(&conn, &state, reply);
+        };
+        tokio::spawn(task.instrument(span.clone()));
+    });
 }
 
 /// Whether a stream event goes through the rate limit and credential check first.

@@ -5,8 +5,10 @@
 //! [`AppState`] methods only; every decision and every audit record happens behind them, once. This file holds
 //! sign-in, the policy and the containers; [`terminals`] the terminal operations.
 
+mod sandboxes;
 mod terminals;
 
+pub use sandboxes::Action;
 pub use terminals::Seat;
 
 use std::net::IpAddr;
@@ -77,6 +79,7 @@ impl Security {
 #[derive(Debug, Clone)]
 pub struct AppState {
     sessions: Arc<Sessions>,
+    sandboxes: Arc<crate::sandbox::Sandboxes>,
     security: Arc<Security>,
     edge: Arc<crate::http::conn::Connections>,
 }
@@ -109,9 +112,40 @@ impl AppState {
         runtime: Arc<dyn ContainerRuntime>,
         limits: Limits,
         security: Security,
+        sandboxes: Arc<crate::sandbox::Sandboxes>,
         edge: Arc<crate::http::conn::Connections>,
     ) -> AppState {
-        AppState { sessions: Sessions::new(runtime, limits), security: Arc::new(security), edge }
+        AppState { sessions: Sessions::new(runtime, limits), sandboxes, security: Arc::new(security), edge }
+    }
+
+    /// The sandbox manager.
+    pub fn sandbox_manager(&self) -> &Arc<crate::sandbox::Sandboxes> {
+        &self.sandboxes
+    }
+
+    /// Runs the sandboxes' maintenance (expiry, idle timeouts, the pools, clean-up after a crash) until `stop`.
+    pub async fn maintain_sandboxes(&self, stop: tokio_util::sync::CancellationToken) {
+        let me = self.clone();
+        let expired = move |row: &crate::sandbox::store::Row| me.audit_expired(row);
+        self.sandboxes.clone().maintain(self.sessions.clone(), expired, stop).await;
+    }
+
+    /// Re-reads the sandbox profiles file. On error the old profiles stay and the error is returned.
+    pub async fn reload_sandboxes(&self) -> Result<(), String> {
+        let Some(path) = self.sandboxes.profiles().source.clone() else {
+            return Err("no --sandboxes file was given; nothing to reload".into());
+        };
+        let result = match crate::sandbox::profile::Profiles::load(&path) {
+            Ok(p) => self.sandboxes.reload(p).await,
+            Err(e) => Err(e),
+        };
+        self.audit(Record {
+            action: "sandboxes.reload",
+            outcome: if result.is_ok() { "allowed" } else { "denied" },
+            reason: result.as_ref().err().cloned(),
+            ..Record::default()
+        });
+        result
     }
 
     /// Connection counts, sign-in slots and the registry of signed-in sockets.
@@ -141,9 +175,10 @@ impl AppState {
         }
     }
 
-    /// Closes every terminal (server shutdown).
+    /// Closes every terminal and removes the warm pools (server shutdown); users' sandboxes stay theirs.
     pub async fn shutdown(&self) {
         self.sessions.shutdown().await;
+        self.sandboxes.drain_pools().await;
     }
 
     pub fn events_per_sec(&self) -> u32 {
@@ -304,21 +339,33 @@ impl AppState {
 
     /// The containers `caller` may see, running ones first, then by name.
     pub async fn containers(&self, caller: &Caller) -> Result<Vec<ContainerSummary>, ServiceError> {
-        let mut list = self.sessions.runtime().list_containers().await.map_err(ServiceError::from_runtime)?;
+        let list = self.sessions.runtime().list_containers().await.map_err(ServiceError::from_runtime)?;
         let policy = self.policy();
-        list.retain(|c| policy.grant(&caller.principal, &c.name, &c.labels).is_some());
+        let mut list: Vec<ContainerSummary> = list
+            .into_iter()
+            .filter_map(|mut c| {
+                let grant = self.container_grant(&policy, caller, &c.id, &c.name, &c.labels)?;
+                c.sandbox = self.sandbox_of(&c.id).map(|row| crate::sandbox::Sandboxes::describe(&row, &c.state));
+                c.rights = app::protocol::ContainerRights {
+                    manage: grant.manage,
+                    remove: c.sandbox.is_some() && grant.manage,
+                };
+                Some(c)
+            })
+            .collect();
         list.sort_by(|a, b| (a.state != "running").cmp(&(b.state != "running")).then_with(|| a.name.cmp(&b.name)));
         Ok(list)
     }
 
-    /// Whether `caller` may see the container `name` with `labels`.
+    /// Whether `caller` may see the container `id` (`name`, with `labels`).
     pub fn may_see_container(
         &self,
         caller: &Caller,
+        id: &str,
         name: &str,
         labels: &std::collections::BTreeMap<String, String>,
     ) -> bool {
-        self.policy().grant(&caller.principal, name, labels).is_some()
+        self.container_grant(&self.policy(), caller, id, name, labels).is_some()
     }
 }
 
@@ -337,5 +384,9 @@ impl app::api::backend::Backend for CallerScope {
 
     fn terminals(&self) -> Vec<TerminalInfo> {
         self.state.terminals(&self.caller)
+    }
+
+    fn sandbox_profiles(&self) -> Vec<app::protocol::SandboxProfile> {
+        self.state.sandbox_profiles(&self.caller)
     }
 }

@@ -48,8 +48,14 @@ impl AppState {
 
     /// What `caller` may do with `terminal` under `policy`: `None` if they may not even see it. Another user's
     /// terminal is reached at the level of the best single shared rule, never by adding up rules.
-    fn grant_under(policy: &Policy, caller: &Caller, terminal: &Terminal) -> Option<Grant> {
-        let mut grant = policy.grant(&caller.principal, terminal.container_name(), terminal.labels())?;
+    fn grant_under(&self, policy: &Policy, caller: &Caller, terminal: &Terminal) -> Option<Grant> {
+        let mut grant = self.container_grant(
+            policy,
+            caller,
+            terminal.container_id(),
+            terminal.container_name(),
+            terminal.labels(),
+        )?;
         if terminal.user() != caller.principal.subject {
             grant.level = grant.shared?;
         }
@@ -62,7 +68,7 @@ impl AppState {
     fn decide(&self, caller: &Caller, terminal: &Terminal, need: Need) -> Result<bool, ServiceError> {
         let policy = self.policy();
         AppState::revoked_under(&policy, caller)?;
-        match (AppState::grant_under(&policy, caller, terminal), need) {
+        match (self.grant_under(&policy, caller, terminal), need) {
             (None, _) => Err(ServiceError::unknown_terminal(terminal.id())),
             (Some(g), Need::See) => Ok(g.level == Level::View),
             (Some(g), Need::Write) if g.level == Level::Interact => Ok(false),
@@ -91,7 +97,7 @@ impl AppState {
             .sessions
             .all()
             .into_iter()
-            .filter(|t| AppState::grant_under(&policy, caller, t).is_some())
+            .filter(|t| self.grant_under(&policy, caller, t).is_some())
             .map(|t| self.sessions.info(&t))
             .collect();
         crate::session::sorted(visible)
@@ -105,7 +111,7 @@ impl AppState {
     /// A terminal `caller` may see.
     fn visible_terminal(&self, caller: &Caller, id: &TerminalId) -> Result<Arc<Terminal>, ServiceError> {
         let t = self.sessions.find(id)?;
-        match AppState::grant_under(&self.policy(), caller, &t) {
+        match self.grant_under(&self.policy(), caller, &t) {
             Some(_) => Ok(t),
             None => Err(ServiceError::unknown_terminal(id)),
         }
@@ -125,7 +131,7 @@ impl AppState {
     ) -> Result<Option<usize>, ServiceError> {
         let policy = self.policy();
         AppState::revoked_under(&policy, caller)?;
-        let Some(grant) = policy.grant(&caller.principal, &target.name, &target.labels) else {
+        let Some(grant) = self.container_grant(&policy, caller, &target.id, &target.name, &target.labels) else {
             return Err(no_such_container(&req.container_id));
         };
         if grant.level != Level::Interact {

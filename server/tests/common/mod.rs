@@ -2,8 +2,10 @@
 //! `app::protocol`), and throwaway containers on the real Docker daemon, removed even when a test fails.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod jwt;
 pub mod process;
 pub mod proxy;
+pub mod sandbox;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -186,6 +188,8 @@ pub fn test_config() -> Config {
     c.listen = "127.0.0.1:0".parse().unwrap();
     c.token = Some(TEST_TOKEN.into());
     c.audit_log = "/dev/null".into();
+    // Each server its own state (its own instance id): servers must never clean up each other's sandboxes.
+    c.state_dir = Some(tempdir("state"));
     c
 }
 

@@ -54,6 +54,10 @@ impl ServerProcess {
             None => Command::new(bin),
         };
         cmd.args(["--listen", "127.0.0.1:0", "--token", TEST_TOKEN, "--audit-log"]).arg(&audit).args(args);
+        if !args.contains(&"--state-dir") {
+            // Its own state (its own instance id), unless the test restarts a server on the same state.
+            cmd.arg("--state-dir").arg(dir.join("state"));
+        }
         // The flags' environment twins (PORTHOLE_*) of whoever runs the tests must not change this server;
         // where the Docker daemon is stays theirs to say.
         for (key, _) in std::env::vars_os() {
@@ -91,6 +95,12 @@ impl ServerProcess {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Sends `signal` (e.g. `TERM`, `KILL`) and waits for the process to end.
+    pub fn stop_with(&mut self, signal: &str) -> std::process::ExitStatus {
+        Command::new("kill").args([&format!("-{signal}"), &self.child.id().to_string()]).status().unwrap();
+        self.child.wait().unwrap()
     }
 
     pub fn pid(&self) -> u32 {
