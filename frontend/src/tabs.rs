@@ -147,17 +147,16 @@ impl Ui {
             title: RwSignal::new(container_name.clone()),
         };
         let item = TabItem { view };
-        let tab =
-            Tab {
-                view,
-                container_id,
-                container_name,
-                restore,
-                sandbox: None,
-                xterm: None,
-                flow: None,
-                pending_input: Vec::new(),
-            };
+        let tab = Tab {
+            view,
+            container_id,
+            container_name,
+            restore,
+            sandbox: None,
+            xterm: None,
+            flow: None,
+            pending_input: Vec::new(),
+        };
         self.tabs.update_value(|t| {
             t.insert(key, tab);
         });

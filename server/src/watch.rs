@@ -44,6 +44,9 @@ pub async fn container_events(
                         Some(Ok(e)) => {
                             tracing::debug!(container = %e.change.container_id, action = %e.change.action, "container event");
                             send(&io, &state, &e.change, Some(&e));
+                            if e.change.action == "die" {
+                                state.container_died(&e.change.container_id);
+                            }
                         }
                         Some(Err(e)) => {
                             tracing::debug!(error = %e, "container event stream broke");

@@ -20,6 +20,9 @@ pub const MAX_PROFILES: usize = 64;
 pub const MAX_POOL_PER_PROFILE: usize = 32;
 /// Most tmpfs mounts and ulimits one profile may have, each.
 pub const MAX_MOUNTS: usize = 16;
+/// Under gVisor the host's pids limit counts the sandbox kernel's own threads (about 40 when idle, about 10 per
+/// process inside; measured), so a lower limit makes the sandbox itself fail.
+pub const MIN_GVISOR_PIDS: u64 = 256;
 /// Docker refuses memory limits below 6 MiB.
 const MIN_MEMORY_BYTES: u64 = 6 * 1024 * 1024;
 /// tmpfs size at `/tmp` and the home directory when a read-only profile names no tmpfs.
@@ -195,6 +198,12 @@ impl Profile {
         }
         if network == "host" || network.starts_with("container:") {
             return Err(bad("network must be none or a named network, not the host's or a container's".into()));
+        }
+        if f.runtime.as_deref() == Some("runsc") && f.pids.is_some_and(|p| p < MIN_GVISOR_PIDS) {
+            return Err(bad(format!(
+                "runtime \"runsc\" (gVisor) needs pids >= {MIN_GVISOR_PIDS}: the limit also counts gVisor's own threads \
+                 (about 10 per process inside)"
+            )));
         }
         if f.runtime.as_deref() == Some("runsc") && network != "none" {
             return Err(bad(format!(
@@ -393,6 +402,7 @@ mod tests {
     fn mistakes_are_refused_with_the_profile_named() {
         let bad = |body: &str| Profiles::parse(&format!("[profile.p]\nimage = \"i\"\n{body}")).unwrap_err();
         assert!(bad("runtime = \"runsc\"\nnetwork = \"bridge\"").contains("network = \"none\""));
+        assert!(bad("runtime = \"runsc\"\npids = 64").contains("256"));
         assert!(bad("memory = \"1m\"").contains("6m"));
         assert!(bad("memory = \"lots\"").contains("profile p"));
         assert!(bad("cap_drop = [\"NET_RAW\"]").contains("ALL"));

@@ -21,6 +21,9 @@ use crate::session::log::AckError;
 use crate::session::viewer::Attachment;
 use crate::session::{AttachOptions, Limits, OwnerId, Terminal, ViewerId, no_such_container};
 
+/// How long after a container's `die` event its terminals may take to end by themselves before they are ended.
+pub const DIED_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A socket as a viewer of terminals: which viewer it is, which client it belongs to, and how it follows them.
 #[derive(Debug, Clone)]
 pub struct Seat {
@@ -301,6 +304,27 @@ impl AppState {
     pub async fn close(&self, caller: &Caller, seat: &Seat, req: CloseTerminal) -> Result<TerminalAck, ServiceError> {
         let t = self.sessions.find_attached(&req.terminal_id, &seat.viewer)?;
         self.close_terminal(caller, &t).await.map(|()| TerminalAck { terminal_id: req.terminal_id })
+    }
+
+    /// The daemon says a container died. Terminals whose exec streams did not end with it (gVisor's stay open
+    /// when its sandbox dies) are ended after [`DIED_GRACE`], as `oom` or `container_stopped`.
+    pub fn container_died(&self, container_id: &str) {
+        let open: Vec<_> =
+            self.sessions.all().into_iter().filter(|t| t.container_id() == container_id && !t.has_ended()).collect();
+        if open.is_empty() {
+            return;
+        }
+        let (sessions, container_id) = (self.sessions.clone(), container_id.to_string());
+        tokio::spawn(async move {
+            tokio::time::sleep(DIED_GRACE).await;
+            let reason = match sessions.runtime().resolve(&container_id).await {
+                Ok(t) if t.accepts_exec => return,
+                Ok(t) if t.oom_killed => ExitReason::Oom,
+                _ => ExitReason::ContainerStopped,
+            };
+            let still: Vec<_> = open.into_iter().filter(|t| !t.has_ended()).collect();
+            futures_util::future::join_all(still.iter().map(|t| sessions.close(t, reason))).await;
+        });
     }
 
     /// Ends a terminal by id (REST).
