@@ -5,7 +5,7 @@
 #
 # Installs what is missing (Docker engine, test images, the UI's build tools), starts the container
 # `porthole-demo`, builds the UI and the release binary (which embeds the UI), and runs it in the
-# foreground. Open the printed URL. Ctrl-C stops it and ends every terminal it opened.
+# foreground, with the sandbox profiles of scripts/demo-sandboxes.toml. Open the printed URL. Ctrl-C stops it and ends every terminal it opened.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,4 +23,6 @@ fi
 scripts/build-ui.sh
 cargo build --release --locked --bin porthole
 target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+# Sandbox profiles to try "New sandbox" with, unless PORTHOLE_SANDBOXES (or --sandboxes) names others.
+export PORTHOLE_SANDBOXES="${PORTHOLE_SANDBOXES:-$PWD/scripts/demo-sandboxes.toml}"
 exec "$target_dir/release/porthole" "$@"

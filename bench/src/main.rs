@@ -11,6 +11,8 @@
 //!
 //! Client and server CPU are reported with each, so a slow client is not mistaken for a slow server.
 
+mod sandbox;
+
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -72,6 +74,12 @@ struct Args {
     /// The JavaScript benchmark client (its `npm ci` done).
     #[arg(long, default_value = "bench/js/client.mjs")]
     js: PathBuf,
+    /// Sandbox samples per contender (cold create, warm claim, `docker run -it`).
+    #[arg(long, default_value_t = 30)]
+    sandbox_samples: usize,
+    /// Sandboxes created at once.
+    #[arg(long, default_value_t = 50)]
+    sandbox_burst: usize,
     /// Write the report here too.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -88,6 +96,8 @@ enum Part {
     Js,
     Idle,
     Flood,
+    /// Sandboxes: cold create and warm claim beside `docker run -it`, and many at once.
+    Sandbox,
 }
 
 impl Args {
@@ -233,9 +243,21 @@ struct Server {
 
 impl Server {
     fn start(bin: &PathBuf) -> anyhow::Result<Server> {
+        Server::start_with(bin, &[])
+    }
+
+    /// [`Server::start`] with more flags.
+    fn start_with(bin: &PathBuf, extra: &[&str]) -> anyhow::Result<Server> {
         let token = "benchmark-token-0123456789";
-        let mut child = Command::new(bin)
+        let mut cmd = Command::new(bin);
+        if !extra.contains(&"--state-dir") {
+            // Its own state, never the state of a Porthole the person running the benchmark uses.
+            cmd.arg("--state-dir")
+                .arg(std::env::temp_dir().join(format!("porthole-bench-state-{}", std::process::id())));
+        }
+        let mut child = cmd
             .args(["--listen", "127.0.0.1:0", "--token", token, "--audit-log", "/dev/null"])
+            .args(extra)
             .args(["--max-terminals-per-socket", "4000", "--max-terminals", "4000", "--max-terminals-per-user", "4000"])
             .args(["--max-events-per-sec", "1000000"])
             .env("RUST_LOG", std::env::var("PORTHOLE_BENCH_LOG").unwrap_or_else(|_| "warn".into()))
@@ -711,6 +733,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if args.runs(Part::Flood) {
         report += &flood_report(&args, &docker).await?;
+    }
+    if args.runs(Part::Sandbox) {
+        report += &sandbox::report(&args, &docker, &engine).await?;
     }
     println!("{report}");
     if let Some(out) = &args.out {

@@ -498,7 +498,7 @@ fn container_item(ui: Ui, c: ContainerSummary) -> impl IntoView {
     let (id, name) = (c.id.clone(), c.name.clone());
     let running = c.state == "running";
     let meta = match &c.sandbox {
-        Some(s) => format!("{} · {} · {}", s.profile, c.status, time_left(s.expires_at)),
+        Some(s) => format!("{} · {} · {}", s.profile, time_left(s.expires_at), c.status),
         None => format!("{} · {}", c.image, c.status),
     };
     let action = move |what: &'static str| {
@@ -521,7 +521,7 @@ fn container_item(ui: Ui, c: ContainerSummary) -> impl IntoView {
         }
     });
     let remove = c.rights.remove.then(|| {
-        view! { <button class="act danger" data-testid="remove" title="Remove sandbox" on:click=action("remove")>"🗑"</button> }
+        view! { <button class="act danger" data-testid="remove" title="Remove sandbox" on:click=action("remove")>"✕"</button> }
     });
     let title = meta.clone();
     view! {
@@ -530,7 +530,7 @@ fn container_item(ui: Ui, c: ContainerSummary) -> impl IntoView {
                 on:click=move |_| ui.open_tab(id.clone(), name.clone())>
                 <span class="dot"></span>
                 <span class="name">
-                    {c.name.clone()}
+                    <span class="label">{c.name.clone()}</span>
                     {c.sandbox.is_some().then(|| view! { <span class="badge" data-testid="sandbox-badge">"sandbox"</span> })}
                 </span>
                 <span class="meta">{meta}</span>

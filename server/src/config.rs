@@ -101,6 +101,11 @@ pub struct Config {
     #[arg(long, env = "PORTHOLE_MAX_SANDBOXES_PER_USER", default_value_t = 4)]
     pub max_sandboxes_per_user: usize,
 
+    /// Sandbox creates one user may start per second (bursts of four times that); more are refused with
+    /// `rate_limited`.
+    #[arg(long, env = "PORTHOLE_MAX_SANDBOX_CREATES_PER_SEC", default_value_t = 2)]
+    pub max_sandbox_creates_per_sec: u32,
+
     /// TLS certificate chain (PEM); with --tls-key, serves HTTPS/WSS and sends HSTS.
     #[arg(long, env = "PORTHOLE_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -206,6 +211,7 @@ impl Config {
             sandboxes: None,
             state_dir: None,
             max_sandboxes_per_user: 4,
+            max_sandbox_creates_per_sec: 2,
             tls_cert: None,
             tls_key: None,
             trusted_proxy: Vec::new(),
@@ -253,8 +259,8 @@ impl Config {
                 "--max-events-per-sec, --max-auth-failures and --max-terminals-per-user must be at least 1".into()
             );
         }
-        if self.max_sandboxes_per_user == 0 {
-            return Err("--max-sandboxes-per-user must be at least 1".into());
+        if self.max_sandboxes_per_user == 0 || self.max_sandbox_creates_per_sec == 0 {
+            return Err("--max-sandboxes-per-user and --max-sandbox-creates-per-sec must be at least 1".into());
         }
         if self.max_terminals_per_client == 0 || self.max_terminals == 0 {
             return Err("terminal limits must be at least 1".into());

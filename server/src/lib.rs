@@ -77,7 +77,9 @@ pub fn sandboxes(config: &Config, runtime: Arc<dyn ContainerRuntime>) -> anyhow:
         Some(path) => sandbox::profile::Profiles::load(path).map_err(anyhow::Error::msg)?,
         None => sandbox::profile::Profiles::default(),
     };
-    sandbox::Sandboxes::new(runtime, store, profiles, config.max_sandboxes_per_user).map_err(anyhow::Error::msg)
+    let limits =
+        sandbox::CreateLimits { per_user: config.max_sandboxes_per_user, per_sec: config.max_sandbox_creates_per_sec };
+    sandbox::Sandboxes::new(runtime, store, profiles, limits).map_err(anyhow::Error::msg)
 }
 
 /// Builds the axum router with the Socket.IO layer and the edge guard, over `runtime`.

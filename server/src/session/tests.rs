@@ -64,7 +64,7 @@ async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
 
 async fn started(sessions: &Arc<Sessions>, runtime: &Arc<EchoRuntime>) -> Arc<super::Terminal> {
     let target = runtime.resolve_target().await;
-    sessions.start(&owner(), target, &plan(Some(&["cat"])), None).await.unwrap().0
+    sessions.start(&owner(), target, &plan(Some(&["cat"])), None, None).await.unwrap().0
 }
 
 impl EchoRuntime {
@@ -171,19 +171,19 @@ async fn quotas_count_starting_and_running_terminals_and_failed_starts_give_thei
     let runtime = Arc::new(EchoRuntime::default());
     let sessions = Sessions::new(runtime.clone(), limits(Duration::from_secs(60)));
     let target = runtime.resolve_target().await;
-    let e = sessions.start(&owner(), target.clone(), &plan(Some(&["missing"])), None).await.unwrap_err();
+    let e = sessions.start(&owner(), target.clone(), &plan(Some(&["missing"])), None, None).await.unwrap_err();
     assert_eq!(e.code, ErrorCode::CommandNotFound);
     assert_eq!(e.message, "missing not found in container echo");
     let a = started(&sessions, &runtime).await;
     let _b = started(&sessions, &runtime).await;
-    let e = sessions.start(&owner(), target.clone(), &plan(Some(&["cat"])), None).await.unwrap_err();
+    let e = sessions.start(&owner(), target.clone(), &plan(Some(&["cat"])), None, None).await.unwrap_err();
     assert_eq!(e.code, ErrorCode::TooManyTerminals);
     // A user quota from the policy applies to another client of the same user.
     let other = OwnerId { user: "ann".into(), client: Owner::Socket("s9".into()) };
-    let e = sessions.start(&other, target.clone(), &plan(Some(&["cat"])), Some(2)).await.unwrap_err();
+    let e = sessions.start(&other, target.clone(), &plan(Some(&["cat"])), Some(2), None).await.unwrap_err();
     assert_eq!(e.code, ErrorCode::QuotaExceeded);
     sessions.close(&a, ExitReason::Closed).await.unwrap();
-    sessions.start(&owner(), target, &plan(Some(&["cat"])), None).await.unwrap();
+    sessions.start(&owner(), target, &plan(Some(&["cat"])), None, None).await.unwrap();
 }
 
 #[tokio::test]
@@ -194,7 +194,7 @@ async fn shutdown_ends_every_terminal_and_refuses_new_ones() {
     sessions.shutdown().await;
     assert!(matches!(a.phase(), Phase::Ended(Exit { reason: ExitReason::ServerShutdown, .. })));
     let target = runtime.resolve_target().await;
-    assert!(sessions.start(&owner(), target, &plan(None), None).await.is_err());
+    assert!(sessions.start(&owner(), target, &plan(None), None, None).await.is_err());
     assert_eq!(runtime.running(), 0);
 }
 

@@ -115,7 +115,9 @@ impl AppState {
         sandboxes: Arc<crate::sandbox::Sandboxes>,
         edge: Arc<crate::http::conn::Connections>,
     ) -> AppState {
-        AppState { sessions: Sessions::new(runtime, limits), sandboxes, security: Arc::new(security), edge }
+        let sessions = Sessions::new(runtime, limits);
+        sandboxes.use_sessions(&sessions);
+        AppState { sessions, sandboxes, security: Arc::new(security), edge }
     }
 
     /// The sandbox manager.

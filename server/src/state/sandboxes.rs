@@ -109,6 +109,20 @@ impl AppState {
 
     /// Makes a sandbox for `caller` from the profile named `profile`.
     pub async fn create_sandbox(&self, caller: &Caller, profile: &str) -> Result<Sandbox, ServiceError> {
+        let (sandbox, shell) = self.make_sandbox(caller, profile).await?;
+        if let Some(shell) = shell {
+            // Nobody asked for a terminal: the shell started ahead of time goes.
+            shell.end(self.sessions.runtime().clone(), self.sessions.pending_reaps().clone());
+        }
+        Ok(sandbox)
+    }
+
+    /// A sandbox for `caller`, audited; from the warm pool it comes with its login shell already running.
+    async fn make_sandbox(
+        &self,
+        caller: &Caller,
+        profile: &str,
+    ) -> Result<(Sandbox, Option<crate::session::Prelaunched>), ServiceError> {
         let result = async {
             let policy = self.policy();
             AppState::revoked_under(&policy, caller)?;
@@ -122,9 +136,9 @@ impl AppState {
         }
         .await;
         match result {
-            Ok(row) => {
+            Ok((row, shell)) => {
                 self.audit(on_sandbox(caller.record("sandbox.create", "allowed"), &row));
-                Ok(Sandboxes::describe(&row, "running"))
+                Ok((Sandboxes::describe(&row, "running"), shell))
             }
             Err(e) => {
                 let mut r = denied(caller, "sandbox.create", &e);
@@ -151,7 +165,7 @@ impl AppState {
             req.cols.unwrap_or(app::protocol::DEFAULT_COLS),
             req.rows.unwrap_or(app::protocol::DEFAULT_ROWS),
         )?;
-        let sandbox = self.create_sandbox(caller, &req.profile).await?;
+        let (sandbox, shell) = self.make_sandbox(caller, &req.profile).await?;
         let start = StartTerminal {
             container_id: sandbox.id.clone(),
             cols: req.cols,
@@ -159,7 +173,7 @@ impl AppState {
             command: None,
             flow_control: req.flow_control,
         };
-        match self.start(caller, seat, start).await {
+        match self.start_in(caller, seat, start, shell).await {
             Ok((attachment, terminal)) => Ok((attachment, SandboxCreated { sandbox, terminal })),
             Err(e) => {
                 if let Some(row) = self.sandbox_of(&sandbox.id) {

@@ -168,15 +168,30 @@ impl AppState {
         seat: &Seat,
         req: StartTerminal,
     ) -> Result<(Attachment, TerminalStarted), ServiceError> {
+        self.start_in(caller, seat, req, None).await
+    }
+
+    /// [`AppState::start`], with the process `pre` started ahead of time in the container when given.
+    pub(super) async fn start_in(
+        &self,
+        caller: &Caller,
+        seat: &Seat,
+        req: StartTerminal,
+        pre: Option<crate::session::Prelaunched>,
+    ) -> Result<(Attachment, TerminalStarted), ServiceError> {
         let mut seen: Option<ContainerTarget> = None;
         let result = async {
             let plan = StartPlan::check(&req)?;
-            let target = self.sessions.resolve(&plan).await?;
+            let target = match &pre {
+                // Just made and started by Porthole: no need to ask the daemon again.
+                Some(p) if p.target.id == plan.container_ref => p.target.clone(),
+                _ => self.sessions.resolve(&plan).await?,
+            };
             seen = Some(target.clone());
             // Hidden containers answer exactly like missing ones, whatever their state.
             let quota = self.authorize_start(caller, &target, &plan, &req)?;
             let owner = OwnerId { user: caller.principal.subject.clone(), client: seat.client.clone() };
-            self.sessions.start(&owner, target, &plan, quota).await
+            self.sessions.start(&owner, target, &plan, quota, pre).await
         }
         .await;
         match result {
