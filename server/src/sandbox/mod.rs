@@ -82,6 +82,20 @@ struct Inner {
     inherited: std::collections::HashSet<String>,
     /// Pool container name -> its login shell, started ahead of time so a claim's terminal starts at once.
     warm: HashMap<String, Prelaunched>,
+    /// Containers being made or claimed right now: the reconcile leaves them alone.
+    in_flight: std::collections::HashSet<String>,
+}
+
+/// Marks a container as being made or claimed until dropped.
+struct InFlight<'a> {
+    sandboxes: &'a Sandboxes,
+    name: String,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.sandboxes.lock().in_flight.remove(&self.name);
+    }
 }
 
 /// A user's create slot, counted against their quota until the sandbox is theirs (it then counts as a row)
@@ -215,6 +229,12 @@ impl Sandboxes {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Marks `name` in flight (call with it already recorded where the reconcile looks).
+    fn in_flight(&self, name: &str) -> InFlight<'_> {
+        self.lock().in_flight.insert(name.to_string());
+        InFlight { sandboxes: self, name: name.to_string() }
+    }
+
     /// This instance's id (the value of [`LABEL_INSTANCE`] on its containers).
     pub fn instance(&self) -> &str {
         &self.instance
@@ -323,10 +343,13 @@ impl Sandboxes {
     ) -> Result<Option<(Row, Option<Prelaunched>)>, ServiceError> {
         let user = reservation.user.as_str();
         loop {
-            let name = {
+            let (name, _claiming) = {
                 let mut inner = self.lock();
                 match inner.ready.get_mut(&profile.name).and_then(VecDeque::pop_front) {
-                    Some(n) => n,
+                    Some(n) => {
+                        inner.in_flight.insert(n.clone());
+                        (n.clone(), InFlight { sandboxes: self, name: n })
+                    }
                     None => return Ok(None),
                 }
             };
@@ -349,17 +372,28 @@ impl Sandboxes {
             row.kind = Kind::Owned;
             row.owner = user.to_string();
             row.created_at_ms = now;
-            row.expires_at_ms = now + profile.max_lifetime.as_millis() as u64;
+            row.expires_at_ms = now.saturating_add(profile.max_lifetime.as_millis() as u64);
             if let Err(e) = self.store.put(&row) {
                 // Never back to the pool once handed out, even when the hand-over failed.
                 self.discard(&name).await;
                 return Err(store_error(e));
             }
-            let mut inner = self.lock();
-            inner.idle_since.insert(name.clone(), Instant::now());
-            let shell = inner.warm.remove(&name);
-            inner.rows.insert(name, row.clone());
-            reservation.release(&mut inner);
+            let shell = {
+                let mut inner = self.lock();
+                inner.idle_since.insert(name.clone(), Instant::now());
+                let shell = inner.warm.remove(&name);
+                inner.rows.insert(name, row.clone());
+                reservation.release(&mut inner);
+                shell
+            };
+            // A shell that ended meanwhile is no use: the terminal starts a fresh one.
+            let shell = match shell {
+                Some(s) => {
+                    let exec_id = s.exec_id().to_string();
+                    self.runtime.inspect_exec(&exec_id).await.is_ok_and(|x| x.running).then_some(s)
+                }
+                None => None,
+            };
             tracing::info!(container = %row.name, profile = %profile.name, user, "pool container claimed");
             return Ok(Some((row, shell)));
         }
@@ -381,19 +415,26 @@ impl Sandboxes {
     /// Creates and starts a container for `profile` (`for_user` `None`: for the pool). A failure leaves nothing:
     /// the container is removed, or, when the daemon went away meanwhile, left to the next reconcile (its row
     /// stays `Creating`, which the reconcile removes).
-    async fn make(&self, for_user: Option<&Reservation<'_>>, profile: &Arc<Profile>) -> Result<Row, ServiceError> {
+    /// The caller holds `name` in flight (see [`Sandboxes::in_flight`]) from before this call until the container
+    /// is where it belongs (the user's, or the pool's ready list).
+    async fn make(
+        &self,
+        for_user: Option<&Reservation<'_>>,
+        profile: &Arc<Profile>,
+        name: String,
+    ) -> Result<Row, ServiceError> {
         let owner = for_user.map_or("", |r| r.user.as_str());
         let pooled = for_user.is_none();
         let now = now_ms();
         let mut row = Row {
-            name: Sandboxes::fresh_name(&profile.name),
+            name,
             id: String::new(),
             profile: profile.name.clone(),
             kind: Kind::Creating,
             owner: owner.to_string(),
             image: profile.image.clone(),
             created_at_ms: now,
-            expires_at_ms: now + profile.max_lifetime.as_millis() as u64,
+            expires_at_ms: now.saturating_add(profile.max_lifetime.as_millis() as u64),
         };
         self.store.put(&row).map_err(store_error)?;
         self.lock().rows.insert(row.name.clone(), row.clone());
@@ -442,7 +483,9 @@ impl Sandboxes {
             .acquire()
             .await
             .map_err(|_| ServiceError::new(ErrorCode::Internal, "the server is shutting down"))?;
-        let row = self.make(Some(reservation), profile).await?;
+        let name = Sandboxes::fresh_name(&profile.name);
+        let _making = self.in_flight(&name);
+        let row = self.make(Some(reservation), profile, name.clone()).await?;
         tracing::info!(container = %row.name, profile = %profile.name, user, "sandbox created");
         Ok(row)
     }
@@ -450,8 +493,12 @@ impl Sandboxes {
     /// Removes one of this instance's containers and forgets it. When the daemon is away the row stays (marked
     /// for removal on the next reconcile, unless it is a user's sandbox, which stays theirs).
     async fn discard(&self, name: &str) {
-        // Its shell, if any, goes with the container.
-        drop(self.lock().warm.remove(name));
+        {
+            // Its shell, if any, goes with the container; and it is nobody's to claim any more.
+            let mut inner = self.lock();
+            drop(inner.warm.remove(name));
+            inner.ready.values_mut().for_each(|q| q.retain(|n| n != name));
+        }
         let Some(row) = self.lock().rows.get(name).cloned() else { return };
         let target = if row.id.is_empty() { row.name.clone() } else { row.id.clone() };
         match self.remove_labelled(&target).await {
@@ -494,28 +541,42 @@ impl Sandboxes {
     }
 
     /// Removes a user's sandbox: its terminals end with `reason`, then the container goes (with its anonymous
-    /// volumes), then the record. Fails only when the daemon cannot be reached; the sandbox then stays.
-    pub async fn remove(&self, sessions: &Sessions, row: &Row, reason: ExitReason) -> Result<(), ServiceError> {
+    /// volumes), then the record. Fails only when the daemon cannot be reached; the sandbox then stays. The work
+    /// runs on its own task, so a caller that goes away (a client hanging up) does not leave it half done.
+    /// Returns whether this call removed it (`false`: another removal of it was under way and has finished).
+    pub async fn remove(
+        self: &Arc<Self>,
+        sessions: &Arc<Sessions>,
+        row: &Row,
+        reason: ExitReason,
+    ) -> Result<bool, ServiceError> {
         if !self.lock().removing.insert(row.name.clone()) {
-            return Ok(());
+            return Ok(false);
         }
-        let result = async {
-            let terminals: Vec<_> =
-                sessions.all().into_iter().filter(|t| t.container_id() == row.id && !t.has_ended()).collect();
-            futures_util::future::join_all(terminals.iter().map(|t| sessions.close(t, reason))).await;
-            self.remove_labelled(&row.id).await.map_err(ServiceError::from_runtime)?;
-            self.store.delete(&row.name).map_err(store_error)?;
-            let mut inner = self.lock();
-            inner.rows.remove(&row.name);
-            inner.idle_since.remove(&row.name);
-            Ok(())
+        let (me, sessions, row) = (self.clone(), sessions.clone(), row.clone());
+        let work = tokio::spawn(async move {
+            let result = async {
+                let terminals: Vec<_> =
+                    sessions.all().into_iter().filter(|t| t.container_id() == row.id && !t.has_ended()).collect();
+                futures_util::future::join_all(terminals.iter().map(|t| sessions.close(t, reason))).await;
+                me.remove_labelled(&row.id).await.map_err(ServiceError::from_runtime)?;
+                me.store.delete(&row.name).map_err(store_error)?;
+                let mut inner = me.lock();
+                inner.rows.remove(&row.name);
+                inner.idle_since.remove(&row.name);
+                Ok(())
+            }
+            .await;
+            me.lock().removing.remove(&row.name);
+            if result.is_ok() {
+                tracing::info!(container = %row.name, owner = %row.owner, %reason, "sandbox removed");
+            }
+            result
+        });
+        match work.await {
+            Ok(result) => result.map(|()| true),
+            Err(_) => Err(ServiceError::new(ErrorCode::Internal, "the removal was interrupted")),
         }
-        .await;
-        self.lock().removing.remove(&row.name);
-        if result.is_ok() {
-            tracing::info!(container = %row.name, owner = %row.owner, %reason, "sandbox removed");
-        }
-        result
     }
 
     /// Starts pool containers where a profile has fewer ready or coming than it asks for.
@@ -540,8 +601,10 @@ impl Sandboxes {
         for profile in wanted {
             let me = self.clone();
             tokio::spawn(async move {
+                let name = Sandboxes::fresh_name(&profile.name);
+                let _making = me.in_flight(&name);
                 let made = match me.refills.clone().acquire_owned().await {
-                    Ok(_turn) => match me.make(None, &profile).await {
+                    Ok(_turn) => match me.make(None, &profile, name.clone()).await {
                         Ok(row) => {
                             let shell = me.prelaunch(&row).await;
                             Ok((row, shell))
@@ -550,11 +613,17 @@ impl Sandboxes {
                     },
                     Err(_) => return,
                 };
+                // Made from a profile that changed or went away meanwhile (a reload): not for anyone.
+                let current = me.profiles().get(&profile.name).is_some_and(|p| **p == *profile);
+                if let (Ok((row, _)), false) = (&made, current) {
+                    me.discard(&row.name).await;
+                }
                 let mut inner = me.lock();
                 if let Some(n) = inner.filling.get_mut(&profile.name) {
                     *n = n.saturating_sub(1);
                 }
                 match made {
+                    Ok(_) if !current => {}
                     Ok((row, shell)) => {
                         if let Some(shell) = shell {
                             inner.warm.insert(row.name.clone(), shell);
@@ -592,6 +661,7 @@ impl Sandboxes {
     /// containers not running or left from before a restart are removed; sandboxes whose container is gone
     /// are forgotten; the pools are refilled.
     pub async fn reconcile(self: &Arc<Self>) -> Result<(), RuntimeError> {
+        let names: Vec<String> = self.lock().rows.keys().cloned().collect();
         let containers = self.runtime.list_containers().await?;
         let ours: HashMap<&str, &app::protocol::ContainerSummary> = containers
             .iter()
@@ -599,20 +669,34 @@ impl Sandboxes {
             .map(|c| (c.name.as_str(), c))
             .collect();
         self.adopted.store(true, std::sync::atomic::Ordering::SeqCst);
-        let rows: Vec<Row> = self.lock().rows.values().cloned().collect();
-        let ready: std::collections::HashSet<String> = self.lock().ready.values().flatten().cloned().collect();
-        for row in rows {
-            let container = ours.get(row.name.as_str());
-            // Left by an earlier run: its pool and half-made containers go; its users' sandboxes are adopted.
-            let first = self.lock().inherited.remove(&row.name);
+        for name in names {
+            // Decided on the row as it is now, not as it was when the list was taken; a container being made,
+            // claimed or removed right now is left to whoever is doing that.
+            let (row, first, ready) = {
+                let mut inner = self.lock();
+                let Some(row) = inner.rows.get(&name).cloned() else { continue };
+                if inner.in_flight.contains(&name) || inner.removing.contains(&name) {
+                    continue;
+                }
+                // Left by an earlier run: its pool and half-made containers go; its users' sandboxes are adopted.
+                let first = inner.inherited.remove(&name);
+                let ready = inner.ready.values().any(|q| q.contains(&name));
+                (row, first, ready)
+            };
+            let container = ours.get(name.as_str());
             match row.kind {
                 Kind::Owned => {
-                    if container.is_none() && !self.lock().removing.contains(&row.name) {
-                        tracing::info!(container = %row.name, owner = %row.owner, "sandbox is gone from the daemon; forgetting it");
-                        let _ = self.store.delete(&row.name);
-                        let mut inner = self.lock();
-                        inner.rows.remove(&row.name);
-                        inner.idle_since.remove(&row.name);
+                    if container.is_none() {
+                        // Listed before this row was made, or really gone: only the daemon's "no such container"
+                        // forgets it.
+                        let target = if row.id.is_empty() { row.name.clone() } else { row.id.clone() };
+                        if let Err(RuntimeError::NotFound(_)) = self.runtime.resolve(&target).await {
+                            tracing::info!(container = %row.name, owner = %row.owner, "sandbox is gone from the daemon; forgetting it");
+                            let _ = self.store.delete(&row.name);
+                            let mut inner = self.lock();
+                            inner.rows.remove(&row.name);
+                            inner.idle_since.remove(&row.name);
+                        }
                     } else if first {
                         tracing::info!(container = %row.name, owner = %row.owner, "sandbox adopted");
                         self.lock().idle_since.insert(row.name.clone(), Instant::now());
@@ -620,29 +704,17 @@ impl Sandboxes {
                 }
                 Kind::Pooled => {
                     let healthy = container.is_some_and(|c| c.state == "running");
-                    if first || !healthy || !ready.contains(&row.name) && !self.filling_now(&row.profile) {
-                        self.lock().ready.values_mut().for_each(|q| q.retain(|n| *n != row.name));
+                    if first || !healthy || !ready {
                         self.discard(&row.name).await;
                     }
                 }
-                Kind::Creating => {
-                    // Being made right now by this process, or left over from before.
-                    if first || !self.filling_now(&row.profile) && !self.reserved_by(&row.owner) {
-                        self.discard(&row.name).await;
-                    }
-                }
+                // Not being made (that would be in flight): left by a create that failed while the daemon was away,
+                // or by an earlier run.
+                Kind::Creating => self.discard(&row.name).await,
             }
         }
         self.refill();
         Ok(())
-    }
-
-    fn filling_now(&self, profile: &str) -> bool {
-        self.lock().filling.get(profile).copied().unwrap_or(0) > 0
-    }
-
-    fn reserved_by(&self, user: &str) -> bool {
-        !user.is_empty() && self.lock().reserved.contains_key(user)
     }
 
     /// Sandboxes due to go: past their max lifetime, or idle (no running terminal) for their idle timeout.
@@ -696,7 +768,8 @@ impl Sandboxes {
             }
             for row in self.due(&sessions) {
                 match self.remove(&sessions, &row, ExitReason::SandboxExpired).await {
-                    Ok(()) => expired(&row),
+                    Ok(true) => expired(&row),
+                    Ok(false) => {}
                     Err(e) => {
                         tracing::warn!(container = %row.name, error = %e.message, "could not remove an expired sandbox")
                     }

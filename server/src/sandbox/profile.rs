@@ -23,6 +23,8 @@ pub const MAX_MOUNTS: usize = 16;
 /// Under gVisor the host's pids limit counts the sandbox kernel's own threads (about 40 when idle, about 10 per
 /// process inside; measured), so a lower limit makes the sandbox itself fail.
 pub const MIN_GVISOR_PIDS: u64 = 256;
+/// Longest `idle_timeout` and `max_lifetime`.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Docker refuses memory limits below 6 MiB.
 const MIN_MEMORY_BYTES: u64 = 6 * 1024 * 1024;
 /// tmpfs size at `/tmp` and the home directory when a read-only profile names no tmpfs.
@@ -116,6 +118,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         humantime::parse_duration(s.trim()).map_err(|e| format!("{s:?} is not a duration like 90s, 10m or 8h: {e}"))?;
     if d < Duration::from_secs(1) {
         return Err(format!("duration {s:?} is shorter than a second"));
+    }
+    if d > MAX_DURATION {
+        return Err(format!("duration {s:?} is longer than a year"));
     }
     Ok(d)
 }
@@ -396,6 +401,7 @@ mod tests {
         assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86400)));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("10ms").is_err());
+        assert!(parse_duration("100000d").is_err());
     }
 
     #[test]

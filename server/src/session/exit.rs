@@ -123,7 +123,8 @@ async fn container_after_exit(
     exit_code: Option<i64>,
     lifecycle: Lifecycle,
 ) -> Result<ContainerTarget, RuntimeError> {
-    let looks_killed = exit_code.is_none_or(|c| c > 128);
+    // 128 + n: killed by signal n; exactly 128 is what gVisor reports for a process whose sandbox died.
+    let looks_killed = exit_code.is_none_or(|c| c >= 128);
     let checks = if looks_killed && lifecycle == Lifecycle::Shared { CONTAINER_STOP_CHECKS } else { 1 };
     let mut last = runtime.resolve(container_id).await;
     for _ in 1..checks {

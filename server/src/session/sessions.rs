@@ -50,6 +50,11 @@ pub struct Prelaunched {
 }
 
 impl Prelaunched {
+    /// Docker's id of its exec.
+    pub fn exec_id(&self) -> &str {
+        &self.launched.stream.exec_id
+    }
+
     /// Nobody will use it: its processes are ended (in the background).
     pub fn end(self, runtime: Arc<dyn ContainerRuntime>, pending: PendingReaps) {
         let Prelaunched { id, target, launched } = self;
@@ -178,8 +183,12 @@ impl Sessions {
         user_quota: Option<usize>,
         pre: Option<Prelaunched>,
     ) -> Result<(Arc<Terminal>, TerminalStarted), ServiceError> {
-        self.refuse_when_shutting_down()?;
-        self.directory.reserve(owner, user_quota)?;
+        if let Err(e) = self.refuse_when_shutting_down().and_then(|()| self.directory.reserve(owner, user_quota)) {
+            if let Some(pre) = pre {
+                pre.end(self.runtime.clone(), self.pending_reaps.clone());
+            }
+            return Err(e);
+        }
         let mut reservation = Reservation { directory: self.directory.as_ref(), owner: owner.clone(), kept: false };
         let (id, Launched { stream, command }) = match pre {
             Some(pre) if plan.command.is_none() => (pre.id, pre.launched),

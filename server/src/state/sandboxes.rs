@@ -81,9 +81,15 @@ impl AppState {
                 g.login_shell = true;
                 g.commands = Commands::Any;
                 g.manage = true;
+                // Others' terminals in their own sandbox (a colleague who may manage it opened one) too.
+                g.shared = Some(Level::Interact);
                 Some(g)
             }
-            Some(Known::Sandbox(_)) => by_rules.filter(|g| g.shared.is_some()),
+            // Someone else's: at the level of the shared rule that shows it, never more.
+            Some(Known::Sandbox(_)) => by_rules.and_then(|mut g| {
+                g.level = g.shared?;
+                Some(g)
+            }),
         }
     }
 
@@ -231,6 +237,7 @@ impl AppState {
                     format!("sandbox {} belongs to {}; you may not remove it", row.name, row.owner),
                 ));
             }
+            // `false`: someone else's removal of it was under way, and is done.
             self.sandboxes.remove(&self.sessions, &row, ExitReason::SandboxRemoved).await?;
             Ok(row)
         }
