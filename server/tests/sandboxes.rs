@@ -616,3 +616,52 @@ async fn sandboxes_survive_crashes_and_restarts_and_pools_are_replaced() {
     assert_eq!(api.remove(&mine.id).await, (204, String::new()));
     assert!(inspect(&lookalike.id).is_some(), "the look-alike was never touched");
 }
+
+#[tokio::test]
+async fn profiles_are_reread_on_sighup_and_bad_ones_refused() {
+    use common::process::ServerProcess;
+    init_tracing();
+    let profiles = profiles_file("[profile.first]\nimage = \"IMAGE\"\n");
+    let mut server = ServerProcess::start(&["--sandboxes", profiles.to_str().unwrap()]);
+    let names = || async {
+        let list: Vec<app::protocol::SandboxProfile> = http()
+            .get(format!("{}/api/v1/sandbox-profiles", server.base_url()))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        list.into_iter().map(|p| p.name).collect::<Vec<_>>()
+    };
+    assert_eq!(names().await, ["first"]);
+    let hup = |pid: u32| std::process::Command::new("kill").args(["-HUP", &pid.to_string()]).status().unwrap();
+    std::fs::write(&profiles, format!("[profile.second]\nimage = {:?}\n", bash_image())).unwrap();
+    hup(server.pid());
+    eventually("the new profiles in force", || async { names().await == ["second"] }).await;
+    // A broken file keeps the profiles in force, and says why.
+    std::fs::write(&profiles, "[profile.third]\nimage = 5\n").unwrap();
+    hup(server.pid());
+    assert!(server.audit_eventually_contains(r#""action":"sandboxes.reload","outcome":"denied""#, PATIENCE).await);
+    assert_eq!(names().await, ["second"]);
+    // So does a runtime the daemon lacks.
+    std::fs::write(&profiles, format!("[profile.third]\nimage = {:?}\nruntime = \"no-such-runtime\"\n", bash_image()))
+        .unwrap();
+    hup(server.pid());
+    assert!(server.log_eventually_contains("no-such-runtime", PATIENCE).await, "{}", server.log_text());
+    assert_eq!(names().await, ["second"]);
+    assert!(server.stop_with("TERM").success());
+
+    // At start, a profile naming a runtime the daemon lacks stops the server with a clear message.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_porthole"))
+        .args(["--listen", "127.0.0.1:0", "--token", TEST_TOKEN, "--audit-log", "/dev/null", "--sandboxes"])
+        .arg(&profiles)
+        .arg("--state-dir")
+        .arg(tempdir("refused-state"))
+        .env_remove("PORTHOLE_SANDBOXES")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("profile third") && err.contains("no-such-runtime") && err.contains("runc"), "{err}");
+}
