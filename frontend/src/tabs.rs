@@ -99,6 +99,9 @@ pub struct Ui {
     pub drawer: RwSignal<bool>,
     /// The key bar's Ctrl is held for the next key.
     pub ctrl: RwSignal<bool>,
+    /// Bumped to have the container list fetched again (after this window made, removed or managed one: Docker's
+    /// events about a sandbox can come before it is this user's to see).
+    pub list_version: RwSignal<u32>,
 }
 
 fn prefers_dark() -> bool {
@@ -122,7 +125,13 @@ impl Ui {
             dark: RwSignal::new(prefers_dark()),
             drawer: RwSignal::new(false),
             ctrl: RwSignal::new(false),
+            list_version: RwSignal::new(0),
         }
+    }
+
+    /// Fetches the container list again.
+    pub fn refresh_list(&self) {
+        self.list_version.update(|v| *v = v.wrapping_add(1));
     }
 
     pub fn client(&self) -> Client {

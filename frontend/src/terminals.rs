@@ -166,6 +166,7 @@ impl Ui {
                     let req = protocol::CreateSandbox { profile, cols, rows, flow_control: true };
                     ui.client().request::<event::CreateSandbox>(&req).await.map(|created| {
                         ui.rename_tab(key, created.sandbox.id, created.sandbox.name);
+                        ui.refresh_list();
                         created.terminal
                     })
                 }
@@ -220,6 +221,7 @@ impl Ui {
             if let Err(e) = ui.client().request::<E>(&payload).await {
                 ui.notice.set(Some(e.message));
             }
+            ui.refresh_list();
         });
     }
 

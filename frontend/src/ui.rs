@@ -236,13 +236,17 @@ fn shortcut(e: &web_sys::KeyboardEvent) -> Option<Shortcut> {
 #[component]
 pub fn App() -> impl IntoView {
     let ui = Ui::new();
-    let containers = LocalResource::new(|| async {
-        app::api::list_containers().await.map_err(|e| {
-            ListError(match e {
-                leptos::prelude::ServerFnError::ServerError(m) => m,
-                other => other.to_string(),
+    let containers = LocalResource::new(move || {
+        // Tracked: bumping it fetches the list again.
+        ui.list_version.track();
+        async {
+            app::api::list_containers().await.map_err(|e| {
+                ListError(match e {
+                    leptos::prelude::ServerFnError::ServerError(m) => m,
+                    other => other.to_string(),
+                })
             })
-        })
+        }
     });
     let refresh = move || containers.refetch();
 
