@@ -227,6 +227,7 @@ pub async fn start_with_runtime(config: &Config, runtime: Arc<dyn ContainerRunti
     let addr = listener.local_addr()?;
     let stop = CancellationToken::new();
     tokio::spawn(watch::container_events(runtime, io.clone(), state.clone(), stop.clone()));
+    tokio::spawn(watch::container_notices(io.clone(), state.clone(), stop.clone()));
     tokio::spawn(refusals::Refusals::run(state.clone(), stop.clone()));
     {
         let (state, stop) = (state.clone(), stop.clone());

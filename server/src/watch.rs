@@ -69,6 +69,24 @@ pub async fn container_events(
     }
 }
 
+/// Passes on the service layer's container notices (a sandbox that became someone's) until `stop`.
+pub async fn container_notices(io: SocketIo, state: AppState, stop: CancellationToken) {
+    let mut notices = state.container_notices();
+    loop {
+        let next = tokio::select! {
+            n = notices.recv() => n,
+            _ = stop.cancelled() => return,
+        };
+        match next {
+            Ok(e) => send(&io, &state, &e.change, Some(&e)),
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                tracing::debug!(missed = n, "container notices missed");
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
 /// Emits `change` to every socket whose user may see the container (`about`); to all for a resync.
 fn send(io: &SocketIo, state: &AppState, change: &ContainersChanged, about: Option<&ContainerEvent>) {
     for socket in io.sockets() {

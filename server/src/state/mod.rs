@@ -24,6 +24,10 @@ use crate::docker::ContainerRuntime;
 use crate::error::ServiceError;
 use crate::session::{Limits, Sessions, Terminal};
 
+/// Container notices queued for the socket layer; a slower reader misses the oldest (and its clients refresh
+/// on the next event).
+pub const NOTICE_QUEUE: usize = 64;
+
 /// Who is asking, and from where.
 #[derive(Debug, Clone)]
 pub struct Caller {
@@ -80,6 +84,8 @@ impl Security {
 pub struct AppState {
     sessions: Arc<Sessions>,
     sandboxes: Arc<crate::sandbox::Sandboxes>,
+    /// Container changes Docker's events cannot tell (a sandbox becoming someone's), for `watch` to pass on.
+    notices: tokio::sync::broadcast::Sender<crate::docker::ContainerEvent>,
     security: Arc<Security>,
     edge: Arc<crate::http::conn::Connections>,
 }
@@ -117,7 +123,13 @@ impl AppState {
     ) -> AppState {
         let sessions = Sessions::new(runtime, limits);
         sandboxes.use_sessions(&sessions);
-        AppState { sessions, sandboxes, security: Arc::new(security), edge }
+        let notices = tokio::sync::broadcast::channel(NOTICE_QUEUE).0;
+        AppState { sessions, sandboxes, notices, security: Arc::new(security), edge }
+    }
+
+    /// Container changes to pass on to the clients that may see the container, besides Docker's own events.
+    pub fn container_notices(&self) -> tokio::sync::broadcast::Receiver<crate::docker::ContainerEvent> {
+        self.notices.subscribe()
     }
 
     /// The sandbox manager.

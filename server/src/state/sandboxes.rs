@@ -144,6 +144,13 @@ impl AppState {
         match result {
             Ok((row, shell)) => {
                 self.audit(on_sandbox(caller.record("sandbox.create", "allowed"), &row));
+                // Docker's create and start events came while it was nobody's to see: say it exists now.
+                let labels = std::collections::BTreeMap::from([
+                    (app::protocol::LABEL_PROFILE.to_string(), row.profile.clone()),
+                    (app::protocol::LABEL_INSTANCE.to_string(), self.sandboxes.instance().to_string()),
+                ]);
+                let change = app::protocol::ContainersChanged { container_id: row.id.clone(), action: "create".into() };
+                let _ = self.notices.send(crate::docker::ContainerEvent { change, name: row.name.clone(), labels });
                 Ok((Sandboxes::describe(&row, "running"), shell))
             }
             Err(e) => {
