@@ -101,7 +101,8 @@ impl Conn {
         self.reply(socket, state, Box::new(move |s: &Arc<Socket>| s.emit(E::NAME, &payload)));
     }
 
-    /// The client stopped reading and its reply queue is full: disconnect it (once), so it can resume.
+    /// The client stopped reading (its reply queue is full, or its replies stalled): disconnect it (once), so it
+    /// can resume.
     pub fn overflow(&self, socket: &Arc<Socket>, state: &AppState) {
         if self.seat.gone.is_cancelled() {
             return;
@@ -114,9 +115,10 @@ impl Conn {
         );
         state.audit(crate::audit::Record {
             reason: Some(format!(
-                "socket {} disconnected: outbound_overflow (more than {} replies waiting)",
+                "socket {} disconnected: outbound_overflow (more than {} replies waiting, or none delivered for {} s)",
                 self.sid,
-                outbox::MAX_QUEUED_REPLIES
+                outbox::MAX_QUEUED_REPLIES,
+                outbox::MAX_REPLY_STALL.as_secs()
             )),
             code: Some("outbound_overflow".into()),
             ..self.caller.record("connect", "denied")

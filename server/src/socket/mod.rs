@@ -209,6 +209,15 @@ fn on_connect(socket: Arc<Socket>, auth: ClientAuth, state: AppState, caller: Ca
         rate: governor::RateLimiter::direct(governor::Quota::per_second(per_sec).allow_burst(burst)),
         outbox: Default::default(),
     });
+    {
+        // Weak handles: the socket holds its handlers, which hold the connection, which holds the outbox.
+        let (weak_conn, weak_socket, state) = (Arc::downgrade(&conn), Arc::downgrade(&socket), state.clone());
+        conn.outbox.on_stall(move || {
+            if let (Some(conn), Some(socket)) = (weak_conn.upgrade(), weak_socket.upgrade()) {
+                conn.overflow(&socket, &state);
+            }
+        });
+    }
     let span = tracing::info_span!("socket", sid = %socket.id, transport = ?socket.transport_type(), user = %crate::refusals::clip(&conn.caller.principal.subject), client = %client, version);
     tracing::info!(parent: &span, "connected");
     events::register(&socket, &state, &conn, &span);

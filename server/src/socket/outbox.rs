@@ -4,7 +4,9 @@
 //! output is held back (its own flow control), so an answer is never stuck behind a flood of output.
 //!
 //! A client that lets the queue overflow is not reading: it is disconnected with the reason
-//! `outbound_overflow` (its terminals stay resumable, as after any disconnect). Nothing here retries a single
+//! `outbound_overflow` (its terminals stay resumable, as after any disconnect). So is one whose waiting replies
+//! make no progress for [`MAX_REPLY_STALL`], however few: a client that reads nothing can also stop the server
+//! reading from it (its writes blocked), and then no further request would ever fill the queue. Nothing here retries a single
 //! reply on its own timer, so a flood of requests costs at most the queue, not a task per request.
 
 use std::collections::VecDeque;
@@ -18,6 +20,9 @@ use socketioxide::{SendError, SocketError};
 
 /// Most replies waiting for room in one socket's send queue.
 pub const MAX_QUEUED_REPLIES: usize = 256;
+/// Longest time replies may wait without one of them getting into the send queue before the client counts as not
+/// reading (a client reading even slowly frees a slot within milliseconds).
+pub const MAX_REPLY_STALL: Duration = Duration::from_secs(8);
 /// How often the draining task tries again while the send queue is full.
 const DRAIN_RETRY: Duration = Duration::from_millis(5);
 
@@ -45,6 +50,8 @@ pub struct Outbox {
     waiting: AtomicUsize,
     draining: AtomicBool,
     overflowed: AtomicBool,
+    /// Called (once) when waiting replies stalled for [`MAX_REPLY_STALL`]: disconnects the socket.
+    on_stall: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
 
 impl std::fmt::Debug for Outbox {
@@ -54,6 +61,11 @@ impl std::fmt::Debug for Outbox {
 }
 
 impl Outbox {
+    /// What to do when waiting replies stall (set once, by the socket's connection).
+    pub fn on_stall(&self, f: impl Fn() + Send + Sync + 'static) {
+        let _ = self.on_stall.set(Box::new(f));
+    }
+
     /// Whether replies are waiting (terminal output holds back while they do).
     pub fn busy(&self) -> bool {
         self.waiting.load(Ordering::SeqCst) > 0
@@ -96,6 +108,7 @@ impl Outbox {
 
     /// Moves waiting replies into the send queue as room appears; ends when none wait or the socket closed.
     async fn drain(self: Arc<Self>, socket: Arc<Socket>) {
+        let mut progress = tokio::time::Instant::now();
         loop {
             {
                 let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
@@ -103,6 +116,7 @@ impl Outbox {
                     match front(&socket) {
                         Ok(()) | Err(SendError::Serialize(_)) => {
                             queue.pop_front();
+                            progress = tokio::time::Instant::now();
                         }
                         Err(SendError::Socket(SocketError::InternalChannelFull)) => break,
                         Err(SendError::Socket(SocketError::Closed)) => queue.clear(),
@@ -120,6 +134,12 @@ impl Outbox {
                 self.waiting.store(0, Ordering::SeqCst);
                 self.draining.store(false, Ordering::SeqCst);
                 return;
+            }
+            if progress.elapsed() >= MAX_REPLY_STALL && !self.overflowed.swap(true, Ordering::SeqCst) {
+                tracing::debug!(waiting = self.waiting.load(Ordering::SeqCst), "replies stalled");
+                if let Some(f) = self.on_stall.get() {
+                    f();
+                }
             }
             tokio::time::sleep(DRAIN_RETRY).await;
         }
