@@ -217,7 +217,7 @@ async fn a_busy_loop_gets_no_more_than_its_cpus() {
         let cpus = (u1 - u0) as f64 / (t1 - t0).as_nanos() as f64;
         // CFS quota periods are 100 ms; over 4 s the average is within a few percent of the limit.
         assert!(cpus <= 0.5 * 1.15, "{profile}: a cpus = 0.5 sandbox used {cpus:.2} CPUs");
-        assert!(cpus >= 0.2, "{profile}: the loops ran ({cpus:.2} CPUs): the measurement measures something");
+        assert!(cpus >= 0.3, "{profile}: the loops ran ({cpus:.2} CPUs): the measurement measures something");
         let api = Rest { base: base_url(&server), http: http() };
         assert_eq!(api.remove(&s.sandbox.id).await, (204, String::new()));
     }
