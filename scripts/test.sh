@@ -19,6 +19,10 @@ scripts/testbed.sh
 stale=$(docker ps -aq --filter label=porthole.test)
 if [ -n "$stale" ]; then docker rm -f $stale >/dev/null; fi
 
+step "reference asciicast parser (PyPI asciinema 2.4.0, in a venv)"
+PORTHOLE_ASCIINEMA_PYTHON=$(scripts/asciinema-venv.sh)
+export PORTHOLE_ASCIINEMA_PYTHON
+
 step "toolchain (wasm target, trunk, wasm-bindgen, npm packages, chromium)"
 rustup component list --installed | grep -q '^clippy' || rustup component add clippy
 rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt

@@ -22,7 +22,9 @@ pub const MIN_PROTOCOL_VERSION: u32 = 1;
 /// Longest accepted `clientId`, in bytes.
 pub const MAX_CLIENT_ID_LEN: usize = 128;
 
+mod recording;
 mod sandbox;
+pub use recording::*;
 pub use sandbox::*;
 
 /// Socket.IO namespace every event travels on.
@@ -161,6 +163,12 @@ pub mod rest {
     pub const CONTAINER_STOP: &str = "/api/v1/containers/{id}/stop";
     /// `POST` (204): restarts a container.
     pub const CONTAINER_RESTART: &str = "/api/v1/containers/{id}/restart";
+    /// `GET`: recordings the caller may see, newest first ([`super::Recording`] list; filters and paging in
+    /// [`super::RecordingQuery`]).
+    pub const RECORDINGS: &str = "/api/v1/recordings";
+    /// `GET /api/v1/recordings/{id}` (metadata), `{id}.cast` (the asciicast file, `?follow=true` to stream a
+    /// live one), `{id}.txt` (the transcript); `DELETE` (204) removes one (`recordings = "all"` only).
+    pub const RECORDING: &str = "/api/v1/recordings/{file}";
 
     /// The concrete path of one terminal.
     pub fn terminal(id: &super::TerminalId) -> String {
@@ -525,6 +533,10 @@ pub enum ErrorCode {
     UnknownProfile,
     /// The profile's image is not present on the Docker host (nothing is ever pulled).
     ImageNotFound,
+    /// No recording with this id exists, or the caller may not see it (the same answer).
+    UnknownRecording,
+    /// The recording is still being written (it cannot be removed yet).
+    RecordingInProgress,
     /// Anything else; the message says what.
     Internal,
 }
@@ -556,6 +568,8 @@ impl ErrorCode {
             ErrorCode::SignInTimeout => "sign_in_timeout",
             ErrorCode::UnknownProfile => "unknown_profile",
             ErrorCode::ImageNotFound => "image_not_found",
+            ErrorCode::UnknownRecording => "unknown_recording",
+            ErrorCode::RecordingInProgress => "recording_in_progress",
             ErrorCode::Internal => "internal",
         }
     }

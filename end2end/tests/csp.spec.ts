@@ -2,20 +2,16 @@
 // and markup that a container or an identity provider controls shows as text (no element, no script, no alert).
 import { test, expect, type Page } from '@playwright/test';
 import { expectScreen, picker, screen, type } from './terminal';
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { createHash, createHmac, randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { signIn } from './auth';
 import { BASH_IMAGE, containerName, removeAll, startContainer } from './docker';
+import { JwtServer } from './servers';
 
 /** What an attacker would put into a string the UI shows. */
 const MARKUP = '<img src=x onerror=alert(1)>';
 
-const bin = process.env.PORTHOLE_BIN ?? '../target/release/porthole';
 const jwtPort = Number(process.env.PORTHOLE_E2E_JWT_PORT ?? 7183);
-const jwtOrigin = `http://127.0.0.1:${jwtPort}`;
 
 test.afterEach(() => removeAll());
 
@@ -160,66 +156,21 @@ test('Docker refuses markup in container names and image names, so the picker ca
   expect(docker('tag', BASH_IMAGE, `porthole-e2e/${MARKUP}:1`)).toThrow(/invalid reference format/);
 });
 
-/** An HS256 JWT (RFC 7519) signed with `secret`, minted with node's crypto only. */
-function hs256(claims: Record<string, unknown>, secret: Buffer): string {
-  const part = (v: unknown) => Buffer.from(JSON.stringify(v)).toString('base64url');
-  const unsigned = `${part({ alg: 'HS256', typ: 'JWT' })}.${part(claims)}`;
-  return `${unsigned}.${createHmac('sha256', secret).update(unsigned).digest('base64url')}`;
-}
-
 test.describe('a JWT subject with markup', () => {
-  let server: ChildProcess | undefined;
-  let dir = '';
-  const secret = randomBytes(48);
+  const jwt = new JwtServer(jwtPort);
 
-  test.beforeAll(async () => {
-    dir = mkdtempSync(join(tmpdir(), 'porthole-csp-'));
-    writeFileSync(join(dir, 'secret'), secret, { mode: 0o600 });
-    // The identity provider's user may use the suite's containers, like the shared server's "local".
-    writeFileSync(
-      join(dir, 'policy.toml'),
-      `[[rule]]\nsubjects = [${JSON.stringify(MARKUP)}]\ncontainers = ["porthole-e2e-*"]\ncommands = "any"\n`,
-    );
-    server = spawn(
-      bin,
-      [
-        ...['--listen', `127.0.0.1:${jwtPort}`, '--jwt-secret-file', join(dir, 'secret')],
-        ...['--policy', join(dir, 'policy.toml'), '--audit-log', join(dir, 'audit.log')],
-      ],
-      { stdio: 'ignore', env: { ...process.env, RUST_LOG: 'warn' } },
-    );
-    const exited = new Promise<never>((_, reject) =>
-      server!.on('exit', (code) => reject(new Error(`the JWT server exited (${code})`))),
-    );
-    // Only a start-up failure counts; the exit at afterAll must not become an unhandled rejection.
-    exited.catch(() => {});
-    const up = (async () => {
-      // Started within this bound on a loaded 2-core machine, or the test fails.
-      const deadline = Date.now() + 20_000;
-      while (Date.now() < deadline) {
-        try {
-          if ((await fetch(`${jwtOrigin}/healthz`)).ok) return;
-        } catch {
-          /* not listening yet */
-        }
-        await new Promise((r) => setTimeout(r, 100));
-      }
-      throw new Error(`the JWT server did not answer on ${jwtOrigin}/healthz`);
-    })();
-    await Promise.race([up, exited]);
-  });
-
-  test.afterAll(() => {
-    server?.kill('SIGTERM');
-    if (dir) rmSync(dir, { recursive: true, force: true });
-  });
+  // The identity provider's user may use the suite's containers, like the shared server's "local".
+  test.beforeAll(() =>
+    jwt.start(`[[rule]]\nsubjects = [${JSON.stringify(MARKUP)}]\ncontainers = ["porthole-e2e-*"]\ncommands = "any"\n`),
+  );
+  test.afterAll(() => jwt.stop());
 
   test('shows in the top bar as text, and its terminals work', async ({ page }) => {
     const w = await watch(page);
     const name = startContainer('csp-jwt');
-    const token = hs256({ sub: MARKUP, groups: [MARKUP], exp: Math.floor(Date.now() / 1000) + 600 }, secret);
-    await page.goto(`${jwtOrigin}/?token=${encodeURIComponent(token)}`);
-    await expect(page).toHaveURL(`${jwtOrigin}/`);
+    const token = jwt.token(MARKUP, [MARKUP]);
+    await page.goto(`${jwt.origin}/?token=${encodeURIComponent(token)}`);
+    await expect(page).toHaveURL(`${jwt.origin}/`);
     await expect(page.getByTestId('connection')).toHaveText('connected');
     await expect(page.getByTestId('user')).toHaveText(MARKUP);
     await picker(page, name).click();

@@ -339,6 +339,15 @@ pub fn App() -> impl IntoView {
     on_cleanup(move || resize.remove());
     watch_color_scheme(ui);
     install_test_hook(ui);
+    // The Recordings page is another page: going there from here loads it.
+    let to_recordings = window_event_listener(leptos::ev::hashchange, move |_| {
+        if crate::recordings::is_recordings_url()
+            && let Some(w) = web_sys::window()
+        {
+            let _ = w.location().reload();
+        }
+    });
+    on_cleanup(move || to_recordings.remove());
 
     view! {
         <div class="app" class:drawer-open=move || ui.drawer.get()>
@@ -348,6 +357,7 @@ pub fn App() -> impl IntoView {
                     <span class="burger"></span>
                 </button>
                 <span class="brand"><span class="brand-dot"></span>"Porthole"</span>
+                <a class="nav" href="/#/recordings" target="_blank" rel="noopener" data-testid="recordings-link">"Recordings"</a>
                 <span class="spacer"></span>
                 <span class="hint">
                     <kbd>"Alt+T"</kbd>" new tab · "<kbd>"Alt+W"</kbd>" close · "<kbd>"Alt+["</kbd>" "<kbd>"Alt+]"</kbd>" switch"
@@ -660,6 +670,13 @@ fn KeyBar(ui: Ui) -> impl IntoView {
             }).collect_view()}
         </div>
     }
+}
+
+/// Whether the system asks for a dark theme.
+pub fn prefers_dark() -> bool {
+    web_sys::window()
+        .and_then(|w| w.match_media("(prefers-color-scheme: dark)").ok().flatten())
+        .is_some_and(|m| m.matches())
 }
 
 fn watch_color_scheme(ui: Ui) {

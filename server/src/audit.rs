@@ -11,6 +11,9 @@ use serde::Serialize;
 /// One audit record. Empty fields are left out.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Record {
+    /// The record's own id (`a-` and 32 hex digits), set when it is written.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub id: String,
     /// Milliseconds since the Unix epoch.
     pub ts_ms: u64,
     /// What was attempted: `login`, `logout`, `connect`, `terminal.open`, `terminal.attach`, `terminal.close`,
@@ -36,9 +39,13 @@ pub struct Record {
     pub code: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    /// For summaries of repeated refusals (`action: "refusals"`): how many were summarised.
+    /// For summaries of repeated refusals (`action: "refusals"`): how many were summarised; for
+    /// `recording.gap`: how many output bytes the recorder missed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub count: Option<u64>,
+    /// The recording of the terminal concerned, when it is recorded.
+    #[serde(rename = "recordingId", skip_serializing_if = "Option::is_none")]
+    pub recording_id: Option<String>,
 }
 
 /// Where audit records go.
@@ -70,17 +77,19 @@ impl Audit {
         Ok(Audit { out: Mutex::new(out) })
     }
 
-    /// Writes one record as one line.
-    pub fn record(&self, mut rec: Record) {
+    /// Writes one record as one line; returns its id.
+    pub fn record(&self, mut rec: Record) -> String {
+        rec.id = format!("a-{}", uuid::Uuid::new_v4().simple());
         rec.ts_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        let Ok(mut line) = serde_json::to_vec(&rec) else { return };
+        let Ok(mut line) = serde_json::to_vec(&rec) else { return rec.id };
         line.push(b'\n');
         let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
         if let Err(e) = out.write_all(&line).and_then(|()| out.flush()) {
             tracing::error!(error = %e, "could not write the audit log");
         }
+        rec.id
     }
 }

@@ -97,6 +97,23 @@ pub struct Config {
     #[arg(long, env = "PORTHOLE_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
 
+    /// What is recorded of terminals where no policy rule says (`record`): off, output, or all (with input).
+    #[arg(long, env = "PORTHOLE_RECORD", value_enum, default_value_t = RecordFlag::Off)]
+    pub record: RecordFlag,
+
+    /// Where recordings (asciicast v2 `.cast` files) are written. Default: `recordings` in the state directory.
+    #[arg(long, env = "PORTHOLE_RECORDINGS_DIR")]
+    pub recordings_dir: Option<PathBuf>,
+
+    /// Finished recordings older than this are removed (`30d`, `12h`, ...). Default: kept.
+    #[arg(long, env = "PORTHOLE_RECORDINGS_MAX_AGE", value_parser = parse_age)]
+    pub recordings_max_age: Option<std::time::Duration>,
+
+    /// The oldest finished recordings are removed while all recordings together are larger (`10g`, `512m`,
+    /// ...). Default: no limit.
+    #[arg(long, env = "PORTHOLE_RECORDINGS_MAX_BYTES", value_parser = parse_bytes)]
+    pub recordings_max_bytes: Option<u64>,
+
     /// Most sandboxes one user may hold at once (the policy's `max_sandboxes` overrides it).
     #[arg(long, env = "PORTHOLE_MAX_SANDBOXES_PER_USER", default_value_t = 4)]
     pub max_sandboxes_per_user: usize,
@@ -188,6 +205,32 @@ fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
         .map_err(|_| format!("{s:?} is neither an IP address (127.0.0.1, ::1) nor a CIDR network (10.0.0.0/8)"))
 }
 
+/// `--record`'s values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RecordFlag {
+    Off,
+    Output,
+    All,
+}
+
+impl RecordFlag {
+    pub fn level(self) -> app::protocol::RecordLevel {
+        match self {
+            RecordFlag::Off => app::protocol::RecordLevel::Off,
+            RecordFlag::Output => app::protocol::RecordLevel::Output,
+            RecordFlag::All => app::protocol::RecordLevel::All,
+        }
+    }
+}
+
+fn parse_age(s: &str) -> Result<std::time::Duration, String> {
+    crate::sandbox::profile::parse_duration(s)
+}
+
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    crate::sandbox::profile::parse_size(s)
+}
+
 impl Config {
     /// Defaults, as if no flag were given (environment ignored); for tests and embedding.
     pub fn defaults() -> Config {
@@ -212,6 +255,10 @@ impl Config {
             state_dir: None,
             max_sandboxes_per_user: 4,
             max_sandbox_creates_per_sec: 2,
+            record: RecordFlag::Off,
+            recordings_dir: None,
+            recordings_max_age: None,
+            recordings_max_bytes: None,
             tls_cert: None,
             tls_key: None,
             trusted_proxy: Vec::new(),
@@ -300,6 +347,16 @@ impl Config {
             .map(|d| d.join("porthole"))
             .or_else(|| env("HOME").map(|h| h.join(".local/share/porthole")))
             .unwrap_or_else(|| PathBuf::from("porthole-state"))
+    }
+
+    /// Where recordings go and how long they stay.
+    pub fn recordings(&self) -> crate::recording::Settings {
+        crate::recording::Settings {
+            dir: self.recordings_dir.clone().unwrap_or_else(|| self.state_dir().join("recordings")),
+            default_level: self.record.level(),
+            max_age: self.recordings_max_age,
+            max_bytes: self.recordings_max_bytes,
+        }
     }
 
     pub fn jwt(&self) -> JwtConfig {

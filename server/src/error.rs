@@ -44,8 +44,11 @@ impl ServiceError {
             ErrorCode::ContainerNotFound
             | ErrorCode::UnknownTerminal
             | ErrorCode::NotFound
-            | ErrorCode::UnknownProfile => StatusCode::NOT_FOUND,
-            ErrorCode::ContainerNotRunning | ErrorCode::ImageNotFound => StatusCode::CONFLICT,
+            | ErrorCode::UnknownProfile
+            | ErrorCode::UnknownRecording => StatusCode::NOT_FOUND,
+            ErrorCode::ContainerNotRunning | ErrorCode::ImageNotFound | ErrorCode::RecordingInProgress => {
+                StatusCode::CONFLICT
+            }
             ErrorCode::CommandNotFound => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorCode::TooManyTerminals | ErrorCode::InputOverflow => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::DockerUnavailable => StatusCode::SERVICE_UNAVAILABLE,

@@ -4,9 +4,11 @@
 pub mod audit;
 pub mod auth;
 pub mod config;
+pub mod db;
 pub mod docker;
 pub mod error;
 pub mod http;
+pub mod recording;
 pub mod refusals;
 pub mod sandbox;
 pub mod session;
@@ -98,7 +100,10 @@ fn router_with_edge(
 ) -> anyhow::Result<(axum::Router, AppState, SocketIo)> {
     let sign_in = edge.limits().sign_in_timeout;
     let sandboxes = sandboxes(config, runtime.clone())?;
-    let state = AppState::new(runtime, config.limits(), security(config)?, sandboxes, edge);
+    let security = security(config)?;
+    let recordings = recording::Recordings::open(config.recordings(), &config.state_dir(), security.audit_log())
+        .map_err(anyhow::Error::msg)?;
+    let state = AppState::new(runtime, config.limits(), security, sandboxes, recordings, edge);
     let parser = ParserConfig::common().max_incoming_binaries(4).max_incoming_binary_buf_size(MAX_PACKET_BYTES);
     let (layer, io) = SocketIo::builder()
         .with_parser(parser)
@@ -232,6 +237,10 @@ pub async fn start_with_runtime(config: &Config, runtime: Arc<dyn ContainerRunti
     {
         let (state, stop) = (state.clone(), stop.clone());
         tokio::spawn(async move { state.maintain_sandboxes(stop).await });
+    }
+    {
+        let (state, stop) = (state.clone(), stop.clone());
+        tokio::spawn(async move { state.maintain_recordings(stop).await });
     }
     let shutdown = {
         let (stop, state) = (stop.clone(), state.clone());

@@ -16,6 +16,7 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 use serde::Deserialize;
 
 use super::Principal;
+pub use app::protocol::RecordLevel;
 
 /// Most rules in one policy file.
 pub const MAX_RULES: usize = 1000;
@@ -74,6 +75,19 @@ pub struct Grant {
     /// May start, stop and restart the container (and remove it, when it is someone's sandbox): a matching
     /// rule has `manage = true`.
     pub manage: bool,
+    /// What is recorded of its terminals: the highest `record` of the matching rules (`None`: no rule says, so
+    /// `--record` decides).
+    pub record: Option<RecordLevel>,
+}
+
+/// Whose recordings a user may see (the rule field `recordings`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordingScope {
+    /// Their own.
+    Own,
+    /// Everyone's; and they may delete recordings.
+    All,
 }
 
 /// Which sandbox profiles a rule lets its users create.
@@ -148,6 +162,8 @@ struct RuleFile {
     max_sandboxes: Option<usize>,
     #[serde(default)]
     manage: bool,
+    record: Option<RecordLevel>,
+    recordings: Option<RecordingScope>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -170,6 +186,7 @@ struct Rule {
     /// Profiles its users may create sandboxes from (`None`: none).
     sandboxes: Option<Profiles>,
     max_sandboxes: Option<usize>,
+    recordings: Option<RecordingScope>,
 }
 
 impl Rule {
@@ -222,10 +239,12 @@ impl Policy {
                     commands: Commands::Any,
                     shared: Some(Level::Interact),
                     manage: true,
+                    record: None,
                 },
                 max_terminals: None,
                 sandboxes: Some(Profiles::Any),
                 max_sandboxes: None,
+                recordings: Some(RecordingScope::All),
             }],
             revoked_subjects: HashSet::new(),
             revoked_token_ids: HashSet::new(),
@@ -300,10 +319,12 @@ impl Policy {
                     commands,
                     shared: r.shared.then_some(r.access),
                     manage: r.manage,
+                    record: r.record,
                 },
                 max_terminals: r.max_terminals,
                 sandboxes,
                 max_sandboxes: r.max_sandboxes,
+                recordings: r.recordings,
             });
         }
         Ok(Policy {
@@ -328,6 +349,7 @@ impl Policy {
                     acc.shared = acc.shared.max(g.shared);
                     acc.commands.union(&g.commands);
                     acc.manage |= g.manage;
+                    acc.record = acc.record.max(g.record);
                 }
             }
         }
@@ -347,6 +369,11 @@ impl Policy {
     /// The most sandboxes `p` may hold at once: the largest `max_sandboxes` of the rules that apply to them.
     pub fn sandbox_quota(&self, p: &Principal) -> Option<usize> {
         self.rules.iter().filter(|r| r.applies_to(p)).filter_map(|r| r.max_sandboxes).max()
+    }
+
+    /// Whose recordings `p` may see: the widest `recordings` of the rules that apply to them (default: own).
+    pub fn recording_scope(&self, p: &Principal) -> RecordingScope {
+        self.rules.iter().filter(|r| r.applies_to(p)).filter_map(|r| r.recordings).max().unwrap_or(RecordingScope::Own)
     }
 
     /// Why `p`'s credential is no longer honoured, if it is not.
@@ -507,6 +534,41 @@ mod tests {
         assert_eq!(p.sandbox_quota(&nobody), None);
         assert!(Policy::parse("[[rule]]\nsubjects = [\"a\"]\nsandboxes = \"all\"").unwrap_err().contains("any"));
         assert!(Policy::parse("[[rule]]\nsubjects = [\"a\"]\nmax_sandboxes = 0").is_err());
+    }
+
+    #[test]
+    fn recording_levels_and_scopes() {
+        let p = Policy::parse(
+            r#"
+            [[rule]]
+            groups = ["dev"]
+            record = "output"
+
+            [[rule]]
+            groups = ["dev"]
+            containers = ["prod-*"]
+            record = "all"
+
+            [[rule]]
+            groups = ["dev"]
+            containers = ["scratch-*"]
+
+            [[rule]]
+            groups = ["audit"]
+            recordings = "all"
+            access = "view"
+            "#,
+        )
+        .unwrap();
+        let dev = user("dan", &["dev"]);
+        assert_eq!(p.grant(&dev, "prod-1", &BTreeMap::new()).unwrap().record, Some(RecordLevel::All));
+        assert_eq!(p.grant(&dev, "web", &BTreeMap::new()).unwrap().record, Some(RecordLevel::Output));
+        assert_eq!(p.recording_scope(&dev), RecordingScope::Own);
+        assert_eq!(p.recording_scope(&user("ann", &["audit", "dev"])), RecordingScope::All);
+        let none = Policy::parse("[[rule]]\nsubjects = [\"a\"]").unwrap();
+        assert_eq!(none.grant(&user("a", &[]), "x", &BTreeMap::new()).unwrap().record, None);
+        assert!(Policy::parse("[[rule]]\nsubjects = [\"a\"]\nrecord = \"yes\"").is_err());
+        assert!(Policy::parse("[[rule]]\nsubjects = [\"a\"]\nrecordings = \"mine\"").is_err());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 pub mod csp;
 
 pub mod conn;
+mod recordings;
 mod sandboxes;
 mod tracked;
 
@@ -364,6 +365,7 @@ fn rest_router(state: AppState) -> Router {
         .route(rest::LOGOUT, post(logout))
         .route(rest::WHOAMI, get(whoami))
         .merge(sandboxes::routes())
+        .merge(recordings::routes())
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), require_auth));
     Router::new()
         .route(rest::HEALTHZ, get(healthz))

@@ -13,8 +13,6 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 /// The schema version in `PRAGMA user_version`.
 const SCHEMA_VERSION: i64 = 1;
-/// How long a statement waits for a lock held by another connection (another Porthole on the same directory).
-const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Where a container is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,36 +74,23 @@ pub struct Store {
 impl Store {
     /// Opens (creating it when missing) `dir/porthole.db`; `dir` is created with mode 0700.
     pub fn open(dir: &Path) -> Result<Store, String> {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("cannot create the state directory {}: {e}", dir.display()))?;
-        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
-        let path = dir.join("porthole.db");
-        let conn = Connection::open(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-        let init = || -> rusqlite::Result<()> {
-            conn.busy_timeout(BUSY_TIMEOUT)?;
-            conn.pragma_update(None, "journal_mode", "WAL")?;
-            conn.pragma_update(None, "synchronous", "NORMAL")?;
-            let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-            if version < SCHEMA_VERSION {
-                conn.execute_batch(
-                    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-                     CREATE TABLE IF NOT EXISTS containers (
-                        name TEXT PRIMARY KEY,
-                        id TEXT NOT NULL DEFAULT '',
-                        profile TEXT NOT NULL,
-                        kind TEXT NOT NULL,
-                        owner TEXT NOT NULL DEFAULT '',
-                        image TEXT NOT NULL,
-                        created_at_ms INTEGER NOT NULL,
-                        expires_at_ms INTEGER NOT NULL
-                     );
-                     PRAGMA user_version = 1;",
-                )?;
-            }
-            Ok(())
-        };
-        init().map_err(|e| format!("cannot set up {}: {e}", path.display()))?;
+        let conn = crate::db::open(
+            dir,
+            "porthole.db",
+            SCHEMA_VERSION,
+            "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS containers (
+                name TEXT PRIMARY KEY,
+                id TEXT NOT NULL DEFAULT '',
+                profile TEXT NOT NULL,
+                kind TEXT NOT NULL,
+                owner TEXT NOT NULL DEFAULT '',
+                image TEXT NOT NULL,
+                created_at_ms INTEGER NOT NULL,
+                expires_at_ms INTEGER NOT NULL
+             );
+             PRAGMA user_version = 1;",
+        )?;
         Ok(Store { conn: Mutex::new(conn) })
     }
 

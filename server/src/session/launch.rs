@@ -6,6 +6,9 @@
 //! each. At most [`MAX_CONCURRENT_LAUNCHES`] execs are being started at once; the daemon's start timeout
 //! counts from an exec's turn, not from the request.
 
+/// The `TERM` every terminal gets.
+pub const TERM: &str = "xterm-256color";
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -233,7 +236,7 @@ impl Launcher {
     ) -> Result<Attempt, ServiceError> {
         let spec = ExecSpec {
             cmd: cmd.to_vec(),
-            env: vec![reaper::marker(id), "TERM=xterm-256color".into(), "COLORTERM=truecolor".into()],
+            env: vec![reaper::marker(id), format!("TERM={TERM}"), "COLORTERM=truecolor".into()],
             user: None,
             tty: true,
         };

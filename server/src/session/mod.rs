@@ -78,7 +78,7 @@ pub struct Limits {
 }
 
 /// How a viewer attaches (see [`Sessions::attach`]).
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct AttachOptions {
     /// Deliver output from this offset (absent: the oldest kept byte).
     pub since: Option<u64>,
@@ -88,6 +88,8 @@ pub struct AttachOptions {
     pub ends_on_leave: bool,
     /// The viewer may only watch (reported in the ack; writes are refused by the service layer).
     pub read_only: bool,
+    /// The user the viewer belongs to (named in the recording's attach and detach markers).
+    pub user: String,
 }
 
 /// Identifies an attached viewer (a socket).

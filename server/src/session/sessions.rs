@@ -242,10 +242,10 @@ impl Sessions {
         how: AttachOptions,
         socket_gone: &CancellationToken,
     ) -> Result<(Attachment, TerminalAttached), ServiceError> {
-        let AttachOptions { since, flow_control, ends_on_leave, read_only } = how;
+        let AttachOptions { since, flow_control, ends_on_leave, read_only, user } = how;
         let log = terminal.log();
         let (sub, start) =
-            log.attach_viewer(viewer, since, flow_control, ends_on_leave, socket_gone).map_err(|end| {
+            log.attach_viewer(viewer, &user, since, flow_control, ends_on_leave, socket_gone).map_err(|end| {
                 ServiceError::invalid(format!("since {} is past the end of the output ({end})", since.unwrap_or(0)))
             })?;
         // Someone is back: the grace timer, if any, no longer applies.

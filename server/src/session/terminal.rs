@@ -70,6 +70,8 @@ pub struct Terminal {
     control: mpsc::UnboundedSender<Control>,
     /// Cancelled to stop both pumps (after the processes are gone, or when the stream hangs).
     stop: CancellationToken,
+    /// A recording of it exists (its audit records carry the recording's id).
+    recorded: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Terminal {
@@ -115,6 +117,7 @@ impl Terminal {
             phase: watch::channel(Phase::Running { deserted_since: None }).0,
             control,
             stop: CancellationToken::new(),
+            recorded: std::sync::atomic::AtomicBool::new(false),
         });
         (terminal, control_rx, input_rx)
     }
@@ -146,6 +149,21 @@ impl Terminal {
 
     pub fn command(&self) -> &[String] {
         &self.command
+    }
+
+    /// When it started, ms since the Unix epoch.
+    pub fn started_at_ms(&self) -> u64 {
+        self.started_at_ms
+    }
+
+    /// Notes that a recording of it exists.
+    pub fn set_recorded(&self) {
+        self.recorded.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether a recording of it exists (its id is the terminal's).
+    pub fn recorded(&self) -> bool {
+        self.recorded.load(Ordering::Relaxed)
     }
 
     pub fn exec_id(&self) -> &str {

@@ -124,10 +124,13 @@ async fn a_tap_is_never_counted_and_never_holds_the_grace_period() {
             Event::Input { data, .. } => format!("i:{}", String::from_utf8_lossy(&data)),
             Event::Resize { cols, rows, .. } => format!("r:{cols}x{rows}"),
             Event::Gap { missed, .. } => format!("gap:{missed}"),
+            Event::Marker { text, .. } => format!("m:{text}"),
             Event::Exit { exit, .. } => format!("exit:{}", exit.reason),
         });
     }
-    assert_eq!(kinds.first().map(String::as_str), Some("r:80x24"));
+    assert!(kinds.iter().any(|k| k.starts_with("m:detach ")), "{kinds:?}");
+    assert_eq!(kinds.first().map(String::as_str), Some("m:attach "));
+    assert_eq!(kinds.get(1).map(String::as_str), Some("r:80x24"));
     assert!(kinds.contains(&"i:hi".to_string()) && kinds.contains(&"o:hi".to_string()), "{kinds:?}");
     assert_eq!(kinds.last().map(String::as_str), Some("exit:abandoned"));
 }

@@ -5,6 +5,7 @@
 //! [`AppState`] methods only; every decision and every audit record happens behind them, once. This file holds
 //! sign-in, the policy and the containers; [`terminals`] the terminal operations.
 
+mod recordings;
 mod sandboxes;
 mod terminals;
 
@@ -47,7 +48,7 @@ impl Caller {
 pub struct Security {
     auth: Authenticator,
     policy: RwLock<Arc<Policy>>,
-    audit: Audit,
+    audit: Arc<Audit>,
     failures: FailureLimiter,
     /// Bumped whenever credentials may have stopped being valid (policy reload, logout): sockets re-check.
     epoch: watch::Sender<u64>,
@@ -69,13 +70,18 @@ impl Security {
         Security {
             auth,
             policy: RwLock::new(Arc::new(policy)),
-            audit,
+            audit: Arc::new(audit),
             failures,
             epoch: watch::channel(0).0,
             events_per_sec,
             logged_refusals: crate::refusals::Refusals::new(crate::refusals::Sink::Log),
             audited_refusals: crate::refusals::Refusals::new(crate::refusals::Sink::Audit),
         }
+    }
+
+    /// The audit log, for the parts that write their own records (recordings).
+    pub fn audit_log(&self) -> Arc<Audit> {
+        self.audit.clone()
     }
 }
 
@@ -84,6 +90,7 @@ impl Security {
 pub struct AppState {
     sessions: Arc<Sessions>,
     sandboxes: Arc<crate::sandbox::Sandboxes>,
+    recordings: Arc<crate::recording::Recordings>,
     /// Container changes Docker's events cannot tell (a sandbox becoming someone's), for `watch` to pass on.
     notices: tokio::sync::broadcast::Sender<crate::docker::ContainerEvent>,
     security: Arc<Security>,
@@ -107,6 +114,7 @@ fn clipped_command(cmd: Option<Vec<String>>) -> Option<Vec<String>> {
 
 fn on_terminal(mut r: Record, t: &Terminal) -> Record {
     r.terminal_id = Some(t.id().0.clone());
+    r.recording_id = t.recorded().then(|| t.id().0.clone());
     r.container_id = Some(t.container_id().to_string());
     r.container = Some(t.container_name().to_string());
     r.command = Some(t.command().to_vec());
@@ -119,12 +127,18 @@ impl AppState {
         limits: Limits,
         security: Security,
         sandboxes: Arc<crate::sandbox::Sandboxes>,
+        recordings: Arc<crate::recording::Recordings>,
         edge: Arc<crate::http::conn::Connections>,
     ) -> AppState {
         let sessions = Sessions::new(runtime, limits);
         sandboxes.use_sessions(&sessions);
         let notices = tokio::sync::broadcast::channel(NOTICE_QUEUE).0;
-        AppState { sessions, sandboxes, notices, security: Arc::new(security), edge }
+        AppState { sessions, sandboxes, recordings, notices, security: Arc::new(security), edge }
+    }
+
+    /// Runs the recordings' retention until `stop`.
+    pub async fn maintain_recordings(&self, stop: tokio_util::sync::CancellationToken) {
+        self.recordings.clone().maintain(stop).await;
     }
 
     /// Container changes to pass on to the clients that may see the container, besides Docker's own events.
@@ -192,6 +206,7 @@ impl AppState {
     /// Closes every terminal and removes the warm pools (server shutdown); users' sandboxes stay theirs.
     pub async fn shutdown(&self) {
         self.sessions.shutdown().await;
+        self.recordings.drain(crate::recording::SHUTDOWN_DRAIN).await;
         self.sandboxes.drain_pools().await;
     }
 
@@ -203,8 +218,13 @@ impl AppState {
         self.security.policy.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// Writes an audit record; one about a recorded terminal is also listed with its recording.
     pub fn audit(&self, record: Record) {
-        self.security.audit.record(record);
+        let recording = record.recording_id.clone();
+        let id = self.security.audit.record(record);
+        if let Some(r) = recording {
+            self.recordings.link_audit(&r, &id);
+        }
     }
 
     /// Audits a refusal: one by one while its source is within its budget, else counted into a summary

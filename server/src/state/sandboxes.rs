@@ -76,6 +76,7 @@ impl AppState {
                     commands: Commands::Any,
                     shared: None,
                     manage: true,
+                    record: None,
                 });
                 g.level = Level::Interact;
                 g.login_shell = true;

@@ -13,7 +13,7 @@ use app::protocol::{
 use tokio_util::sync::CancellationToken;
 
 use super::{AppState, Caller, clipped_command, denied, on_terminal};
-use crate::auth::policy::{Grant, Level, Policy};
+use crate::auth::policy::{Grant, Level, Policy, RecordLevel};
 use crate::docker::ContainerTarget;
 use crate::error::ServiceError;
 use crate::session::launch::StartPlan;
@@ -131,7 +131,7 @@ impl AppState {
         target: &ContainerTarget,
         plan: &StartPlan,
         req: &StartTerminal,
-    ) -> Result<Option<usize>, ServiceError> {
+    ) -> Result<(Option<usize>, RecordLevel), ServiceError> {
         let policy = self.policy();
         AppState::revoked_under(&policy, caller)?;
         let Some(grant) = self.container_grant(&policy, caller, &target.id, &target.name, &target.labels) else {
@@ -155,7 +155,9 @@ impl AppState {
                 ErrorCode::CommandNotAllowed,
                 format!("{:?} is not on your command allowlist for {}", cmd, target.name),
             )),
-            _ => Ok(policy.quota(&caller.principal)),
+            _ => {
+                Ok((policy.quota(&caller.principal), grant.record.unwrap_or(self.recordings.settings().default_level)))
+            }
         }
     }
 
@@ -180,6 +182,7 @@ impl AppState {
         pre: Option<crate::session::Prelaunched>,
     ) -> Result<(Attachment, TerminalStarted), ServiceError> {
         let mut seen: Option<ContainerTarget> = None;
+        let mut level = RecordLevel::Off;
         let result = async {
             let plan = StartPlan::check(&req)?;
             let target = match &pre {
@@ -189,19 +192,22 @@ impl AppState {
             };
             seen = Some(target.clone());
             // Hidden containers answer exactly like missing ones, whatever their state.
-            let quota = self.authorize_start(caller, &target, &plan, &req)?;
+            let quota;
+            (quota, level) = self.authorize_start(caller, &target, &plan, &req)?;
             let owner = OwnerId { user: caller.principal.subject.clone(), client: seat.client.clone() };
             self.sessions.start(&owner, target, &plan, quota, pre).await
         }
         .await;
         match result {
             Ok((terminal, started)) => {
+                self.recordings.start(&terminal, level);
                 self.audit(on_terminal(caller.record("terminal.open", "allowed"), &terminal));
                 let how = AttachOptions {
                     since: Some(0),
                     flow_control: started.flow_control,
                     ends_on_leave: seat.ends_on_leave,
                     read_only: false,
+                    user: caller.principal.subject.clone(),
                 };
                 match self.sessions.attach(&terminal, seat.viewer.clone(), how, &seat.gone) {
                     Ok((attachment, _)) => Ok((attachment, started)),
@@ -258,6 +264,7 @@ impl AppState {
             flow_control: req.flow_control,
             ends_on_leave: seat.ends_on_leave,
             read_only,
+            user: caller.principal.subject.clone(),
         };
         self.sessions.attach(&t, seat.viewer.clone(), how, &seat.gone)
     }

@@ -10,9 +10,9 @@
 //!   and the terminal's reading waits for the slowest of them ([`EventLog::lag`]), so a viewer never falls off
 //!   the log. Attaching a viewer id again replaces the old subscription.
 //! - **Taps** ([`Tap`], recorders, transcripts, relays) follow every event by sequence number. They are never
-//!   counted and never slow the terminal: a tap that falls further behind than the log keeps (the bound is the
-//!   log's capacity, `--output-log-bytes`) gets a [`Event::Gap`] with the output bytes it missed, and that is
-//!   logged.
+//!   counted and never slow the terminal. The log keeps the entries a tap has not read yet for up to
+//!   [`TAP_SLACK_BYTES`] beyond its capacity; a tap further behind than that gets a [`Event::Gap`] with the
+//!   output bytes it missed, and that is logged.
 //!
 //! Both are guards: dropping one unsubscribes it. The lock inside is the log's own data structure; it is held
 //! only to append or copy out, never across an await.
@@ -33,6 +33,9 @@ pub use tap::Tap;
 
 /// What each entry costs against the cap beyond its bytes (about what the entry and its allocation take).
 pub const ENTRY_OVERHEAD_BYTES: usize = 64;
+/// How far beyond its capacity the log keeps entries a tap has not read yet (a recorder's queue: the tap
+/// lags by at most this much before it misses output).
+pub const TAP_SLACK_BYTES: usize = 8 * 1024 * 1024;
 
 /// One thing a terminal published, as a tap sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +48,8 @@ pub enum Event {
     Input { at: Duration, data: Bytes },
     /// The tap fell behind the log: `missed` output bytes are lost to it (the next event follows the gap).
     Gap { at: Duration, missed: u64 },
+    /// A note for recorders: a viewer attached or left (only kept while a tap follows the log).
+    Marker { at: Duration, text: Arc<str> },
     /// The terminal ended; nothing follows.
     Exit { at: Duration, exit: Exit },
 }
@@ -54,6 +59,7 @@ enum Kind {
     Output(Bytes),
     Resize(u16, u16),
     Input(Bytes),
+    Marker(Arc<str>),
 }
 
 #[derive(Debug)]
@@ -78,6 +84,7 @@ impl Entry {
         overhead
             + match &self.kind {
                 Kind::Output(b) | Kind::Input(b) => b.len(),
+                Kind::Marker(t) => t.len(),
                 Kind::Resize(..) => 0,
             }
     }
@@ -96,6 +103,8 @@ struct ViewerState {
     sink: Option<Arc<dyn TerminalSink>>,
     /// Its leaving ends the terminal at once (a protocol version 1 client).
     ends_on_leave: bool,
+    /// The user it belongs to (for the recorders' attach and detach markers).
+    user: Arc<str>,
 }
 
 impl ViewerState {
@@ -117,6 +126,10 @@ struct Inner {
     viewers: HashMap<ViewerId, ViewerState>,
     /// Taps that asked for input.
     input_taps: usize,
+    /// Each tap following the log, and the next sequence number it reads (markers are kept only while there is
+    /// one; entries it has not read are kept within [`TAP_SLACK_BYTES`]).
+    taps: HashMap<u64, u64>,
+    next_tap: u64,
     next_sub: u64,
 }
 
@@ -149,6 +162,8 @@ pub struct EventLog {
     /// Counted per entry on top of its bytes ([`ENTRY_OVERHEAD_BYTES`]), so many tiny entries (resizes, 1-byte
     /// writes) cannot grow the log's memory past its cap.
     overhead: usize,
+    /// How far beyond `cap` entries a tap has not read are kept ([`TAP_SLACK_BYTES`]).
+    tap_slack: usize,
     started: Instant,
     /// Bumped on every change a subscriber may wait for (an append, the exit).
     changed: watch::Sender<u64>,
@@ -166,14 +181,15 @@ impl EventLog {
     /// A log keeping about `cap` bytes (at least the newest entry), each entry counted with
     /// [`ENTRY_OVERHEAD_BYTES`] on top of its bytes.
     pub fn new(cap: usize) -> Arc<EventLog> {
-        EventLog::with_overhead(cap, ENTRY_OVERHEAD_BYTES)
+        EventLog::with_limits(cap, ENTRY_OVERHEAD_BYTES, TAP_SLACK_BYTES)
     }
 
-    fn with_overhead(cap: usize, overhead: usize) -> Arc<EventLog> {
+    fn with_limits(cap: usize, overhead: usize, tap_slack: usize) -> Arc<EventLog> {
         Arc::new(EventLog {
             inner: Mutex::new(Inner::default()),
             cap: cap.max(1),
             overhead,
+            tap_slack,
             started: Instant::now(),
             changed: watch::channel(0).0,
             progress: Notify::new(),
@@ -216,7 +232,12 @@ impl EventLog {
         inner.end += entry.output_len();
         inner.bytes += entry.size(self.overhead);
         inner.entries.push_back(entry);
+        let held = inner.taps.values().min().copied();
         while inner.bytes > self.cap && inner.entries.len() > 1 {
+            let unread = held.zip(inner.entries.front()).is_some_and(|(h, e)| e.seq >= h);
+            if unread && inner.bytes <= self.cap + self.tap_slack {
+                break;
+            }
             if let Some(old) = inner.entries.pop_front() {
                 inner.bytes -= old.size(self.overhead);
             }
@@ -243,6 +264,13 @@ impl EventLog {
         }
     }
 
+    /// Publishes a marker for the taps, if any follows the log (otherwise it is not kept).
+    pub fn push_marker(&self, text: String) {
+        if !self.lock().taps.is_empty() {
+            self.push(Kind::Marker(text.into()));
+        }
+    }
+
     /// Publishes the exit; later pushes are ignored.
     pub fn finish(&self, exit: Exit) {
         {
@@ -261,9 +289,11 @@ impl EventLog {
 
     /// Registers viewer `id` from offset `since` (absent: the oldest kept byte), replacing an earlier one of the
     /// same id (which stops). Fails when `since` is past the end.
+    #[allow(clippy::too_many_arguments)]
     pub fn attach_viewer(
         self: &Arc<Self>,
         id: ViewerId,
+        user: &str,
         since: Option<u64>,
         flow_control: bool,
         ends_on_leave: bool,
@@ -287,11 +317,19 @@ impl EventLog {
             stop: stop.clone(),
             sink: None,
             ends_on_leave,
+            user: user.into(),
         };
-        if let Some(old) = inner.viewers.insert(id.clone(), state) {
-            old.stop.cancel();
-        }
+        let new = match inner.viewers.insert(id.clone(), state) {
+            Some(old) => {
+                old.stop.cancel();
+                false
+            }
+            None => true,
+        };
         drop(inner);
+        if new {
+            self.push_marker(format!("attach {user}"));
+        }
         self.progress.notify_waiters();
         let start = ViewerStart { offset, end, truncated: since.is_some_and(|s| s < start) };
         let changed = self.changed.subscribe();
@@ -303,6 +341,7 @@ impl EventLog {
         let removed = self.lock().viewers.remove(id);
         removed.map(|v| {
             v.stop.cancel();
+            self.push_marker(format!("detach {}", v.user));
             self.progress.notify_waiters();
             v.ends_on_leave
         })
@@ -406,8 +445,11 @@ impl EventLog {
             inner.input_taps += 1;
         }
         let (seq, offset) = (inner.first_seq(), inner.start());
+        let id = inner.next_tap;
+        inner.next_tap += 1;
+        inner.taps.insert(id, seq);
         drop(inner);
-        Tap { log: self.clone(), input, seq, offset, done: false, changed: self.changed.subscribe() }
+        Tap { log: self.clone(), id, input, seq, offset, done: false, changed: self.changed.subscribe() }
     }
 }
 
@@ -552,10 +594,14 @@ impl Drop for ViewerSub {
             return;
         }
         let mut inner = self.log.lock();
-        if inner.viewers.get(&self.id).is_some_and(|v| v.sub == self.sub) {
-            inner.viewers.remove(&self.id);
-        }
+        let removed = match inner.viewers.get(&self.id) {
+            Some(v) if v.sub == self.sub => inner.viewers.remove(&self.id),
+            _ => None,
+        };
         drop(inner);
+        if let Some(v) = removed {
+            self.log.push_marker(format!("detach {}", v.user));
+        }
         self.log.progress.notify_waiters();
     }
 }

@@ -10,6 +10,8 @@ use super::{Event, EventLog, Kind};
 /// waited for. Dropping it unsubscribes.
 pub struct Tap {
     pub(super) log: Arc<EventLog>,
+    /// Its place in the log's table of taps.
+    pub(super) id: u64,
     pub(super) input: bool,
     /// Next sequence number.
     pub(super) seq: u64,
@@ -31,14 +33,23 @@ impl Tap {
         if self.done {
             return None;
         }
-        let inner = self.log.lock();
+        let log = self.log.clone();
+        let mut inner = log.lock();
+        let event = self.advance(&inner);
+        inner.taps.insert(self.id, self.seq);
+        drop(inner);
+        if let Some(Event::Gap { missed, .. }) = &event {
+            tracing::warn!(missed, "a tap fell behind the terminal's log; it gets a gap");
+        }
+        event
+    }
+
+    fn advance(&mut self, inner: &super::Inner) -> Option<Event> {
         let first = inner.first_seq();
         if self.seq < first {
             let start = inner.start();
             let missed = start.saturating_sub(self.offset);
             let at = inner.entries.front().map_or(inner.last_at, |e| e.at);
-            drop(inner);
-            tracing::warn!(missed, "a tap fell behind the terminal's log; it gets a gap");
             self.seq = first;
             self.offset = start;
             return Some(Event::Gap { at, missed });
@@ -52,6 +63,7 @@ impl Tap {
                 Kind::Output(data) => return Some(Event::Output { offset: e.offset, at: e.at, data: data.clone() }),
                 Kind::Resize(cols, rows) => return Some(Event::Resize { at: e.at, cols: *cols, rows: *rows }),
                 Kind::Input(data) if self.input => return Some(Event::Input { at: e.at, data: data.clone() }),
+                Kind::Marker(text) => return Some(Event::Marker { at: e.at, text: text.clone() }),
                 Kind::Input(_) => {}
             }
         }
@@ -76,8 +88,9 @@ impl Tap {
 
 impl Drop for Tap {
     fn drop(&mut self) {
+        let mut inner = self.log.lock();
+        inner.taps.remove(&self.id);
         if self.input {
-            let mut inner = self.log.lock();
             inner.input_taps = inner.input_taps.saturating_sub(1);
         }
     }

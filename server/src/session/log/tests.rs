@@ -8,7 +8,7 @@ fn exit() -> Exit {
 }
 
 fn viewer(log: &Arc<EventLog>, id: &str, since: Option<u64>, flow: bool) -> (ViewerSub, ViewerStart) {
-    log.attach_viewer(ViewerId(id.into()), since, flow, false, &CancellationToken::new()).unwrap()
+    log.attach_viewer(ViewerId(id.into()), "u", since, flow, false, &CancellationToken::new()).unwrap()
 }
 
 fn output(d: Option<Delivery>) -> (u64, Vec<u8>) {
@@ -20,7 +20,7 @@ fn output(d: Option<Delivery>) -> (u64, Vec<u8>) {
 
 #[test]
 fn offsets_count_every_output_byte_and_reads_join_chunks() {
-    let log = EventLog::with_overhead(1024, 0);
+    let log = EventLog::with_limits(1024, 0, 0);
     log.push_output(Bytes::from_static(b"hello "));
     log.push_resize(100, 30);
     log.push_output(Bytes::from_static(b"world"));
@@ -31,12 +31,12 @@ fn offsets_count_every_output_byte_and_reads_join_chunks() {
     // A read from inside a chunk starts there, and `max` cuts it.
     let (v, _) = viewer(&log, "b", Some(3), false);
     assert_eq!(output(v.peek(4)), (3, b"lo w".to_vec()));
-    assert!(log.attach_viewer(ViewerId("c".into()), Some(12), false, false, &CancellationToken::new()).is_err());
+    assert!(log.attach_viewer(ViewerId("c".into()), "u", Some(12), false, false, &CancellationToken::new()).is_err());
 }
 
 #[test]
 fn truncation_keeps_the_newest_bytes_and_reads_across_the_truncation_point_start_at_the_oldest_kept() {
-    let log = EventLog::with_overhead(10, 0);
+    let log = EventLog::with_limits(10, 0, 0);
     for chunk in [&b"aaaa"[..], b"bbbb", b"cccc", b"dddd"] {
         log.push_output(Bytes::copy_from_slice(chunk));
     }
@@ -54,7 +54,7 @@ fn truncation_keeps_the_newest_bytes_and_reads_across_the_truncation_point_start
 
 #[test]
 fn a_viewer_reading_when_its_cursor_falls_off_the_log_continues_at_the_oldest_kept_byte() {
-    let log = EventLog::with_overhead(8, 0);
+    let log = EventLog::with_limits(8, 0, 0);
     log.push_output(Bytes::from_static(b"0123"));
     let (mut v, _) = viewer(&log, "a", Some(0), false);
     assert_eq!(output(v.peek(2)), (0, b"01".to_vec()));
@@ -67,7 +67,7 @@ fn a_viewer_reading_when_its_cursor_falls_off_the_log_continues_at_the_oldest_ke
 
 #[test]
 fn timestamps_never_decrease_and_taps_see_every_event_in_order() {
-    let log = EventLog::with_overhead(1 << 20, 0);
+    let log = EventLog::with_limits(1 << 20, 0, 0);
     let mut tap = log.tap(true);
     log.push_output(Bytes::from_static(b"$ "));
     log.push_input(&Bytes::from_static(b"ls\r"));
@@ -86,6 +86,7 @@ fn timestamps_never_decrease_and_taps_see_every_event_in_order() {
             | Event::Resize { at, .. }
             | Event::Input { at, .. }
             | Event::Gap { at, .. }
+            | Event::Marker { at, .. }
             | Event::Exit { at, .. } => *at,
         })
         .collect();
@@ -100,7 +101,7 @@ fn timestamps_never_decrease_and_taps_see_every_event_in_order() {
 
 #[test]
 fn input_is_kept_only_while_a_tap_asks_for_it() {
-    let log = EventLog::with_overhead(1 << 20, 0);
+    let log = EventLog::with_limits(1 << 20, 0, 0);
     let mut plain = log.tap(false);
     log.push_input(&Bytes::from_static(b"secret"));
     let with_input = log.tap(true);
@@ -122,7 +123,7 @@ fn input_is_kept_only_while_a_tap_asks_for_it() {
 
 #[test]
 fn a_slow_tap_gets_a_gap_and_never_holds_the_terminal_back() {
-    let log = EventLog::with_overhead(8, 0);
+    let log = EventLog::with_limits(8, 0, 0);
     let mut tap = log.tap(false);
     log.push_output(Bytes::from_static(b"0123"));
     assert!(matches!(tap.try_next(), Some(Event::Output { offset: 0, .. })));
@@ -138,9 +139,35 @@ fn a_slow_tap_gets_a_gap_and_never_holds_the_terminal_back() {
     assert_eq!(tap.try_next(), None);
 }
 
+#[test]
+fn the_log_keeps_what_a_tap_has_not_read_within_the_slack() {
+    let log = EventLog::with_limits(8, 0, 4);
+    let mut tap = log.tap(false);
+    log.push_output(Bytes::from_static(b"0123"));
+    assert!(matches!(tap.try_next(), Some(Event::Output { offset: 0, .. })));
+    for chunk in [&b"4567"[..], b"89ab", b"cdef"] {
+        log.push_output(Bytes::copy_from_slice(chunk));
+    }
+    // 12 bytes are kept (8 + the slack of 4): everything the tap has not read.
+    let got: Vec<u64> = std::iter::from_fn(|| match tap.try_next() {
+        Some(Event::Output { offset, .. }) => Some(offset),
+        _ => None,
+    })
+    .collect();
+    assert_eq!(got, [4, 8, 12]);
+    // Beyond the slack, the oldest unread goes and the tap gets a gap.
+    for chunk in [&b"ghij"[..], b"klmn", b"opqr", b"stuv"] {
+        log.push_output(Bytes::copy_from_slice(chunk));
+    }
+    assert!(matches!(tap.try_next(), Some(Event::Gap { missed: 4, .. })));
+    // A viewer still starts at the oldest kept byte.
+    let (_v, start) = viewer(&log, "v", None, false);
+    assert_eq!(start.offset, 20);
+}
+
 #[tokio::test]
 async fn flow_controlled_viewers_hold_the_reader_and_a_viewer_leaving_mid_read_releases_it() {
-    let log = EventLog::with_overhead(1 << 20, 0);
+    let log = EventLog::with_limits(1 << 20, 0, 0);
     let (mut slow, _) = viewer(&log, "slow", Some(0), true);
     let (fast, _) = viewer(&log, "fast", Some(0), false);
     assert_eq!(log.viewers(), 2);
@@ -173,7 +200,7 @@ async fn flow_controlled_viewers_hold_the_reader_and_a_viewer_leaving_mid_read_r
 
 #[tokio::test]
 async fn a_replaced_viewer_stops_and_its_drop_leaves_the_new_one() {
-    let log = EventLog::with_overhead(1024, 0);
+    let log = EventLog::with_limits(1024, 0, 0);
     let (mut old, _) = viewer(&log, "a", None, false);
     let (new, _) = viewer(&log, "a", None, false);
     assert!(old.stopped().is_cancelled());
@@ -188,7 +215,7 @@ async fn a_replaced_viewer_stops_and_its_drop_leaves_the_new_one() {
 
 #[tokio::test]
 async fn viewers_get_the_exit_after_the_last_byte() {
-    let log = EventLog::with_overhead(1024, 0);
+    let log = EventLog::with_limits(1024, 0, 0);
     let (mut v, _) = viewer(&log, "a", None, false);
     let reader = {
         let log = log.clone();

@@ -1,0 +1,425 @@
+//! The index of recordings, in SQLite under `--state-dir` (`recordings.db`): one row per recording, the ids of
+//! its audit records, and its transcript lines with an FTS5 index over them.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use app::protocol::{RecordLevel, Recording, RecordingHit, RecordingState};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::transcript::Line;
+
+const SCHEMA_VERSION: i64 = 1;
+const SCHEMA: &str = "
+    CREATE TABLE IF NOT EXISTS recordings (
+        id TEXT PRIMARY KEY,
+        user TEXT NOT NULL,
+        container TEXT NOT NULL,
+        container_id TEXT NOT NULL,
+        command TEXT NOT NULL,
+        level TEXT NOT NULL,
+        started_at INTEGER NOT NULL,
+        ended_at INTEGER,
+        duration_ms INTEGER NOT NULL DEFAULT 0,
+        bytes INTEGER NOT NULL DEFAULT 0,
+        file_bytes INTEGER NOT NULL DEFAULT 0,
+        exit_code INTEGER,
+        state TEXT NOT NULL,
+        error TEXT,
+        missed_bytes INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX IF NOT EXISTS recordings_by_start ON recordings (started_at, id);
+    CREATE TABLE IF NOT EXISTS audit_ids (recording TEXT NOT NULL, audit_id TEXT NOT NULL);
+    CREATE INDEX IF NOT EXISTS audit_ids_by_recording ON audit_ids (recording);
+    CREATE TABLE IF NOT EXISTS lines (
+        rowid INTEGER PRIMARY KEY,
+        recording TEXT NOT NULL,
+        time_ms INTEGER NOT NULL,
+        line TEXT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS lines_by_recording ON lines (recording);
+    CREATE VIRTUAL TABLE IF NOT EXISTS transcript USING fts5 (line, content = 'lines', content_rowid = 'rowid');
+    CREATE TRIGGER IF NOT EXISTS lines_added AFTER INSERT ON lines BEGIN
+        INSERT INTO transcript (rowid, line) VALUES (new.rowid, new.line);
+    END;
+    CREATE TRIGGER IF NOT EXISTS lines_removed AFTER DELETE ON lines BEGIN
+        INSERT INTO transcript (transcript, rowid, line) VALUES ('delete', old.rowid, old.line);
+    END;
+    PRAGMA user_version = 1;
+";
+
+/// Why the index failed (a full disk, a broken file).
+#[derive(Debug, thiserror::Error)]
+#[error("the recordings index failed: {0}")]
+pub struct IndexError(#[from] rusqlite::Error);
+
+/// What a list asks for (already checked).
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Only this user's (the caller's own, when they may see only theirs; or the `user` filter).
+    pub users: Vec<String>,
+    pub container: Option<String>,
+    pub since: Option<u64>,
+    pub until: Option<u64>,
+    /// An FTS5 query (already quoted).
+    pub matching: Option<String>,
+    pub limit: usize,
+    /// Start after this recording's place in the order.
+    pub before: Option<(u64, String)>,
+}
+
+/// A closed recording, for retention.
+#[derive(Debug, Clone)]
+pub struct Closed {
+    pub id: String,
+    /// ms since the epoch.
+    pub ended_at: u64,
+    pub file_bytes: u64,
+}
+
+/// The index, one connection behind a mutex.
+#[derive(Debug)]
+pub struct Index {
+    conn: Mutex<Connection>,
+}
+
+const COLUMNS: &str = "id, user, container, container_id, command, level, started_at, ended_at, duration_ms, bytes,
+    file_bytes, exit_code, state, error, missed_bytes";
+
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Recording> {
+    let level: String = r.get(5)?;
+    let state: String = r.get(12)?;
+    let u = |i: usize| -> rusqlite::Result<u64> { Ok(r.get::<_, i64>(i)?.max(0) as u64) };
+    Ok(Recording {
+        id: r.get(0)?,
+        terminal_id: r.get(0)?,
+        user: r.get(1)?,
+        container: r.get(2)?,
+        container_id: r.get(3)?,
+        command: r.get(4)?,
+        level: if level == "all" { RecordLevel::All } else { RecordLevel::Output },
+        started_at: u(6)?,
+        ended_at: r.get::<_, Option<i64>>(7)?.map(|v| v.max(0) as u64),
+        duration_ms: u(8)?,
+        bytes: u(9)?,
+        file_bytes: u(10)?,
+        exit_code: r.get(11)?,
+        state: RecordingState::parse(&state).unwrap_or(RecordingState::Failed),
+        error: r.get(13)?,
+        missed_bytes: u(14)?,
+        audit_ids: Vec::new(),
+        hits: None,
+    })
+}
+
+/// How a recording ended, for [`Index::finish`].
+#[derive(Debug, Clone)]
+pub struct Ending {
+    pub state: RecordingState,
+    pub ended_at: u64,
+    pub duration_ms: u64,
+    pub bytes: u64,
+    pub file_bytes: u64,
+    pub exit_code: Option<i64>,
+    pub error: Option<String>,
+    pub missed_bytes: u64,
+}
+
+impl Index {
+    pub fn open(dir: &Path) -> Result<Index, String> {
+        let conn = crate::db::open(dir, "recordings.db", SCHEMA_VERSION, SCHEMA)?;
+        Ok(Index { conn: Mutex::new(conn) })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds a recording that has just started.
+    pub fn add(&self, r: &Recording) -> Result<(), IndexError> {
+        self.conn().execute(
+            "INSERT OR REPLACE INTO recordings (id, user, container, container_id, command, level, started_at, state,
+                error, file_bytes)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![
+                r.id,
+                r.user,
+                r.container,
+                r.container_id,
+                r.command,
+                r.level.as_str(),
+                r.started_at as i64,
+                r.state.as_str(),
+                r.error,
+                r.file_bytes as i64
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Records how a recording ended and its transcript, at once.
+    pub fn finish(&self, id: &str, e: &Ending, transcript: &[Line]) -> Result<(), IndexError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute("DELETE FROM lines WHERE recording = ?1", params![id])?;
+        {
+            let mut add = tx.prepare("INSERT INTO lines (recording, time_ms, line) VALUES (?1, ?2, ?3)")?;
+            for l in transcript {
+                add.execute(params![id, l.time_ms as i64, l.text])?;
+            }
+        }
+        tx.execute(
+            "UPDATE recordings SET state = ?2, ended_at = ?3, duration_ms = ?4, bytes = ?5, file_bytes = ?6,
+                exit_code = ?7, error = ?8, missed_bytes = ?9 WHERE id = ?1",
+            params![
+                id,
+                e.state.as_str(),
+                e.ended_at as i64,
+                e.duration_ms as i64,
+                e.bytes as i64,
+                e.file_bytes as i64,
+                e.exit_code,
+                e.error,
+                e.missed_bytes as i64
+            ],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Marks a recording failed (its file stays as far as it was written).
+    pub fn fail(&self, id: &str, error: &str) -> Result<(), IndexError> {
+        self.conn().execute("UPDATE recordings SET state = 'failed', error = ?2 WHERE id = ?1", params![id, error])?;
+        Ok(())
+    }
+
+    pub fn link_audit(&self, id: &str, audit_id: &str) -> Result<(), IndexError> {
+        self.conn().execute("INSERT INTO audit_ids (recording, audit_id) VALUES (?1, ?2)", params![id, audit_id])?;
+        Ok(())
+    }
+
+    fn with_audit_ids(conn: &Connection, mut r: Recording) -> rusqlite::Result<Recording> {
+        let mut stmt = conn.prepare_cached("SELECT audit_id FROM audit_ids WHERE recording = ?1 ORDER BY rowid")?;
+        r.audit_ids = stmt.query_map(params![r.id], |row| row.get(0))?.collect::<Result<_, _>>()?;
+        Ok(r)
+    }
+
+    pub fn get(&self, id: &str) -> Result<Option<Recording>, IndexError> {
+        let conn = self.conn();
+        let r =
+            conn.query_row(&format!("SELECT {COLUMNS} FROM recordings WHERE id = ?1"), params![id], row).optional()?;
+        Ok(match r {
+            Some(r) => Some(Index::with_audit_ids(&conn, r)?),
+            None => None,
+        })
+    }
+
+    /// Recordings in a given state.
+    pub fn in_state(&self, state: RecordingState) -> Result<Vec<Recording>, IndexError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM recordings WHERE state = ?1"))?;
+        Ok(stmt.query_map(params![state.as_str()], row)?.collect::<Result<_, _>>()?)
+    }
+
+    /// Recordings matching `f`, newest first, with their hits when `f.matching` is set.
+    pub fn list(&self, f: &Filter) -> Result<Vec<Recording>, IndexError> {
+        let conn = self.conn();
+        let mut sql = format!("SELECT {COLUMNS} FROM recordings WHERE 1 = 1");
+        let mut args: Vec<rusqlite::types::Value> = Vec::new();
+        let arg = |v: rusqlite::types::Value, args: &mut Vec<rusqlite::types::Value>| {
+            args.push(v);
+            format!("?{}", args.len())
+        };
+        if !f.users.is_empty() {
+            let marks: Vec<String> = f.users.iter().map(|u| arg(u.clone().into(), &mut args)).collect();
+            sql += &format!(" AND user IN ({})", marks.join(", "));
+        }
+        if let Some(c) = &f.container {
+            let (a, b) = (arg(c.clone().into(), &mut args), arg(c.clone().into(), &mut args));
+            sql += &format!(" AND (container = {a} OR container_id = {b})");
+        }
+        if let Some(s) = f.since {
+            sql += &format!(" AND started_at >= {}", arg((s as i64).into(), &mut args));
+        }
+        if let Some(u) = f.until {
+            sql += &format!(" AND started_at <= {}", arg((u as i64).into(), &mut args));
+        }
+        if let Some((at, id)) = &f.before {
+            let (a1, a2, b) = (
+                arg((*at as i64).into(), &mut args),
+                arg((*at as i64).into(), &mut args),
+                arg(id.clone().into(), &mut args),
+            );
+            sql += &format!(" AND (started_at < {a1} OR (started_at = {a2} AND id < {b}))");
+        }
+        if let Some(q) = &f.matching {
+            let m = arg(q.clone().into(), &mut args);
+            sql += &format!(
+                " AND id IN (SELECT l.recording FROM transcript JOIN lines l ON l.rowid = transcript.rowid
+                    WHERE transcript MATCH {m})"
+            );
+        }
+        sql += &format!(" ORDER BY started_at DESC, id DESC LIMIT {}", arg((f.limit as i64).into(), &mut args));
+        let found: Vec<Recording> = {
+            let mut stmt = conn.prepare(&sql)?;
+            stmt.query_map(rusqlite::params_from_iter(args), row)?.collect::<Result<_, _>>()?
+        };
+        let mut out = Vec::with_capacity(found.len());
+        for r in found {
+            let mut r = Index::with_audit_ids(&conn, r)?;
+            if let Some(q) = &f.matching {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT l.time_ms, l.line FROM transcript JOIN lines l ON l.rowid = transcript.rowid
+                     WHERE transcript MATCH ?1 AND l.recording = ?2 ORDER BY l.rowid LIMIT ?3",
+                )?;
+                let hits = stmt.query_map(params![q, r.id, app::protocol::MAX_HITS_PER_RECORDING as i64], |row| {
+                    Ok(RecordingHit { time_ms: row.get::<_, i64>(0)?.max(0) as u64, line: row.get(1)? })
+                })?;
+                r.hits = Some(hits.collect::<Result<_, _>>()?);
+            }
+            out.push(r);
+        }
+        Ok(out)
+    }
+
+    /// Where recording `id` stands in the newest-first order (for `before`).
+    pub fn position(&self, id: &str) -> Result<Option<u64>, IndexError> {
+        let at: Option<i64> = self
+            .conn()
+            .query_row("SELECT started_at FROM recordings WHERE id = ?1", params![id], |r| r.get(0))
+            .optional()?;
+        Ok(at.map(|v| v.max(0) as u64))
+    }
+
+    /// The transcript of a finished recording.
+    pub fn transcript(&self, id: &str) -> Result<Vec<Line>, IndexError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT time_ms, line FROM lines WHERE recording = ?1 ORDER BY rowid")?;
+        let lines =
+            stmt.query_map(params![id], |r| Ok(Line { time_ms: r.get::<_, i64>(0)?.max(0) as u64, text: r.get(1)? }))?;
+        Ok(lines.collect::<Result<_, _>>()?)
+    }
+
+    /// Finished and failed recordings, oldest first.
+    pub fn closed_oldest_first(&self) -> Result<Vec<Closed>, IndexError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT id, COALESCE(ended_at, started_at), file_bytes FROM recordings WHERE state != 'recording'
+             ORDER BY started_at, id",
+        )?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(Closed {
+                    id: r.get(0)?,
+                    ended_at: r.get::<_, i64>(1)?.max(0) as u64,
+                    file_bytes: r.get::<_, i64>(2)?.max(0) as u64,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// Updates the size a live recording's file has reached (for the size budget).
+    pub fn set_file_bytes(&self, id: &str, bytes: u64) -> Result<(), IndexError> {
+        self.conn().execute("UPDATE recordings SET file_bytes = ?2 WHERE id = ?1", params![id, bytes as i64])?;
+        Ok(())
+    }
+
+    /// Forgets a recording: its row, transcript and audit ids.
+    pub fn remove(&self, id: &str) -> Result<(), IndexError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute("DELETE FROM lines WHERE recording = ?1", params![id])?;
+        tx.execute("DELETE FROM audit_ids WHERE recording = ?1", params![id])?;
+        tx.execute("DELETE FROM recordings WHERE id = ?1", params![id])?;
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+/// Turns plain words into an FTS5 query in which each is a quoted phrase (all must match): `rm -rf` becomes
+/// `"rm" "-rf"`. Words with nothing FTS5 indexes (only punctuation) are left out; `None` if none is left.
+pub fn fts_query(words: &str) -> Option<String> {
+    let quoted: Vec<String> = words
+        .split_whitespace()
+        .filter(|w| w.chars().any(char::is_alphanumeric))
+        .map(|w| format!("\"{}\"", w.replace('"', "\"\"")))
+        .collect();
+    (!quoted.is_empty()).then(|| quoted.join(" "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(id: &str, user: &str, at: u64) -> Recording {
+        Recording {
+            id: id.into(),
+            terminal_id: id.into(),
+            user: user.into(),
+            container: "web".into(),
+            container_id: "c0ffee".into(),
+            command: "bash -l".into(),
+            started_at: at,
+            ended_at: None,
+            duration_ms: 0,
+            bytes: 0,
+            file_bytes: 10,
+            exit_code: None,
+            state: RecordingState::Recording,
+            level: RecordLevel::Output,
+            error: None,
+            missed_bytes: 0,
+            audit_ids: Vec::new(),
+            hits: None,
+        }
+    }
+
+    #[test]
+    fn search_paging_and_removal() {
+        let dir = std::env::temp_dir().join(format!("porthole-index-{}", uuid::Uuid::new_v4().simple()));
+        let ix = Index::open(&dir).unwrap();
+        for (i, user) in ["alice", "bob", "alice"].iter().enumerate() {
+            let id = format!("t-{i}");
+            ix.add(&rec(&id, user, 100 + i as u64)).unwrap();
+            let lines = vec![
+                Line { time_ms: 5, text: "$ rm -rf /tmp/build".into() },
+                Line { time_ms: 9, text: format!("done {i}") },
+            ];
+            let end = Ending {
+                state: RecordingState::Finished,
+                ended_at: 200,
+                duration_ms: 9,
+                bytes: 30,
+                file_bytes: 99,
+                exit_code: Some(0),
+                error: None,
+                missed_bytes: 0,
+            };
+            ix.finish(&id, &end, &lines).unwrap();
+        }
+        ix.link_audit("t-1", "a-1").unwrap();
+        let q = fts_query("rm -rf").unwrap();
+        assert_eq!(q, "\"rm\" \"-rf\"");
+        let all = ix.list(&Filter { matching: Some(q.clone()), limit: 50, ..Filter::default() }).unwrap();
+        assert_eq!(all.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["t-2", "t-1", "t-0"]);
+        let hits = all[0].hits.as_ref().unwrap();
+        assert_eq!((hits.len(), hits[0].time_ms, hits[0].line.as_str()), (1, 5, "$ rm -rf /tmp/build"));
+        assert_eq!(all[1].audit_ids, ["a-1"]);
+        let mine = Filter { users: vec!["alice".into()], limit: 1, ..Filter::default() };
+        let page = ix.list(&mine).unwrap();
+        assert_eq!(page[0].id, "t-2");
+        let next = ix.list(&Filter { before: Some((102, "t-2".into())), ..mine.clone() }).unwrap();
+        assert_eq!(next[0].id, "t-0");
+        let one = ix.list(&Filter { matching: fts_query("done 1"), limit: 50, ..Filter::default() }).unwrap();
+        assert_eq!(one.len(), 1);
+        // Quoting makes FTS5 syntax plain words.
+        assert!(ix.list(&Filter { matching: fts_query("AND OR NOT ( * \"x"), limit: 5, ..Filter::default() }).is_ok());
+        assert_eq!(fts_query("- -- ;"), None);
+        ix.remove("t-0").unwrap();
+        assert!(ix.get("t-0").unwrap().is_none());
+        assert_eq!(ix.transcript("t-0").unwrap().len(), 0);
+        assert_eq!(ix.list(&Filter { matching: Some(q), limit: 50, ..Filter::default() }).unwrap().len(), 2);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
