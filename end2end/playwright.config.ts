@@ -35,7 +35,7 @@ export default defineConfig({
     },
   },
   webServer: {
-    command: `${bin} --listen 127.0.0.1:${port} --token ${TOKEN} --policy policy.toml --audit-log audit.log --sandboxes sandboxes.toml --state-dir ${state}`,
+    command: `${bin} --listen 127.0.0.1:${port} --token ${TOKEN} --policy policy.toml --audit-log audit.log --sandboxes sandboxes.toml --state-dir ${state} --recordings-max-age 1d`,
     url: `http://127.0.0.1:${port}/healthz`,
     reuseExistingServer: false,
     timeout: 30_000,

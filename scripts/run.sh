@@ -25,4 +25,6 @@ cargo build --release --locked --bin porthole
 target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 # Sandbox profiles to try "New sandbox" with, unless PORTHOLE_SANDBOXES (or --sandboxes) names others.
 export PORTHOLE_SANDBOXES="${PORTHOLE_SANDBOXES:-$PWD/scripts/demo-sandboxes.toml}"
+# The demo records its terminals (output only) for the Recordings page, unless PORTHOLE_RECORD says otherwise.
+export PORTHOLE_RECORD="${PORTHOLE_RECORD:-output}"
 exec "$target_dir/release/porthole" "$@"

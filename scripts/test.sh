@@ -69,6 +69,6 @@ cargo build --release --locked -p porthole-bench --bin porthole-bench
 (cd bench/js && npm ci --no-audit --no-fund --loglevel=error)
 "$target_dir/release/porthole-bench" --bin "$target_dir/release/porthole" \
   --mib 4 --rounds 1 --samples 20 --idle 20 --flood 5 --flood-secs 2 --opens 5 --opens-max 10 \
-  --sandbox-samples 2 --sandbox-burst 2 > /dev/null
+  --sandbox-samples 2 --sandbox-burst 2 --search-recordings 4 --search-mib 1 > /dev/null
 
 step "all tests passed"

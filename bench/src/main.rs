@@ -11,6 +11,7 @@
 //!
 //! Client and server CPU are reported with each, so a slow client is not mistaken for a slow server.
 
+mod recording;
 mod sandbox;
 
 use std::io::{Read, Write};
@@ -80,6 +81,12 @@ struct Args {
     /// Sandboxes created at once.
     #[arg(long, default_value_t = 50)]
     sandbox_burst: usize,
+    /// Recordings made for the search timing.
+    #[arg(long, default_value_t = 1000)]
+    search_recordings: usize,
+    /// Output of each of those recordings, MiB.
+    #[arg(long, default_value_t = 1)]
+    search_mib: usize,
     /// Write the report here too.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -98,6 +105,8 @@ enum Part {
     Flood,
     /// Sandboxes: cold create and warm claim beside `docker run -it`, and many at once.
     Sandbox,
+    /// Throughput with recording off and all, disk bytes per MiB, and searching many recordings.
+    Recording,
 }
 
 impl Args {
@@ -736,6 +745,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if args.runs(Part::Sandbox) {
         report += &sandbox::report(&args, &docker, &engine).await?;
+    }
+    if args.runs(Part::Recording) {
+        report += &recording::report(&args, &docker).await?;
     }
     println!("{report}");
     if let Some(out) = &args.out {
