@@ -381,6 +381,7 @@ async fn search_finds_what_the_user_saw_and_the_api_refuses_bad_queries_clearly(
     for (query, needle) in [
         ("q=", "no words"),
         ("q=---", "no words"),
+        ("q=a%00b", "control"),
         ("limit=0", "limit"),
         ("limit=501", "limit"),
         ("since=yesterday", "since"),

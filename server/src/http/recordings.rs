@@ -31,7 +31,7 @@ async fn list(
         Ok(q) => q,
         Err(e) => return ServiceError::invalid(format!("recordings query: {}", e.body_text())).into_response(),
     };
-    match state.recordings(&caller, &q) {
+    match state.recordings(&caller, &q).await {
         Ok(list) => Json(list).into_response(),
         Err(e) => e.into_response(),
     }

@@ -26,7 +26,8 @@ const SCHEMA: &str = "
         exit_code INTEGER,
         state TEXT NOT NULL,
         error TEXT,
-        missed_bytes INTEGER NOT NULL DEFAULT 0
+        missed_bytes INTEGER NOT NULL DEFAULT 0,
+        transcribed INTEGER NOT NULL DEFAULT 0
     );
     CREATE INDEX IF NOT EXISTS recordings_by_start ON recordings (started_at, id);
     CREATE TABLE IF NOT EXISTS audit_ids (recording TEXT NOT NULL, audit_id TEXT NOT NULL);
@@ -47,6 +48,10 @@ const SCHEMA: &str = "
     END;
     PRAGMA user_version = 1;
 ";
+
+/// Transcript lines inserted per transaction (the index's lock is let go between them, so other statements
+/// wait at most one batch).
+const LINES_PER_BATCH: usize = 2000;
 
 /// Why the index failed (a full disk, a broken file).
 #[derive(Debug, thiserror::Error)]
@@ -157,18 +162,9 @@ impl Index {
         Ok(())
     }
 
-    /// Records how a recording ended and its transcript, at once.
-    pub fn finish(&self, id: &str, e: &Ending, transcript: &[Line]) -> Result<(), IndexError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        tx.execute("DELETE FROM lines WHERE recording = ?1", params![id])?;
-        {
-            let mut add = tx.prepare("INSERT INTO lines (recording, time_ms, line) VALUES (?1, ?2, ?3)")?;
-            for l in transcript {
-                add.execute(params![id, l.time_ms as i64, l.text])?;
-            }
-        }
-        tx.execute(
+    /// Records how a recording ended (its transcript comes after, with [`Index::set_transcript`]).
+    pub fn end(&self, id: &str, e: &Ending) -> Result<(), IndexError> {
+        self.conn().execute(
             "UPDATE recordings SET state = ?2, ended_at = ?3, duration_ms = ?4, bytes = ?5, file_bytes = ?6,
                 exit_code = ?7, error = ?8, missed_bytes = ?9 WHERE id = ?1",
             params![
@@ -183,8 +179,32 @@ impl Index {
                 e.missed_bytes as i64
             ],
         )?;
-        tx.commit()?;
         Ok(())
+    }
+
+    /// Replaces a recording's transcript, in batches, and marks it transcribed.
+    pub fn set_transcript(&self, id: &str, transcript: &[Line]) -> Result<(), IndexError> {
+        self.conn().execute("DELETE FROM lines WHERE recording = ?1", params![id])?;
+        for batch in transcript.chunks(LINES_PER_BATCH) {
+            let mut conn = self.conn();
+            let tx = conn.transaction()?;
+            {
+                let mut add = tx.prepare_cached("INSERT INTO lines (recording, time_ms, line) VALUES (?1, ?2, ?3)")?;
+                for l in batch {
+                    add.execute(params![id, l.time_ms as i64, l.text])?;
+                }
+            }
+            tx.commit()?;
+        }
+        self.conn().execute("UPDATE recordings SET transcribed = 1 WHERE id = ?1", params![id])?;
+        Ok(())
+    }
+
+    /// Closed recordings whose transcript is not indexed yet (the server stopped while making it).
+    pub fn untranscribed(&self) -> Result<Vec<String>, IndexError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT id FROM recordings WHERE state != 'recording' AND transcribed = 0")?;
+        Ok(stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?)
     }
 
     /// Marks a recording failed (its file stays as far as it was written).
@@ -325,15 +345,15 @@ impl Index {
         Ok(())
     }
 
-    /// Forgets a recording: its row, transcript and audit ids.
-    pub fn remove(&self, id: &str) -> Result<(), IndexError> {
+    /// Forgets a recording: its row, transcript and audit ids; whether it was there.
+    pub fn remove(&self, id: &str) -> Result<bool, IndexError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         tx.execute("DELETE FROM lines WHERE recording = ?1", params![id])?;
         tx.execute("DELETE FROM audit_ids WHERE recording = ?1", params![id])?;
-        tx.execute("DELETE FROM recordings WHERE id = ?1", params![id])?;
+        let rows = tx.execute("DELETE FROM recordings WHERE id = ?1", params![id])?;
         tx.commit()?;
-        Ok(())
+        Ok(rows > 0)
     }
 }
 
@@ -396,7 +416,8 @@ mod tests {
                 error: None,
                 missed_bytes: 0,
             };
-            ix.finish(&id, &end, &lines).unwrap();
+            ix.end(&id, &end).unwrap();
+            ix.set_transcript(&id, &lines).unwrap();
         }
         ix.link_audit("t-1", "a-1").unwrap();
         let q = fts_query("rm -rf").unwrap();
@@ -416,7 +437,9 @@ mod tests {
         // Quoting makes FTS5 syntax plain words.
         assert!(ix.list(&Filter { matching: fts_query("AND OR NOT ( * \"x"), limit: 5, ..Filter::default() }).is_ok());
         assert_eq!(fts_query("- -- ;"), None);
-        ix.remove("t-0").unwrap();
+        assert!(ix.untranscribed().unwrap().is_empty());
+        assert!(ix.remove("t-0").unwrap());
+        assert!(!ix.remove("t-0").unwrap());
         assert!(ix.get("t-0").unwrap().is_none());
         assert_eq!(ix.transcript("t-0").unwrap().len(), 0);
         assert_eq!(ix.list(&Filter { matching: Some(q), limit: 50, ..Filter::default() }).unwrap().len(), 2);

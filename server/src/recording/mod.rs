@@ -63,9 +63,13 @@ pub struct Progress {
 /// The recordings of this server.
 pub struct Recordings {
     settings: Settings,
-    index: Index,
+    index: Arc<Index>,
     audit: Arc<Audit>,
     live: Mutex<HashMap<String, watch::Sender<Progress>>>,
+    /// Audit ids to link, for the writer thread (at most [`LINK_QUEUE`] waiting).
+    links: std::sync::mpsc::SyncSender<(String, String)>,
+    /// Held by a retention pass (one at a time).
+    retention: Mutex<()>,
 }
 
 impl std::fmt::Debug for Recordings {
@@ -88,6 +92,8 @@ struct ReadBack {
     bytes: u64,
     last_us: u64,
     missed: u64,
+    /// The exit code of the `exit CODE REASON` marker, when the file has one (`Some(None)`: `exit -`).
+    exit: Option<Option<i64>>,
     lines: Vec<transcript::Line>,
 }
 
@@ -122,6 +128,10 @@ fn read_back(path: &Path) -> std::io::Result<ReadBack> {
                 if let Some(n) = ev.data.strip_prefix(b"gap ") {
                     out.missed += String::from_utf8_lossy(n).parse::<u64>().unwrap_or(0);
                 }
+                if let Some(rest) = ev.data.strip_prefix(b"exit ") {
+                    let code = String::from_utf8_lossy(rest).split(' ').next().unwrap_or("-").to_string();
+                    out.exit = Some(code.parse().ok());
+                }
             }
             _ => {}
         }
@@ -130,30 +140,68 @@ fn read_back(path: &Path) -> std::io::Result<ReadBack> {
     Ok(out)
 }
 
-/// Cuts a file after its last newline (a line torn by a crash or a full disk); returns the new length and
-/// the time of its last event.
-fn cut_to_last_line(path: &Path) -> std::io::Result<(u64, u64)> {
+/// Bytes read at a time from the end of a file, looking for its last line.
+const TAIL_CHUNK: u64 = 64 * 1024;
+
+/// Cuts a file after its last newline (a line torn by a crash or a full disk), reading only its tail; returns
+/// its last event.
+fn cut_to_last_line(path: &Path) -> std::io::Result<Option<cast::Event>> {
+    use std::io::Read;
     let mut f = std::fs::OpenOptions::new().read(true).write(true).open(path)?;
     let len = f.seek(std::io::SeekFrom::End(0))?;
-    let data = std::fs::read(path)?;
-    let keep = data.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-    if keep as u64 != len {
-        f.set_len(keep as u64)?;
+    let mut end = len;
+    let mut tail: Vec<u8> = Vec::new();
+    // The last newline, then the line before it.
+    let keep = loop {
+        let from = end.saturating_sub(TAIL_CHUNK);
+        let mut chunk = vec![0u8; (end - from) as usize];
+        f.seek(std::io::SeekFrom::Start(from))?;
+        f.read_exact(&mut chunk)?;
+        chunk.extend_from_slice(&tail);
+        tail = chunk;
+        if let Some(i) = tail.iter().rposition(|&b| b == b'\n') {
+            break from + i as u64 + 1;
+        }
+        if from == 0 {
+            break 0;
+        }
+        end = from;
+    };
+    if keep != len {
+        f.set_len(keep)?;
     }
-    let last_us = data[..keep]
-        .split(|&b| b == b'\n')
-        .rev()
-        .find_map(|l| std::str::from_utf8(l).ok().and_then(cast::parse_event))
-        .map_or(0, |e| e.at_us);
-    Ok((keep as u64, last_us))
+    let whole = &tail[..tail.len().saturating_sub((len - keep) as usize)];
+    Ok(whole.split(|&b| b == b'\n').rev().find_map(|l| std::str::from_utf8(l).ok().and_then(cast::parse_event)))
 }
+
+/// Index writes that must never make a caller wait (audit links): queued for one writer thread.
+const LINK_QUEUE: usize = 4096;
 
 impl Recordings {
     /// Opens the index under `state_dir`, checks the recordings directory, and closes the recordings an earlier
     /// run left open (killed while writing).
     pub fn open(settings: Settings, state_dir: &Path, audit: Arc<Audit>) -> Result<Arc<Recordings>, String> {
-        let index = Index::open(state_dir)?;
-        let me = Arc::new(Recordings { settings, index, audit, live: Mutex::new(HashMap::new()) });
+        let index = Arc::new(Index::open(state_dir)?);
+        let (links, queued) = std::sync::mpsc::sync_channel::<(String, String)>(LINK_QUEUE);
+        let writer = index.clone();
+        std::thread::Builder::new()
+            .name("recordings-index".into())
+            .spawn(move || {
+                while let Ok((id, audit_id)) = queued.recv() {
+                    if let Err(e) = writer.link_audit(&id, &audit_id) {
+                        tracing::warn!(error = %e, "could not keep an audit id in the recordings index");
+                    }
+                }
+            })
+            .map_err(|e| format!("cannot start the recordings index writer: {e}"))?;
+        let me = Arc::new(Recordings {
+            settings,
+            index,
+            audit,
+            live: Mutex::new(HashMap::new()),
+            links,
+            retention: Mutex::new(()),
+        });
         if let Err(e) = me.check_dir() {
             tracing::error!(
                 "{e}; terminals will still open, and their recordings will be marked failed until it is fixed"
@@ -194,10 +242,10 @@ impl Recordings {
         self.link_audit(id, &audit_id);
     }
 
-    /// Keeps `audit_id` among recording `id`'s audit records.
+    /// Keeps `audit_id` among recording `id`'s audit records (queued: never waits).
     pub fn link_audit(&self, id: &str, audit_id: &str) {
-        if let Err(e) = self.index.link_audit(id, audit_id) {
-            tracing::warn!(error = %e, "could not keep an audit id in the recordings index");
+        if self.links.try_send((id.to_string(), audit_id.to_string())).is_err() {
+            tracing::warn!(recording = id, "the recordings index is behind; an audit id was not linked");
         }
     }
 
@@ -292,12 +340,22 @@ impl Recordings {
             hits: None,
         };
         let created = self.create_file(&id, &header);
-        if let Err(e) = &created {
-            meta.state = RecordingState::Failed;
-            meta.error = Some(e.clone());
+        let live = watch::channel(Progress::default()).0;
+        match &created {
+            Ok((_, written)) => {
+                meta.file_bytes = *written;
+                live.send_modify(|p| p.file_len = *written);
+                // Live before it is listed: a download or removal never sees it listed but not live.
+                self.live.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone(), live.clone());
+            }
+            Err(e) => {
+                meta.state = RecordingState::Failed;
+                meta.error = Some(e.clone());
+            }
         }
         if let Err(e) = self.index.add(&meta) {
             tracing::error!(error = %e, "could not index a recording; the terminal goes on unrecorded");
+            self.live.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
             let _ = std::fs::remove_file(self.path(&id));
             return;
         }
@@ -306,8 +364,6 @@ impl Recordings {
             Ok(f) => f,
             Err(e) => return self.audit_failed(&id, &e),
         };
-        let live = watch::channel(Progress { file_len: written, ..Progress::default() }).0;
-        self.live.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone(), live.clone());
         let job = recorder::Job { id: id.clone(), tap, file, written, live: live.clone(), recordings: self.clone() };
         let me = self.clone();
         tokio::spawn(async move {
@@ -316,79 +372,112 @@ impl Recordings {
         });
     }
 
-    /// Closes a recording that stopped: indexes its end and transcript, or its failure.
+    /// Closes a recording that stopped: its end goes into the index at once (so a shutdown right after loses
+    /// nothing), then, in the background, its transcript and a retention pass.
     async fn close(self: &Arc<Self>, id: &str, outcome: recorder::Outcome, live: &watch::Sender<Progress>) {
         let progress = *live.borrow();
-        match outcome {
-            recorder::Outcome::Failed(e) => {
-                if let Err(ie) = self.index.fail(id, &e) {
-                    tracing::error!(error = %ie, "could not mark a recording failed in the index");
-                }
-                let _ = self.index.set_file_bytes(id, progress.file_len);
-                self.audit_failed(id, &e);
-            }
-            recorder::Outcome::Ended { file, exit } => {
-                let me = self.clone();
-                let id2 = id.to_string();
-                let code = exit.and_then(|e| e.exit_code);
-                let r = tokio::task::spawn_blocking(move || {
-                    let _ = file.sync_data();
-                    me.finalize(&id2, code)
-                })
-                .await;
-                if let Err(e) = r.map_err(|e| e.to_string()).and_then(|r| r) {
-                    let _ = self.index.fail(id, &e);
-                    self.audit_failed(id, &e);
-                }
-            }
-        }
-        self.live.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
-        live.send_modify(|p| p.done = true);
-        self.enforce_retention();
-    }
-
-    /// Reads a closed file back and indexes its end and transcript (blocking).
-    fn finalize(&self, id: &str, exit_code: Option<i64>) -> Result<(), String> {
-        let path = self.path(id);
-        let back = read_back(&path).map_err(|e| format!("cannot read the recording back: {e}"))?;
-        let started = self.index.get(id).map_err(|e| e.to_string())?.map_or(now_ms(), |r| r.started_at);
-        let duration_ms = back.last_us / 1000;
-        let ending = Ending {
+        let started = self.index.get(id).ok().flatten().map_or_else(now_ms, |r| r.started_at);
+        let duration_ms = progress.last_us / 1000;
+        let mut ending = Ending {
             state: RecordingState::Finished,
             ended_at: started + duration_ms,
             duration_ms,
-            bytes: back.bytes,
-            file_bytes: std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0),
-            exit_code,
+            bytes: progress.bytes,
+            file_bytes: progress.file_len,
+            exit_code: None,
             error: None,
-            missed_bytes: back.missed,
+            missed_bytes: progress.missed,
         };
-        self.index.finish(id, &ending, &back.lines).map_err(|e| e.to_string())
+        match outcome {
+            recorder::Outcome::Failed(e) => {
+                ending.state = RecordingState::Failed;
+                ending.error = Some(e.clone());
+                self.audit_failed(id, &e);
+            }
+            recorder::Outcome::Ended { file, exit } => {
+                ending.exit_code = exit.and_then(|e| e.exit_code);
+                let _ = tokio::task::spawn_blocking(move || file.sync_data()).await;
+            }
+        }
+        if let Err(e) = self.index.end(id, &ending) {
+            tracing::error!(recording = id, error = %e, "could not record the end of a recording in the index");
+        }
+        self.live.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+        live.send_modify(|p| p.done = true);
+        let (me, id) = (self.clone(), id.to_string());
+        tokio::task::spawn_blocking(move || {
+            me.transcribe(&id);
+            me.enforce_retention();
+        });
     }
 
-    /// Closes what an earlier run left open: the file is cut to its last whole line, gets a final
-    /// `closed after restart` marker, and is indexed.
+    /// Reads a closed file back and indexes its transcript (blocking). A recording that cannot be read back
+    /// keeps its end, without a transcript.
+    fn transcribe(&self, id: &str) {
+        let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let back = read_back(&self.path(id)).map_err(|e| format!("cannot read the recording back: {e}"))?;
+            self.index.set_transcript(id, &back.lines).map_err(|e| e.to_string())
+        }));
+        match done {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(recording = id, error = %e, "no transcript for a recording"),
+            Err(_) => tracing::error!(recording = id, "making a transcript panicked; the recording has none"),
+        }
+    }
+
+    /// Closes what an earlier run left open: the file is cut to its last whole line and, unless it already
+    /// ends with its `exit` marker (the server stopped between writing it and indexing it), gets a final
+    /// `closed after restart` marker; then its end and transcript are indexed. Also makes the transcripts an
+    /// earlier run did not finish.
     fn recover(&self) {
         let open = match self.index.in_state(RecordingState::Recording) {
             Ok(list) => list,
             Err(e) => return tracing::error!(error = %e, "cannot read the recordings index"),
         };
         for r in open {
-            let path = self.path(&r.id);
-            let closed = cut_to_last_line(&path).and_then(|(_, last_us)| {
-                let mut line = Vec::new();
-                cast::write_text_event(Duration::from_micros(last_us), "m", CLOSED_AFTER_RESTART, &mut line);
-                std::fs::OpenOptions::new().append(true).open(&path)?.write_all(&line)
-            });
-            let result = closed.map_err(|e| format!("cannot close the recording after a restart: {e}"));
-            match result.and_then(|()| self.finalize(&r.id, None)) {
-                Ok(()) => tracing::info!(recording = %r.id, "closed a recording left open by an earlier run"),
-                Err(e) => {
+            let closed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.close_after_restart(&r)));
+            match closed {
+                Ok(Ok(())) => tracing::info!(recording = %r.id, "closed a recording left open by an earlier run"),
+                Ok(Err(e)) => {
                     let _ = self.index.fail(&r.id, &e);
                     self.audit_failed(&r.id, &e);
                 }
+                Err(_) => {
+                    let _ = self.index.fail(&r.id, "closing it after a restart panicked");
+                    tracing::error!(recording = %r.id, "closing a recording after a restart panicked");
+                }
             }
         }
+        for id in self.index.untranscribed().unwrap_or_default() {
+            self.transcribe(&id);
+        }
+    }
+
+    fn close_after_restart(&self, r: &Recording) -> Result<(), String> {
+        let path = self.path(&r.id);
+        let why = |e: std::io::Error| format!("cannot close the recording after a restart: {e}");
+        let last = cut_to_last_line(&path).map_err(why)?;
+        let ended = last.as_ref().is_some_and(|e| e.code == "m" && e.data.starts_with(b"exit "));
+        if !ended {
+            let mut line = Vec::new();
+            let at = Duration::from_micros(last.map_or(0, |e| e.at_us));
+            cast::write_text_event(at, "m", CLOSED_AFTER_RESTART, &mut line);
+            std::fs::OpenOptions::new().append(true).open(&path).and_then(|mut f| f.write_all(&line)).map_err(why)?;
+        }
+        let back = read_back(&path).map_err(|e| format!("cannot read the recording back: {e}"))?;
+        let duration_ms = back.last_us / 1000;
+        let ending = Ending {
+            state: RecordingState::Finished,
+            ended_at: r.started_at + duration_ms,
+            duration_ms,
+            bytes: back.bytes,
+            file_bytes: std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0),
+            exit_code: back.exit.flatten(),
+            error: None,
+            missed_bytes: back.missed,
+        };
+        self.index.end(&r.id, &ending).map_err(|e| e.to_string())?;
+        self.index.set_transcript(&r.id, &back.lines).map_err(|e| e.to_string())
     }
 
     /// Lists recordings with `filter`; live ones show how far they have got.
@@ -457,8 +546,9 @@ impl Recordings {
     }
 
     /// Removes a closed recording: its file and its index entries.
-    pub fn remove(&self, id: &str) -> Result<(), ServiceError> {
-        if self.live.lock().unwrap_or_else(|e| e.into_inner()).contains_key(id) {
+    pub fn remove(&self, id: &str) -> Result<bool, ServiceError> {
+        let open = self.index.get(id).map_err(internal)?.is_some_and(|r| r.state == RecordingState::Recording);
+        if open || self.live.lock().unwrap_or_else(|e| e.into_inner()).contains_key(id) {
             return Err(ServiceError::new(
                 ErrorCode::RecordingInProgress,
                 format!("recording {id} is still being written; it can be removed once its terminal ends"),
@@ -472,6 +562,14 @@ impl Recordings {
         self.index.remove(id).map_err(internal)
     }
 
+    /// [`Recordings::remove`] for a request: a recording already gone is `unknown_recording`.
+    pub fn remove_one(&self, id: &str) -> Result<(), ServiceError> {
+        match self.remove(id)? {
+            true => Ok(()),
+            false => Err(ServiceError::new(ErrorCode::UnknownRecording, format!("no recording {id} exists for you"))),
+        }
+    }
+
     /// Removes closed recordings past `--recordings-max-age`, then the oldest closed ones while all files
     /// together exceed `--recordings-max-bytes`. Recordings being written are never removed.
     pub fn enforce_retention(&self) {
@@ -479,6 +577,7 @@ impl Recordings {
         if max_age.is_none() && max_bytes.is_none() {
             return;
         }
+        let _one_at_a_time = self.retention.lock().unwrap_or_else(|e| e.into_inner());
         let closed = match self.index.closed_oldest_first() {
             Ok(x) => x,
             Err(e) => return tracing::warn!(error = %e, "retention: cannot read the index"),
@@ -493,7 +592,8 @@ impl Recordings {
                 continue;
             }
             match self.remove(&id) {
-                Ok(()) => {
+                Ok(false) => {}
+                Ok(true) => {
                     total = total.saturating_sub(bytes);
                     let reason =
                         if too_old { "older than --recordings-max-age" } else { "over --recordings-max-bytes" };

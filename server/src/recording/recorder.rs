@@ -20,7 +20,8 @@ use crate::session::log::{Event, Tap};
 
 /// Most encoded bytes waiting for the disk per recording; output beyond it is missed (`gap N`).
 pub const QUEUE_BYTES: usize = 8 * 1024 * 1024;
-/// Most bytes handed to one write.
+/// A write starts once this much is waiting (or at the flush interval); what piles up while one is in flight
+/// goes in the next.
 pub const WRITE_CHUNK: usize = 256 * 1024;
 /// Longest time an encoded event waits before it is written (the file lags at most about this, plus the
 /// write's own time).
@@ -73,6 +74,7 @@ impl State {
             return;
         }
         self.out.flush(at, "o", &mut self.buf);
+        self.input.flush(at, "i", &mut self.buf);
         let missed = std::mem::take(&mut self.unreported);
         cast::write_text_event(at, "m", &format!("gap {missed}"), &mut self.buf);
         self.progress.missed += missed;
@@ -92,9 +94,13 @@ impl State {
                 self.progress.last_us = at.as_micros() as u64;
             }
             Event::Input { at, data } => {
-                if self.room() {
-                    self.input.write(at, "i", &data, &mut self.buf);
+                if !self.room() {
+                    // Counted with the output: `gap N` is every recorded byte missed.
+                    self.unreported += data.len() as u64;
+                    return;
                 }
+                self.report_gap(at, job);
+                self.input.write(at, "i", &data, &mut self.buf);
             }
             Event::Resize { at, cols, rows } => {
                 cast::write_text_event(at, "r", &format!("{cols}x{rows}"), &mut self.buf);
@@ -160,6 +166,8 @@ pub(super) async fn run(job: Job) -> Outcome {
                         st.progress.file_len += data.len() as u64;
                         live.send_replace(st.progress);
                         data.clear();
+                        // A burst grew it; give the memory back.
+                        data.shrink_to(WRITE_CHUNK);
                         spare = data;
                         file = Some(f);
                     }

@@ -11,6 +11,10 @@ use std::collections::VecDeque;
 /// Most transcript text kept per recording; later lines are left out (and a last line says so).
 pub const MAX_TRANSCRIPT_BYTES: usize = 32 * 1024 * 1024;
 
+/// Most screen rows joined into one line (a program printing without newlines): past it the joined text so far
+/// is a line of its own, so one line's memory is bounded.
+pub const MAX_WRAPPED_ROWS: usize = 256;
+
 /// One transcript line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Line {
@@ -25,8 +29,9 @@ pub struct Transcript {
     /// For each screen row: its text and when that text appeared.
     rows: VecDeque<(String, u64)>,
     unwrapper: avt::util::TextUnwrapper,
-    /// The latest time among the rows of a wrapped line being joined.
+    /// The latest time among the rows of a wrapped line being joined, and how many rows it has.
     pending: u64,
+    pending_rows: usize,
     lines: Vec<Line>,
     bytes: usize,
     truncated: bool,
@@ -46,6 +51,7 @@ impl Transcript {
             rows: (0..rows).map(|_| (String::new(), 0)).collect(),
             unwrapper: avt::util::TextUnwrapper::new(),
             pending: 0,
+            pending_rows: 0,
             lines: Vec::new(),
             bytes: 0,
             truncated: false,
@@ -89,12 +95,13 @@ impl Transcript {
         if dirty.is_empty() {
             return;
         }
-        let view: Vec<String> = self.vt.view().map(|l| l.text()).collect();
+        let view: Vec<&avt::Line> = self.vt.view().collect();
         for i in dirty {
-            if let (Some(text), Some(row)) = (view.get(i), self.rows.get_mut(i))
-                && row.0 != *text
-            {
-                *row = (text.clone(), now);
+            if let (Some(line), Some(row)) = (view.get(i), self.rows.get_mut(i)) {
+                let text = line.text();
+                if row.0 != text {
+                    *row = (text, now);
+                }
             }
         }
     }
@@ -103,7 +110,18 @@ impl Transcript {
         self.pending = self.pending.max(at);
         if let Some(text) = self.unwrapper.push(line) {
             let at = std::mem::take(&mut self.pending);
+            self.pending_rows = 0;
             self.emit(at, text);
+            return;
+        }
+        self.pending_rows += 1;
+        if self.pending_rows >= MAX_WRAPPED_ROWS {
+            let joined = std::mem::take(&mut self.unwrapper).flush();
+            let at = std::mem::take(&mut self.pending);
+            self.pending_rows = 0;
+            if let Some(text) = joined {
+                self.emit(at, text);
+            }
         }
     }
 
@@ -174,6 +192,18 @@ mod tests {
         assert_eq!(text(&lines), ["one", "two", "three", "four", "five"]);
         let times: Vec<u64> = lines.iter().map(|l| l.time_ms).collect();
         assert_eq!(times, [10, 20, 30, 40, 40]);
+    }
+
+    #[test]
+    fn output_without_newlines_is_cut_into_bounded_lines() {
+        let mut t = Transcript::new(10, 4);
+        let row = [b'z'; 10];
+        for i in 0..(MAX_WRAPPED_ROWS as u64 * 3) {
+            t.output(i, &row);
+        }
+        let lines = t.finish();
+        assert!(lines.len() >= 2, "{}", lines.len());
+        assert!(lines.iter().all(|l| l.text.len() <= MAX_WRAPPED_ROWS * 10), "a line grew past the bound");
     }
 
     #[test]

@@ -27,7 +27,7 @@ impl AppState {
     }
 
     /// The recordings `caller` may see that match `q`, newest first.
-    pub fn recordings(&self, caller: &Caller, q: &RecordingQuery) -> Result<Vec<Recording>, ServiceError> {
+    pub async fn recordings(&self, caller: &Caller, q: &RecordingQuery) -> Result<Vec<Recording>, ServiceError> {
         let scope = self.recording_scope(caller)?;
         let me = &caller.principal.subject;
         let limit = q.limit.unwrap_or(DEFAULT_RECORDINGS_PAGE);
@@ -44,6 +44,9 @@ impl AppState {
             Some(words) => {
                 if words.len() > MAX_QUERY_LEN {
                     return Err(ServiceError::invalid(format!("q is longer than {MAX_QUERY_LEN} bytes")));
+                }
+                if words.chars().any(char::is_control) {
+                    return Err(ServiceError::invalid("q has control characters; search for words"));
                 }
                 if words.split_whitespace().count() > MAX_QUERY_WORDS {
                     return Err(ServiceError::invalid(format!("q has more than {MAX_QUERY_WORDS} words")));
@@ -73,7 +76,11 @@ impl AppState {
         };
         let filter =
             Filter { users, container: q.container.clone(), since: q.since, until: q.until, matching, limit, before };
-        self.recordings.list(&filter)
+        // A search can take a while on a big index: off the async workers.
+        let recordings = Arc::clone(&self.recordings);
+        tokio::task::spawn_blocking(move || recordings.list(&filter))
+            .await
+            .map_err(|e| ServiceError::new(ErrorCode::Internal, e.to_string()))?
     }
 
     fn visible_recording(&self, caller: &Caller, scope: RecordingScope, id: &str) -> Result<Recording, ServiceError> {
@@ -132,7 +139,7 @@ impl AppState {
                     "only users whose policy grants recordings = \"all\" may remove recordings (they serve audit)",
                 ));
             }
-            self.recordings.remove(&r.id)
+            self.recordings.remove_one(&r.id)
         });
         let record = match &result {
             Ok(()) => caller.record("recording.remove", "allowed"),

@@ -221,8 +221,18 @@ impl EventLog {
 
     fn push(&self, kind: Kind) {
         let mut inner = self.lock();
+        let pushed = self.push_locked(&mut inner, kind);
+        drop(inner);
+        if pushed {
+            self.changed.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// Appends under the caller's lock (so a change and its marker are one step); false after the exit. The
+    /// caller tells the subscribers ([`EventLog::changed`]) once it has let go of the lock.
+    fn push_locked(&self, inner: &mut Inner, kind: Kind) -> bool {
         if inner.exit.is_some() {
-            return;
+            return false;
         }
         // Never decreasing, even if the clock were to misbehave.
         let at = self.started.elapsed().max(inner.last_at);
@@ -242,8 +252,25 @@ impl EventLog {
                 inner.bytes -= old.size(self.overhead);
             }
         }
-        drop(inner);
-        self.changed.send_modify(|n| *n += 1);
+        true
+    }
+
+    /// Publishes a marker under the caller's lock if a tap follows the log; whether it did.
+    fn marker_locked(&self, inner: &mut Inner, text: String) -> bool {
+        !inner.taps.is_empty() && self.push_locked(inner, Kind::Marker(text.into()))
+    }
+
+    /// Where a viewer starts by default: the newest [`EventLog::cap`] bytes (entries kept beyond it for a
+    /// lagging tap are not replayed to viewers).
+    fn viewer_start(&self, inner: &Inner) -> u64 {
+        let mut over = inner.bytes.saturating_sub(self.cap);
+        for e in &inner.entries {
+            if over == 0 {
+                return e.offset;
+            }
+            over = over.saturating_sub(e.size(self.overhead));
+        }
+        inner.entries.back().map_or(inner.end, |e| e.offset)
     }
 
     /// Publishes output (after the previous output).
@@ -266,8 +293,11 @@ impl EventLog {
 
     /// Publishes a marker for the taps, if any follows the log (otherwise it is not kept).
     pub fn push_marker(&self, text: String) {
-        if !self.lock().taps.is_empty() {
-            self.push(Kind::Marker(text.into()));
+        let mut inner = self.lock();
+        let marked = self.marker_locked(&mut inner, text);
+        drop(inner);
+        if marked {
+            self.changed.send_modify(|n| *n += 1);
         }
     }
 
@@ -301,7 +331,7 @@ impl EventLog {
     ) -> Result<(ViewerSub, ViewerStart), u64> {
         let mut inner = self.lock();
         let (start, end) = (inner.start(), inner.end);
-        let wanted = since.unwrap_or(start);
+        let wanted = since.unwrap_or_else(|| self.viewer_start(&inner));
         if wanted > end {
             return Err(end);
         }
@@ -319,16 +349,16 @@ impl EventLog {
             ends_on_leave,
             user: user.into(),
         };
-        let new = match inner.viewers.insert(id.clone(), state) {
+        let marked = match inner.viewers.insert(id.clone(), state) {
             Some(old) => {
                 old.stop.cancel();
                 false
             }
-            None => true,
+            None => self.marker_locked(&mut inner, format!("attach {user}")),
         };
         drop(inner);
-        if new {
-            self.push_marker(format!("attach {user}"));
+        if marked {
+            self.changed.send_modify(|n| *n += 1);
         }
         self.progress.notify_waiters();
         let start = ViewerStart { offset, end, truncated: since.is_some_and(|s| s < start) };
@@ -338,10 +368,15 @@ impl EventLog {
 
     /// Removes viewer `id`; returns, if it was there, whether its leaving ends the terminal at once.
     pub fn detach_viewer(&self, id: &ViewerId) -> Option<bool> {
-        let removed = self.lock().viewers.remove(id);
+        let mut inner = self.lock();
+        let removed = inner.viewers.remove(id);
+        let marked = removed.as_ref().is_some_and(|v| self.marker_locked(&mut inner, format!("detach {}", v.user)));
+        drop(inner);
+        if marked {
+            self.changed.send_modify(|n| *n += 1);
+        }
         removed.map(|v| {
             v.stop.cancel();
-            self.push_marker(format!("detach {}", v.user));
             self.progress.notify_waiters();
             v.ends_on_leave
         })
@@ -598,9 +633,10 @@ impl Drop for ViewerSub {
             Some(v) if v.sub == self.sub => inner.viewers.remove(&self.id),
             _ => None,
         };
+        let marked = removed.is_some_and(|v| self.log.marker_locked(&mut inner, format!("detach {}", v.user)));
         drop(inner);
-        if let Some(v) = removed {
-            self.log.push_marker(format!("detach {}", v.user));
+        if marked {
+            self.log.changed.send_modify(|n| *n += 1);
         }
         self.log.progress.notify_waiters();
     }

@@ -160,9 +160,14 @@ fn the_log_keeps_what_a_tap_has_not_read_within_the_slack() {
         log.push_output(Bytes::copy_from_slice(chunk));
     }
     assert!(matches!(tap.try_next(), Some(Event::Gap { missed: 4, .. })));
-    // A viewer still starts at the oldest kept byte.
+    // (Without the tap, attaching pushes no markers, which would take room.)
+    drop(tap);
+    // A viewer is replayed only the newest 8 bytes (the cap), not what is kept for the tap.
     let (_v, start) = viewer(&log, "v", None, false);
-    assert_eq!(start.offset, 20);
+    assert_eq!(start.offset, 24);
+    // Asked for, the older kept bytes are there.
+    let (_w, start) = viewer(&log, "w", Some(20), false);
+    assert_eq!((start.offset, start.truncated), (20, false));
 }
 
 #[tokio::test]
