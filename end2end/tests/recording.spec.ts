@@ -36,7 +36,7 @@ test('a search hit opens the player at its moment, and the player plays the rest
   const name = startContainer('rec-search');
   await signIn(page);
   await picker(page, name).click();
-  await expectScreen(page, 0, /[#$] $/m);
+  await expectScreen(page, 0, /[#$]$/m);
   // A command typed with mistakes corrected by Backspace, as a person types, then later output.
   await page.keyboard.type('echo porthole-e2e-hellp');
   await page.keyboard.press('Backspace');
@@ -81,7 +81,7 @@ test('a running terminal is followed live from its recording page', async ({ pag
   const name = startContainer('rec-live');
   await signIn(page);
   await picker(page, name).click();
-  await expectScreen(page, 0, /[#$] $/m);
+  await expectScreen(page, 0, /[#$]$/m);
   await type(page, 'for i in 1 2 3 4 5 6 7 8 9 10; do echo tick-$i; sleep 1; done');
   const rec = await recordingOf(page, name);
   expect(rec.state).toBe('recording');
@@ -109,7 +109,7 @@ test.describe("other users' recordings", () => {
     const alice = await browser.newPage();
     await alice.goto(`${jwt.origin}/?token=${encodeURIComponent(jwt.token('alice'))}`);
     await picker(alice, name).click();
-    await expectScreen(alice, 0, /[#$] $/m);
+    await expectScreen(alice, 0, /[#$]$/m);
     await type(alice, 'echo alice-private-$((5*5))');
     await expectScreen(alice, 0, /^alice-private-25$/m);
     const rec = await recordingOf(alice, name, jwt.origin);
