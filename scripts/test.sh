@@ -63,6 +63,19 @@ cargo build --release --locked --bin porthole
   cd end2end
   PORTHOLE_BIN="$target_dir/release/porthole" npx playwright test
 )
+step "every recording the end-to-end suite made parses with the reference parser"
+e2e_state=${PORTHOLE_E2E_STATE:-$(node -e 'console.log(require("os").tmpdir())')/porthole-e2e-state}
+checked=0
+for cast in "$e2e_state"/recordings/*.cast; do
+  [ -e "$cast" ] || continue
+  "$PORTHOLE_ASCIINEMA_PYTHON" scripts/castcheck.py "$cast" > /dev/null
+  checked=$((checked + 1))
+done
+if [ "$checked" -eq 0 ]; then
+  echo "the end-to-end suite left no recordings in $e2e_state/recordings" >&2
+  exit 1
+fi
+echo "$checked recordings parse" >&2
 
 step "benchmark smoke run (tiny sizes: proves scripts/bench.sh works; figures are not checked)"
 cargo build --release --locked -p porthole-bench --bin porthole-bench

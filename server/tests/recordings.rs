@@ -432,7 +432,8 @@ recordings = "all"
 async fn others_recordings_answer_like_missing_ones_and_only_all_may_delete() {
     let c = TestContainer::start("rec-access", &bash_image()).await;
     let (mut config, _audit) = jwt_config(POLICY);
-    config.recordings_dir = Some(tempdir("rec-access"));
+    let config_dir = tempdir("rec-access");
+    config.recordings_dir = Some(config_dir.clone());
     let server = start_server(config).await;
     let url = base_url(&server);
     let (alice, bob, carol) = (token("alice", &[]), token("bob", &[]), token("carol", &[]));
@@ -471,7 +472,10 @@ async fn others_recordings_answer_like_missing_ones_and_only_all_may_delete() {
     assert_eq!(outcome(del(&bob, &done.terminal_id).await.unwrap()).await, (404, "unknown_recording".into()));
     assert_eq!(outcome(del(&alice, &done.terminal_id).await.unwrap()).await, (403, "forbidden".into()));
     assert_eq!(outcome(del(&carol, &live.terminal_id).await.unwrap()).await, (409, "recording_in_progress".into()));
+    let file = config_dir.join(format!("{}.cast", done.terminal_id.0));
+    castcheck(&file);
     assert_eq!(del(&carol, &done.terminal_id).await.unwrap().status(), 204);
+    assert!(!file.exists());
     assert_eq!(http_as(&alice).get(path("")).send().await.unwrap().status(), 404);
     assert_eq!(outcome(del(&carol, &done.terminal_id).await.unwrap()).await, (404, "unknown_recording".into()));
 }

@@ -192,3 +192,51 @@ pub(super) async fn run(job: Job) -> Outcome {
         None => Outcome::Failed("the file was lost".into()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    #[test]
+    fn output_past_the_queue_becomes_a_gap_marker_then_recording_goes_on() {
+        let base = std::env::temp_dir().join(format!("porthole-recorder-{}", uuid::Uuid::new_v4().simple()));
+        let settings = super::super::Settings {
+            dir: base.join("files"),
+            default_level: app::protocol::RecordLevel::Output,
+            max_age: None,
+            max_bytes: None,
+        };
+        let audit = Arc::new(crate::audit::Audit::open("/dev/null").unwrap());
+        let recordings = Recordings::open(settings, &base.join("state"), audit).unwrap();
+        let ctx = Ctx { id: "t-test".into(), recordings };
+        let mut st = State {
+            buf: vec![b'x'; QUEUE_BYTES],
+            out: ByteStream::default(),
+            input: ByteStream::default(),
+            unreported: 0,
+            progress: Progress::default(),
+            exit: None,
+            ended: false,
+        };
+        let out = |at: u64, data: &'static [u8]| Event::Output {
+            offset: 0,
+            at: Duration::from_millis(at),
+            data: Bytes::from_static(data),
+        };
+        // The disk is behind: both are missed (the second starts a character the first cannot finish).
+        st.take(out(1, b"0123456789"), &ctx);
+        st.take(out(2, b"ab\xe2"), &ctx);
+        st.take(Event::Gap { at: Duration::from_millis(3), missed: 7 }, &ctx);
+        assert_eq!(st.buf.len(), QUEUE_BYTES);
+        st.buf.clear();
+        st.take(out(4, b"\x82\xacok"), &ctx);
+        let text = String::from_utf8(st.buf.clone()).unwrap();
+        let events: Vec<cast::Event> = text.lines().map(|l| cast::parse_event(l).unwrap()).collect();
+        assert_eq!((events[0].code.as_str(), events[0].data.as_slice()), ("m", &b"gap 20"[..]));
+        // After the gap the stray continuation bytes are bytes, not a made-up character.
+        assert_eq!((events[1].code.as_str(), events[1].data.as_slice()), ("o", &b"\x82\xacok"[..]));
+        assert_eq!((st.progress.missed, st.progress.bytes), (20, 4));
+        let _ = std::fs::remove_dir_all(base);
+    }
+}
