@@ -49,6 +49,13 @@ const SCHEMA: &str = "
     PRAGMA user_version = 1;
 ";
 
+/// A recording's transcript lines have the rowids `recording's rowid << LINE_BITS` and up: each recording's lines
+/// are one rowid range, which FTS5 searches without touching the others'.
+const LINE_BITS: u32 = 25;
+/// Rows a search reads to find which recordings match before it switches to testing recordings one by one,
+/// newest first (a word on most lines of most recordings).
+const MATCH_SCAN_ROWS: usize = 20_000;
+
 /// Transcript lines inserted per transaction (the index's lock is let go between them, so other statements
 /// wait at most one batch).
 const LINES_PER_BATCH: usize = 2000;
@@ -184,14 +191,22 @@ impl Index {
 
     /// Replaces a recording's transcript, in batches, and marks it transcribed.
     pub fn set_transcript(&self, id: &str, transcript: &[Line]) -> Result<(), IndexError> {
-        self.conn().execute("DELETE FROM lines WHERE recording = ?1", params![id])?;
-        for batch in transcript.chunks(LINES_PER_BATCH) {
+        let base: i64 = {
+            let conn = self.conn();
+            conn.execute("DELETE FROM lines WHERE recording = ?1", params![id])?;
+            conn.query_row("SELECT rowid FROM recordings WHERE id = ?1", params![id], |r| r.get(0))?
+        };
+        let first = base << LINE_BITS;
+        let most = (1usize << LINE_BITS) - 1;
+        for (n, batch) in transcript[..transcript.len().min(most)].chunks(LINES_PER_BATCH).enumerate() {
             let mut conn = self.conn();
             let tx = conn.transaction()?;
             {
-                let mut add = tx.prepare_cached("INSERT INTO lines (recording, time_ms, line) VALUES (?1, ?2, ?3)")?;
-                for l in batch {
-                    add.execute(params![id, l.time_ms as i64, l.text])?;
+                let mut add =
+                    tx.prepare_cached("INSERT INTO lines (rowid, recording, time_ms, line) VALUES (?1, ?2, ?3, ?4)")?;
+                for (i, l) in batch.iter().enumerate() {
+                    let rowid = first + (n * LINES_PER_BATCH + i) as i64;
+                    add.execute(params![rowid, id, l.time_ms as i64, l.text])?;
                 }
             }
             tx.commit()?;
@@ -243,6 +258,10 @@ impl Index {
 
     /// Recordings matching `f`, newest first, with their hits when `f.matching` is set.
     pub fn list(&self, f: &Filter) -> Result<Vec<Recording>, IndexError> {
+        self.list_scanning(f, MATCH_SCAN_ROWS)
+    }
+
+    fn list_scanning(&self, f: &Filter, scan_rows: usize) -> Result<Vec<Recording>, IndexError> {
         let conn = self.conn();
         let mut sql = format!("SELECT {COLUMNS} FROM recordings WHERE 1 = 1");
         let mut args: Vec<rusqlite::types::Value> = Vec::new();
@@ -273,11 +292,26 @@ impl Index {
             sql += &format!(" AND (started_at < {a1} OR (started_at = {a2} AND id < {b}))");
         }
         if let Some(q) = &f.matching {
-            let m = arg(q.clone().into(), &mut args);
-            sql += &format!(
-                " AND id IN (SELECT l.recording FROM transcript JOIN lines l ON l.rowid = transcript.rowid
-                    WHERE transcript MATCH {m})"
-            );
+            // A rare match: the recordings it is in, from one pass over its rows. A common one: each candidate,
+            // newest first, tested for one match in its own rowid range, until the page is full.
+            let mut stmt = conn.prepare_cached("SELECT rowid FROM transcript WHERE transcript MATCH ?1 LIMIT ?2")?;
+            let rows: Vec<i64> =
+                stmt.query_map(params![q, scan_rows as i64 + 1], |r| r.get(0))?.collect::<Result<_, _>>()?;
+            if rows.len() <= scan_rows {
+                let mut recs: Vec<i64> = rows.iter().map(|r| r >> LINE_BITS).collect();
+                recs.sort_unstable();
+                recs.dedup();
+                let list = recs.iter().map(i64::to_string).collect::<Vec<_>>().join(", ");
+                sql += &format!(" AND rowid IN ({list})");
+            } else {
+                let m = arg(q.clone().into(), &mut args);
+                sql += &format!(
+                    " AND EXISTS (SELECT 1 FROM transcript WHERE transcript MATCH {m}
+                        AND transcript.rowid BETWEEN (recordings.rowid << {LINE_BITS})
+                        AND (recordings.rowid << {LINE_BITS}) + {})",
+                    (1i64 << LINE_BITS) - 1
+                );
+            }
         }
         sql += &format!(" ORDER BY started_at DESC, id DESC LIMIT {}", arg((f.limit as i64).into(), &mut args));
         let found: Vec<Recording> = {
@@ -290,9 +324,13 @@ impl Index {
             if let Some(q) = &f.matching {
                 let mut stmt = conn.prepare_cached(
                     "SELECT l.time_ms, l.line FROM transcript JOIN lines l ON l.rowid = transcript.rowid
-                     WHERE transcript MATCH ?1 AND l.recording = ?2 ORDER BY l.rowid LIMIT ?3",
+                     WHERE transcript MATCH ?1 AND transcript.rowid BETWEEN ?2 AND ?3 ORDER BY transcript.rowid
+                     LIMIT ?4",
                 )?;
-                let hits = stmt.query_map(params![q, r.id, app::protocol::MAX_HITS_PER_RECORDING as i64], |row| {
+                let base: i64 =
+                    conn.query_row("SELECT rowid FROM recordings WHERE id = ?1", params![r.id], |x| x.get(0))?;
+                let (lo, hi) = (base << LINE_BITS, (base << LINE_BITS) + (1i64 << LINE_BITS) - 1);
+                let hits = stmt.query_map(params![q, lo, hi, app::protocol::MAX_HITS_PER_RECORDING as i64], |row| {
                     Ok(RecordingHit { time_ms: row.get::<_, i64>(0)?.max(0) as u64, line: row.get(1)? })
                 })?;
                 r.hits = Some(hits.collect::<Result<_, _>>()?);
@@ -434,6 +472,13 @@ mod tests {
         assert_eq!(next[0].id, "t-0");
         let one = ix.list(&Filter { matching: fts_query("done 1"), limit: 50, ..Filter::default() }).unwrap();
         assert_eq!(one.len(), 1);
+        // The same answers when the match is too common to collect (each recording tested in its own range).
+        let f = Filter { matching: Some(q.clone()), limit: 2, ..Filter::default() };
+        let common = ix.list_scanning(&f, 1).unwrap();
+        assert_eq!(common.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["t-2", "t-1"]);
+        assert_eq!(common[0].hits.as_ref().unwrap().len(), 1);
+        let f = Filter { matching: fts_query("done 1"), limit: 50, ..Filter::default() };
+        assert_eq!(ix.list_scanning(&f, 0).unwrap().iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["t-1"]);
         // Quoting makes FTS5 syntax plain words.
         assert!(ix.list(&Filter { matching: fts_query("AND OR NOT ( * \"x"), limit: 5, ..Filter::default() }).is_ok());
         assert_eq!(fts_query("- -- ;"), None);
