@@ -30,7 +30,7 @@ scripts/toolchain.sh --browser
 
 step "format and lints"
 cargo fmt --all -- --check
-cargo clippy -p app -p porthole-client -p porthole-server -p porthole-bench --all-targets --locked -- -D warnings
+cargo clippy -p app -p porthole-client -p porthole-cli -p porthole-server -p porthole-bench --all-targets --locked -- -D warnings
 cargo clippy -p app -p frontend --target wasm32-unknown-unknown --locked -- -D warnings
 
 step "the protocol crate builds without Leptos (what native clients compile)"
@@ -45,7 +45,7 @@ step "browser UI build (trunk, release)"
 scripts/build-ui.sh
 
 step "unit and integration tests (real Docker daemon)"
-cargo test -p app -p porthole-client -p porthole-server --locked
+cargo test -p app -p porthole-client -p porthole-cli -p porthole-server --locked
 
 target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 
@@ -78,10 +78,11 @@ fi
 echo "$checked recordings parse" >&2
 
 step "benchmark smoke run (tiny sizes: proves scripts/bench.sh works; figures are not checked)"
-cargo build --release --locked -p porthole-bench --bin porthole-bench
+cargo build --release --locked -p porthole-bench -p porthole-cli --bin porthole-bench --bin porthole-cli
 (cd bench/js && npm ci --no-audit --no-fund --loglevel=error)
 "$target_dir/release/porthole-bench" --bin "$target_dir/release/porthole" \
   --mib 4 --rounds 1 --samples 20 --idle 20 --flood 5 --flood-secs 2 --opens 5 --opens-max 10 \
-  --sandbox-samples 2 --sandbox-burst 2 --search-recordings 4 --search-mib 1 > /dev/null
+  --sandbox-samples 2 --sandbox-burst 2 --search-recordings 4 --search-mib 1 \
+  --cli-bin "$target_dir/release/porthole-cli" > /dev/null
 
 step "all tests passed"

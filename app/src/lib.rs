@@ -7,4 +7,5 @@
 
 #[cfg(feature = "api")]
 pub mod api;
+pub mod cast;
 pub mod protocol;

@@ -299,6 +299,19 @@ pub struct StartTerminal {
     /// most [`FLOW_HIGH_WATERMARK`] unacknowledged bytes in flight. Absent/false: no acks expected.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub flow_control: bool,
+    /// Whether the process gets a tty (default true). `false` makes a pipe terminal, like `docker exec -i`
+    /// without `-t`: stdout and stderr stay apart (`output.stream`), bytes pass unchanged both ways, `input`
+    /// may end the process's stdin (`eof`), and there is no window size (`resize` is refused).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub tty: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 /// Successful `start-terminal` ack. The process is running in the container when this is sent.
@@ -317,6 +330,9 @@ pub struct TerminalStarted {
     /// Whether output flow control is on (the client asked for it).
     #[serde(default)]
     pub flow_control: bool,
+    /// Whether the process has a tty (false: a pipe terminal).
+    #[serde(default = "yes")]
+    pub tty: bool,
 }
 
 /// `input` event.
@@ -324,8 +340,40 @@ pub struct TerminalStarted {
 #[serde(rename_all = "camelCase")]
 pub struct Input {
     pub terminal_id: TerminalId,
-    /// At most [`MAX_INPUT_BYTES`].
+    /// At most [`MAX_INPUT_BYTES`]; may be empty.
+    #[serde(default)]
     pub data: TerminalBytes,
+    /// After `data`, close the process's stdin (end of input). Only for pipe terminals (`tty: false`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub eof: bool,
+    /// Where `data` starts in the terminal's input: the bytes of input the server had accepted before it. Input
+    /// the server already has is dropped (a resend after a reconnect repeats nothing); an `offset` beyond what
+    /// it has is refused. Absent: appended as is. Meant for a terminal's only writer (a pipe).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+}
+
+/// Which of a pipe terminal's output streams bytes came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputStream {
+    /// Standard output, and everything a tty produces.
+    #[default]
+    Stdout,
+    /// Standard error of a pipe terminal.
+    Stderr,
+}
+
+/// How `data` fields travel, chosen in the handshake (`auth.encoding`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DataEncoding {
+    /// `output` data is a binary attachment; `input` data a binary attachment or a UTF-8 string.
+    #[default]
+    Binary,
+    /// Every `data`, both ways, is a base64 string (RFC 4648, with padding): for Socket.IO clients whose
+    /// binary attachments are unreliable.
+    Base64,
 }
 
 /// `resize` event. Both dimensions in [`MIN_DIMENSION`]..=[`MAX_DIMENSION`].
@@ -383,6 +431,12 @@ pub struct TerminalAttached {
     /// This socket may only watch: its `input`, `resize` and `close-terminal` are refused with `view_only`.
     #[serde(default)]
     pub read_only: bool,
+    /// Whether the process has a tty (false: a pipe terminal).
+    #[serde(default = "yes")]
+    pub tty: bool,
+    /// Bytes of input the terminal has accepted so far (from every writer): where a resuming writer continues.
+    #[serde(default)]
+    pub input_offset: u64,
 }
 
 /// `terminal-viewers` event.
@@ -418,8 +472,24 @@ pub struct Output {
     /// events of one terminal on one socket are contiguous: `offset` = previous `offset` + previous length.
     #[serde(default)]
     pub offset: u64,
-    /// A Socket.IO binary attachment.
+    /// A Socket.IO binary attachment (a base64 string with `auth.encoding: "base64"`).
     pub data: TerminalBytes,
+    /// `stderr` for a pipe terminal's standard error; absent for a tty's output and for stdout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<OutputStream>,
+}
+
+/// `output` on a socket that chose `auth.encoding: "base64"`: [`Output`] with `data` as a base64 string.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutputBase64 {
+    pub terminal_id: TerminalId,
+    #[serde(default)]
+    pub offset: u64,
+    /// The bytes, base64 (RFC 4648, with padding).
+    pub data: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<OutputStream>,
 }
 
 /// Why a terminal ended.
@@ -494,6 +564,8 @@ pub enum ErrorCode {
     ContainerNotRunning,
     /// The requested program (or, without `command`, any shell) does not exist in the container.
     CommandNotFound,
+    /// The requested program exists in the container but cannot be executed (not executable, a directory).
+    CommandNotExecutable,
     /// No terminal with this id belongs to this client.
     UnknownTerminal,
     /// The per-socket or server-wide terminal limit is reached.
@@ -549,6 +621,7 @@ impl ErrorCode {
             ErrorCode::ContainerNotFound => "container_not_found",
             ErrorCode::ContainerNotRunning => "container_not_running",
             ErrorCode::CommandNotFound => "command_not_found",
+            ErrorCode::CommandNotExecutable => "command_not_executable",
             ErrorCode::UnknownTerminal => "unknown_terminal",
             ErrorCode::TooManyTerminals => "too_many_terminals",
             ErrorCode::DockerUnavailable => "docker_unavailable",
@@ -680,6 +753,9 @@ pub struct ClientAuth {
     /// authenticated by their session cookie; other clients may also send `Authorization: Bearer`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// How `data` fields travel on this socket; absent: binary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoding: Option<DataEncoding>,
 }
 
 /// `containers-changed` event.
@@ -802,7 +878,14 @@ mod tests {
         let v: StartTerminal = serde_json::from_str(r#"{"containerId":"web"}"#).unwrap();
         assert_eq!(
             v,
-            StartTerminal { container_id: "web".into(), cols: None, rows: None, command: None, flow_control: false }
+            StartTerminal {
+                container_id: "web".into(),
+                cols: None,
+                rows: None,
+                command: None,
+                flow_control: false,
+                tty: true
+            }
         );
         let v: StartTerminal =
             serde_json::from_str(r#"{"containerId":"web","cols":120,"rows":40,"command":["ls","-l"],"x":1}"#).unwrap();

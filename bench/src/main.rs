@@ -11,6 +11,7 @@
 //!
 //! Client and server CPU are reported with each, so a slow client is not mistaken for a slow server.
 
+mod cli;
 mod recording;
 mod sandbox;
 
@@ -87,6 +88,9 @@ struct Args {
     /// Output of each of those recordings, MiB.
     #[arg(long, default_value_t = 1)]
     search_mib: usize,
+    /// The command-line client to benchmark (release build).
+    #[arg(long, env = "PORTHOLE_CLI_BIN", default_value = "target/release/porthole-cli")]
+    cli_bin: PathBuf,
     /// Write the report here too.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -107,6 +111,8 @@ enum Part {
     Sandbox,
     /// Throughput with recording off and all, disk bytes per MiB, and searching many recordings.
     Recording,
+    /// `porthole-cli` beside the `docker` CLI: tty throughput and echo on a pty, pipe throughput.
+    Cli,
 }
 
 impl Args {
@@ -313,6 +319,7 @@ async fn start_terminal(client: &Connection, container: &str, cmd: &[&str], flow
         rows: Some(50),
         command: Some(cmd.iter().map(|s| s.to_string()).collect()),
         flow_control: flow,
+        tty: true,
     };
     let started = client
         .request::<event::StartTerminal>(&req)
@@ -464,21 +471,21 @@ async fn raw_echo(
 /// `docker exec -it <container> cat` on a pty of ours (the CLI needs a terminal for `-t` with `-i`): the
 /// process and the pty's master side.
 fn cli_on_pty(container: &str) -> anyhow::Result<(Child, std::fs::File)> {
-    let pty = nix::pty::openpty(None, None)?;
-    let slave = std::fs::File::from(pty.slave);
-    let child = Command::new("docker")
-        .args(["exec", "-it", container, "cat"])
-        .stdin(slave.try_clone()?)
-        .stdout(slave.try_clone()?)
-        .stderr(slave)
-        .spawn()?;
-    Ok((child, std::fs::File::from(pty.master)))
+    let mut cmd = Command::new("docker");
+    cmd.args(["exec", "-it", container, "cat"]);
+    cli::on_pty(cmd)
 }
 
 /// Echo through the CLI.
 fn cli_echo(container: &str, samples: usize) -> anyhow::Result<Vec<f64>> {
-    let (mut child, mut master) = cli_on_pty(container)?;
-    std::thread::sleep(Duration::from_millis(800));
+    let (child, master) = cli_on_pty(container)?;
+    pty_echo(child, master, samples)
+}
+
+/// Keystroke echo through a client running `cat` on a pty (`master` its other side), ms per sample after 20
+/// warm-ups; the client is killed after.
+fn pty_echo(mut child: Child, mut master: std::fs::File, samples: usize) -> anyhow::Result<Vec<f64>> {
+    std::thread::sleep(Duration::from_millis(1000));
     let mut buf = [0u8; 4096];
     let mut out = Vec::new();
     for i in 0..samples + 20 {
@@ -748,6 +755,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if args.runs(Part::Recording) {
         report += &recording::report(&args, &docker).await?;
+    }
+    if args.runs(Part::Cli) {
+        report += &cli::report(&args, &docker).await?;
     }
     println!("{report}");
     if let Some(out) = &args.out {

@@ -5,17 +5,21 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use app::protocol::{
-    self, ClientEvent, ContainersChanged, ErrorBody, ErrorEvent, Exit, Hello, Output, Reply, TerminalBytes, TerminalId,
-    TerminalViewers, event,
+    self, ClientEvent, ContainersChanged, DataEncoding, ErrorBody, ErrorEvent, Exit, Hello, Output, OutputBase64,
+    OutputStream, Reply, TerminalAck, TerminalBytes, TerminalId, TerminalViewers, event,
 };
+use base64::Engine as _;
 use bytes::Bytes;
 use futures_util::FutureExt;
-use rust_socketio::asynchronous::{Client, ClientBuilder};
+use rust_socketio::asynchronous::{Client, ClientBuilder, ReconnectSettings};
 use rust_socketio::{Payload, TransportType};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::Error;
+
+/// Where the one reconnection attempt `rust_socketio` makes goes: a port nothing listens on (see `connect`).
+const NOWHERE: &str = "http://127.0.0.1:1/";
 
 /// How long [`Options::default`] waits for `hello` and for each request's answer.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -50,6 +54,11 @@ pub struct Options {
     pub transport: Transport,
     /// How long to wait for `hello` and for each answer.
     pub timeout: Duration,
+    /// How `data` travels (`auth.encoding`). [`DataEncoding::Base64`] is binary-safe with `rust_socketio`,
+    /// whose WebSocket transport breaks binary attachments that contain the byte 0x1e (see the crate docs).
+    pub encoding: DataEncoding,
+    /// Verifies the server's TLS certificate (`https://` URLs) against these roots instead of the system's.
+    pub tls: Option<native_tls::TlsConnector>,
 }
 
 impl Options {
@@ -64,6 +73,8 @@ impl Options {
             headers: Vec::new(),
             transport: Transport::WebSocket,
             timeout: DEFAULT_TIMEOUT,
+            encoding: DataEncoding::Binary,
+            tls: None,
         }
     }
 
@@ -80,6 +91,9 @@ impl Options {
         }
         if let Some(v) = self.protocol_version {
             auth.insert("protocolVersion".into(), v.into());
+        }
+        if self.encoding == DataEncoding::Base64 {
+            auth.insert("encoding".into(), "base64".into());
         }
         Value::Object(auth)
     }
@@ -111,6 +125,7 @@ pub struct Connection {
     watchers: Watchers,
     hello: Hello,
     timeout: Duration,
+    encoding: DataEncoding,
     /// One request in flight at a time: `rust_socketio` resolves every request with the same (random) ack id.
     requests: tokio::sync::Mutex<()>,
 }
@@ -134,7 +149,8 @@ fn mangled_output(name: &str, data: Bytes) -> Option<Output> {
     };
     let terminal_id = TerminalId(field("terminalId:", |c| c.is_ascii_alphanumeric() || c == '-')?);
     let offset = field("offset:", |c| c.is_ascii_digit()).and_then(|o| o.parse().ok()).unwrap_or(0);
-    Some(Output { terminal_id, offset, data: TerminalBytes(data) })
+    let stream = field("stream:", |c| c.is_ascii_lowercase()).filter(|s| s == "stderr").map(|_| OutputStream::Stderr);
+    Some(Output { terminal_id, offset, data: TerminalBytes(data), stream })
 }
 
 /// Acks arrive as `Text([Array([value])])`; events as `Text([value])`.
@@ -160,6 +176,19 @@ fn decode(name: &str, payload: Payload) -> Option<Incoming> {
     }
     let v = first_value(payload);
     Some(match name {
+        // Text output: the base64 form (`auth.encoding: "base64"`).
+        event::OUTPUT => match serde_json::from_value::<OutputBase64>(v) {
+            Ok(o) => match base64::engine::general_purpose::STANDARD.decode(o.data.as_bytes()) {
+                Ok(data) => Incoming::Output(Output {
+                    terminal_id: o.terminal_id,
+                    offset: o.offset,
+                    data: TerminalBytes(data.into()),
+                    stream: o.stream,
+                }),
+                Err(e) => Incoming::Unknown(format!("{name} (data is not base64: {e})")),
+            },
+            Err(e) => Incoming::Unknown(format!("{name} (unparsable: {e})")),
+        },
         event::EXIT => typed(v, Incoming::Exit, name),
         event::REQUEST_ERROR => typed(v, Incoming::RequestError, name),
         event::TERMINAL_VIEWERS => typed(v, Incoming::Viewers, name),
@@ -187,6 +216,9 @@ impl Connection {
             }
         };
         let mut builder = ClientBuilder::new(options.url.as_str()).auth(options.auth());
+        if let Some(tls) = &options.tls {
+            builder = builder.tls_config(tls.clone());
+        }
         for (k, v) in &options.headers {
             builder = builder.opening_header(k.as_str(), v.as_str());
         }
@@ -206,10 +238,41 @@ impl Connection {
             greet(&g, Err(refusal.map_or_else(|| Error::Transport(text), Error::Refused)));
             async {}.boxed()
         });
-        let closed = tx.clone();
+        // `Closed` is told once: for the server's disconnect, or for a transport that died (see below).
+        let told = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let tell_closed = {
+            let (tx, told) = (tx.clone(), told.clone());
+            move || {
+                if !told.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                    let _ = tx.send(Incoming::Closed);
+                }
+            }
+        };
+        let closed = tell_closed.clone();
         builder = builder.on("close", move |_, _| {
-            let _ = closed.send(Incoming::Closed);
+            closed();
             async {}.boxed()
+        });
+        // `rust_socketio` says nothing when the transport dies (a cut connection, a dead peer): its stream just
+        // ends. Its reconnect hook is the only sign, so reconnection is on for one attempt, the hook tells
+        // `Closed`, points the attempt at an address nothing listens on, and ends the client for good (a
+        // manual disconnect stops its loop); a client resumes with a new [`Connection`] of its own.
+        let this: Arc<std::sync::OnceLock<Client>> = Arc::default();
+        let lost = (tell_closed, this.clone());
+        builder = builder.on_reconnect(move || {
+            (lost.0)();
+            if let Some(client) = lost.1.get() {
+                let client = client.clone();
+                tokio::spawn(async move {
+                    let _ = client.disconnect().await;
+                });
+            }
+            async {
+                let mut nowhere = ReconnectSettings::new();
+                nowhere.address(NOWHERE);
+                nowhere
+            }
+            .boxed()
         });
         let g = greeting.clone();
         let watchers: Watchers = Arc::default();
@@ -221,8 +284,11 @@ impl Connection {
         };
         let client = builder
             .transport_type(transport)
-            // Never reconnect by itself (upstream #374; it would also retry a refused sign-in).
-            .reconnect(false)
+            // Never reconnect by itself (upstream #374; it would also retry a refused sign-in): one attempt, to
+            // nowhere, only to learn that the transport died.
+            .reconnect(true)
+            .max_reconnect_attempts(1)
+            .reconnect_delay(10, 10)
             .reconnect_on_disconnect(false)
             .on_any(move |name, payload, _| {
                 let name = String::from(name);
@@ -243,6 +309,7 @@ impl Connection {
             .connect()
             .await
             .map_err(|e| Error::Transport(e.to_string()))?;
+        let _ = this.set(client.clone());
         let hello = match tokio::time::timeout(options.timeout, greet_rx).await {
             Ok(Ok(Ok(hello))) => hello,
             Ok(Ok(Err(e))) => {
@@ -255,7 +322,14 @@ impl Connection {
                 return Err(Error::Timeout("the connection (hello)".into()));
             }
         };
-        let connection = Connection { client, watchers, hello, timeout: options.timeout, requests: Default::default() };
+        let connection = Connection {
+            client,
+            watchers,
+            hello,
+            timeout: options.timeout,
+            encoding: options.encoding,
+            requests: Default::default(),
+        };
         Ok((connection, rx))
     }
 
@@ -308,6 +382,42 @@ impl Connection {
     /// object), so `data` must be UTF-8.
     pub async fn input(&self, terminal_id: &TerminalId, data: &str) -> Result<(), Error> {
         self.emit_raw(event::INPUT, serde_json::json!({ "terminalId": terminal_id, "data": data })).await
+    }
+
+    /// Sends bytes for a terminal's process, then with `eof` the end of its input (pipe terminals), in the
+    /// connection's encoding: with [`DataEncoding::Binary`] only UTF-8 can be sent (a protocol error otherwise).
+    /// With `acked`, waits for the server's ack, which comes once the bytes reached the process (one request at
+    /// a time, as every request: a writer keeps a window by asking for an ack on one event of it, see the CLI's
+    /// pipe). `offset`: where `data` starts
+    /// in the terminal's input, so that a resend repeats nothing (see [`protocol::Input::offset`]).
+    pub async fn send_input(
+        &self,
+        terminal_id: &TerminalId,
+        data: &[u8],
+        eof: bool,
+        offset: Option<u64>,
+        acked: bool,
+    ) -> Result<Result<TerminalAck, ErrorBody>, Error> {
+        let data = match self.encoding {
+            DataEncoding::Base64 => base64::engine::general_purpose::STANDARD.encode(data),
+            DataEncoding::Binary => String::from_utf8(data.to_vec())
+                .map_err(|_| Error::Protocol("binary input needs the base64 encoding".into()))?,
+        };
+        let mut payload = serde_json::json!({ "terminalId": terminal_id, "data": data });
+        if eof {
+            payload["eof"] = true.into();
+        }
+        if let Some(offset) = offset {
+            payload["offset"] = offset.into();
+        }
+        if !acked {
+            self.emit_raw(event::INPUT, payload).await?;
+            return Ok(Ok(TerminalAck { terminal_id: terminal_id.clone() }));
+        }
+        let answer = self.request_raw(event::INPUT, payload).await?;
+        let reply: Reply<TerminalAck> =
+            serde_json::from_value(answer.clone()).map_err(|e| Error::Protocol(format!("{answer}: {e}")))?;
+        Ok(reply.into_result())
     }
 
     /// Acknowledges that `processed` bytes of a flow-controlled terminal's output were consumed.

@@ -78,7 +78,12 @@ mod tests {
     use app::protocol::TerminalBytes;
 
     fn out(offset: u64, data: &'static [u8]) -> Output {
-        Output { terminal_id: TerminalId("t".into()), offset, data: TerminalBytes(Bytes::from_static(data)) }
+        Output {
+            terminal_id: TerminalId("t".into()),
+            offset,
+            data: TerminalBytes(Bytes::from_static(data)),
+            stream: None,
+        }
     }
 
     #[test]

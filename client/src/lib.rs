@@ -12,7 +12,11 @@
 //! - its ack ids are random in `0..999` and a reply resolves every request with the same id: one request is in
 //!   flight per connection at a time, and each has a timeout;
 //! - binary `output` events arrive with the JSON text as a mangled event name: the terminal id and offset are
-//!   recovered from it.
+//!   recovered from it;
+//! - its WebSocket transport splits every binary frame at each byte 0x1e (it takes them for the polling
+//!   transport's packet separator, `rust_engineio`'s `Payload` parser), so a binary attachment containing that
+//!   byte breaks the connection: clients that receive arbitrary bytes (the CLI, pipes) choose
+//!   [`app::protocol::DataEncoding::Base64`] in [`Options::encoding`], which the server then uses both ways.
 
 mod connection;
 mod follower;

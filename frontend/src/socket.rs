@@ -104,6 +104,7 @@ impl Client {
             client_id: Some(client_id.to_string()),
             // The session cookie authenticates the browser; the token never reaches page scripts.
             token: None,
+            encoding: None,
         };
         let _ = Reflect::set(&opts, &"auth".into(), &to_js(&auth));
         // Websocket first; long-polling only where websockets are blocked.

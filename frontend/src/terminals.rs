@@ -171,7 +171,7 @@ impl Ui {
                     })
                 }
                 None => {
-                    let req = StartTerminal { container_id, cols, rows, command: None, flow_control: true };
+                    let req = StartTerminal { container_id, cols, rows, command: None, flow_control: true, tty: true };
                     ui.client().request::<event::StartTerminal>(&req).await
                 }
             };
@@ -331,7 +331,8 @@ impl Ui {
             return;
         }
         for chunk in data.chunks(protocol::MAX_INPUT_BYTES) {
-            let input = Input { terminal_id: id.clone(), data: TerminalBytes(chunk.to_vec().into()) };
+            let input =
+                Input { terminal_id: id.clone(), data: TerminalBytes(chunk.to_vec().into()), eof: false, offset: None };
             self.client().emit::<event::Input>(&input);
         }
     }

@@ -49,7 +49,7 @@ impl ServiceError {
             ErrorCode::ContainerNotRunning | ErrorCode::ImageNotFound | ErrorCode::RecordingInProgress => {
                 StatusCode::CONFLICT
             }
-            ErrorCode::CommandNotFound => StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::CommandNotFound | ErrorCode::CommandNotExecutable => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorCode::TooManyTerminals | ErrorCode::InputOverflow => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::DockerUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Unauthenticated | ErrorCode::TokenExpired | ErrorCode::TokenRevoked => StatusCode::UNAUTHORIZED,

@@ -56,6 +56,16 @@ async fn a_dropped_transport_is_not_reconnected_behind_the_clients_back() {
     let (conn, mut rx) = Connection::connect(&options(&cutter.url(), "drop")).await.unwrap();
     assert_eq!(sign_ins(&audit), 1);
     cutter.cut();
+    // The caller learns of it: `rust_socketio` says nothing, the client does.
+    let closed = tokio::time::timeout(PATIENCE, async {
+        while let Some(incoming) = rx.recv().await {
+            if incoming == Incoming::Closed {
+                return true;
+            }
+        }
+        false
+    });
+    assert_eq!(closed.await, Ok(true), "the client told of the dead transport");
     // Long enough for rust_socketio's default reconnect (1 to 5 s apart) to have come back twice.
     tokio::time::sleep(Duration::from_secs(7)).await;
     assert_eq!(sign_ins(&audit), 1, "the client reconnected by itself");
@@ -80,6 +90,7 @@ async fn a_follower_resumes_across_a_dropped_transport_without_losing_or_repeati
         rows: None,
         command: Some(vec!["sh".into(), "-c".into(), script.into()]),
         flow_control: true,
+        tty: true,
     };
     let started = conn.request::<event::StartTerminal>(&req).await.unwrap().unwrap();
     let id = started.terminal_id.clone();

@@ -75,12 +75,13 @@ async fn container_errors_say_why() {
             rows: None,
             command: Some(vec!["definitely-not-installed".into(), "--flag".into()]),
             flow_control: false,
+            tty: true,
         })
         .await
         .unwrap_err();
     assert_eq!(err.code, ErrorCode::CommandNotFound);
     assert!(err.message.contains("definitely-not-installed"), "{}", err.message);
-    // A path that is not executable is refused the same way.
+    // A path that is there but not executable is refused with its own code (`docker exec` exits 126 for it).
     let err = client
         .start(StartTerminal {
             container_id: running.name.clone(),
@@ -88,10 +89,12 @@ async fn container_errors_say_why() {
             rows: None,
             command: Some(vec!["/etc/passwd".into()]),
             flow_control: false,
+            tty: true,
         })
         .await
         .unwrap_err();
-    assert_eq!(err.code, ErrorCode::CommandNotFound);
+    assert_eq!(err.code, ErrorCode::CommandNotExecutable);
+    assert!(err.message.contains("/etc/passwd"), "{}", err.message);
     // None of the failed starts left a process behind.
     assert!(running.stray_processes().await.is_empty());
 }
@@ -140,7 +143,9 @@ async fn malformed_input_and_resize_get_request_errors() {
     let too_big = "y".repeat(app::protocol::MAX_INPUT_BYTES + 1);
     let cases = [
         (event::INPUT, json!({"terminalId": id, "data": 5})),
-        (event::INPUT, json!({"terminalId": id})),
+        // The end of input is for pipe terminals only.
+        (event::INPUT, json!({"terminalId": id, "eof": true})),
+        (event::INPUT, json!({"terminalId": id, "data": "x", "offset": "first"})),
         (event::INPUT, json!({"data": "ls\n"})),
         (event::INPUT, json!({"terminalId": id, "data": too_big})),
         (event::RESIZE, json!({"terminalId": id, "cols": 0, "rows": 10})),

@@ -88,6 +88,7 @@ fn command(container: &str, script: &str) -> StartTerminal {
         rows: Some(30),
         command: Some(vec!["bash".into(), "-c".into(), script.into()]),
         flow_control: false,
+        tty: true,
     }
 }
 

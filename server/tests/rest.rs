@@ -56,6 +56,7 @@ async fn terminal_status_and_unknown_ids() {
             rows: Some(20),
             command: None,
             flow_control: false,
+            tty: true,
         })
         .await
         .unwrap();

@@ -17,6 +17,7 @@ fn command(script: &str) -> StartTerminal {
         rows: None,
         command: Some(vec!["bash".into(), "-c".into(), script.into()]),
         flow_control: false,
+        tty: true,
     }
 }
 

@@ -14,6 +14,7 @@ fn start(container: &str, command: Option<&[&str]>, size: Option<(u16, u16)>) ->
         rows: size.map(|s| s.1),
         command: command.map(|c| c.iter().map(|s| s.to_string()).collect()),
         flow_control: false,
+        tty: true,
     }
 }
 

@@ -43,6 +43,8 @@ pub struct StartPlan {
     /// The command asked for; `None`: a default shell.
     pub command: Option<Vec<String>>,
     pub flow_control: bool,
+    /// Give the process a tty (false: a pipe terminal).
+    pub tty: bool,
 }
 
 impl StartPlan {
@@ -60,6 +62,7 @@ impl StartPlan {
             rows,
             command: req.command.clone(),
             flow_control: req.flow_control,
+            tty: req.tty,
         })
     }
 }
@@ -147,7 +150,12 @@ pub struct Launcher {
 /// How one exec turned out.
 enum Attempt {
     Running(ExecStream),
-    NotFound(String),
+    /// The runtime could not start the program: `executable` false for a program that is not there (127),
+    /// true for one that is there but cannot be executed (126).
+    NotFound {
+        why: String,
+        executable: bool,
+    },
 }
 
 impl std::fmt::Debug for Launcher {
@@ -177,13 +185,20 @@ impl Launcher {
             return Err(not_running(target));
         }
         if let Some(cmd) = &plan.command {
-            return match self.attempt(target, cmd, id).await? {
+            return match self.attempt(target, cmd, id, plan.tty).await? {
                 Attempt::Running(stream) => Ok(Launched { stream, command: cmd.clone() }),
-                Attempt::NotFound(why) => {
+                Attempt::NotFound { why, executable: false } => {
                     tracing::debug!(container = %target.name, command = ?cmd, %why, "command not found");
                     Err(ServiceError::new(
                         ErrorCode::CommandNotFound,
                         format!("{} not found in container {}", cmd[0], target.name),
+                    ))
+                }
+                Attempt::NotFound { why, executable: true } => {
+                    tracing::debug!(container = %target.name, command = ?cmd, %why, "command not executable");
+                    Err(ServiceError::new(
+                        ErrorCode::CommandNotExecutable,
+                        format!("{} in container {} cannot be executed", cmd[0], target.name),
                     ))
                 }
             };
@@ -200,7 +215,7 @@ impl Launcher {
         let mut remembered = probe.lock().await;
         if let Some(i) = *remembered {
             drop(remembered);
-            if let Attempt::Running(stream) = self.attempt(target, &shell(i), id).await? {
+            if let Attempt::Running(stream) = self.attempt(target, &shell(i), id, plan.tty).await? {
                 return Ok(Launched { stream, command: shell(i) });
             }
             // The shell went away (the container changed): probe again.
@@ -209,12 +224,12 @@ impl Launcher {
         let mut tried = Vec::new();
         for i in 0..DEFAULT_SHELLS.len() {
             let cmd = shell(i);
-            match self.attempt(target, &cmd, id).await? {
+            match self.attempt(target, &cmd, id, plan.tty).await? {
                 Attempt::Running(stream) => {
                     *remembered = Some(i);
                     return Ok(Launched { stream, command: cmd });
                 }
-                Attempt::NotFound(why) => {
+                Attempt::NotFound { why, .. } => {
                     tracing::debug!(container = %target.name, command = ?cmd, %why, "command not found");
                     tried.push(cmd[0].clone());
                 }
@@ -233,13 +248,15 @@ impl Launcher {
         target: &ContainerTarget,
         cmd: &[String],
         id: &TerminalId,
+        tty: bool,
     ) -> Result<Attempt, ServiceError> {
-        let spec = ExecSpec {
-            cmd: cmd.to_vec(),
-            env: vec![reaper::marker(id), format!("TERM={TERM}"), "COLORTERM=truecolor".into()],
-            user: None,
-            tty: true,
+        // A pipe gets no terminal type, as with `docker exec -i`.
+        let env = if tty {
+            vec![reaper::marker(id), format!("TERM={TERM}"), "COLORTERM=truecolor".into()]
+        } else {
+            vec![reaper::marker(id)]
         };
+        let spec = ExecSpec { cmd: cmd.to_vec(), env, user: None, tty };
         let result = match self.launches.acquire().await {
             Ok(_turn) => self.attempt_inner(target, &spec).await,
             Err(_) => Err(ServiceError::new(ErrorCode::Internal, "the server is shutting down")),
@@ -279,7 +296,9 @@ impl Launcher {
                     tokio::time::timeout(Duration::from_secs(1), (&mut output).take(4096).read_to_end(&mut out)).await;
                 let why = String::from_utf8_lossy(&out).trim().to_string();
                 if code == 126 || code == 127 {
-                    return Ok(Attempt::NotFound(why));
+                    // Docker 20.10 says 126 for both; its message tells them apart.
+                    let missing = code == 127 || why.contains("not found") || why.contains("no such file");
+                    return Ok(Attempt::NotFound { why, executable: !missing });
                 }
                 return Err(ServiceError::new(ErrorCode::Internal, format!("the process did not start: {why}")));
             }
@@ -349,6 +368,7 @@ mod tests {
             rows: Some(40),
             command: None,
             flow_control: true,
+            tty: true,
         })
         .unwrap();
         assert_eq!((plan.container_ref.as_str(), plan.cols, plan.rows, plan.flow_control), ("web", 80, 40, true));

@@ -30,7 +30,7 @@ use app::protocol::{Exit, TerminalId, TerminalInfo};
 use bytes::Bytes;
 
 pub use launch::no_such_container;
-pub use pumps::READ_CHUNK_BYTES;
+pub use pumps::{READ_CHUNK_BYTES, Written};
 pub use sessions::{Prelaunched, Sessions};
 pub use terminal::Terminal;
 
@@ -55,8 +55,8 @@ pub enum Offer {
 
 /// Where a viewer's output and exit go. Implemented by the transport.
 pub trait TerminalSink: Send + Sync + 'static {
-    /// `data` starts at `offset` in the terminal's output.
-    fn output(&self, id: &TerminalId, offset: u64, data: &Bytes) -> Offer;
+    /// `data` starts at `offset` in the terminal's output, and came from `stream`.
+    fn output(&self, id: &TerminalId, offset: u64, data: &Bytes, stream: app::protocol::OutputStream) -> Offer;
     /// The number of attached viewers changed.
     fn viewers(&self, id: &TerminalId, attached: usize);
     fn exit(&self, exit: &Exit);

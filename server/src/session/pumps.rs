@@ -1,14 +1,18 @@
 //! The byte pumps between a terminal's exec stream and the rest: output into the event log ([`read`]), input
 //! and resizes from a bounded queue to the tty ([`write`]).
+//!
+//! A pipe terminal (no tty) has Docker's multiplexed stream instead of raw bytes: each frame is an 8-byte
+//! header (stream 1 stdout or 2 stderr, three zero bytes, the length as a big-endian u32) and the payload.
+//! [`Demux`] splits it as the bytes arrive, without waiting for whole frames.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use app::protocol::{self, ErrorCode, TerminalId};
+use app::protocol::{self, ErrorCode, OutputStream, TerminalId};
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::Terminal;
 use crate::docker::ContainerRuntime;
@@ -30,16 +34,21 @@ pub type Reader = Pin<Box<dyn AsyncRead + Send>>;
 /// The exec stream's input side.
 pub type Writer = Pin<Box<dyn AsyncWrite + Send>>;
 
+/// Told once an input's bytes were written to the process (or, dropped, that they never will be).
+pub type Written = oneshot::Sender<()>;
+
 enum Command {
-    Input(Bytes),
+    Input(Bytes, Option<Written>),
+    /// Close the process's stdin (a pipe terminal's end of input).
+    Eof(Option<Written>),
     Resize(u16, u16),
 }
 
 impl Command {
     fn bytes(&self) -> usize {
         match self {
-            Command::Input(b) => b.len(),
-            Command::Resize(..) => 0,
+            Command::Input(b, _) => b.len(),
+            Command::Eof(_) | Command::Resize(..) => 0,
         }
     }
 }
@@ -55,6 +64,10 @@ pub(super) struct InputQueue {
 struct Counts {
     events: AtomicUsize,
     bytes: AtomicUsize,
+    /// The end of input was queued: nothing may follow it.
+    eof: std::sync::atomic::AtomicBool,
+    /// Input bytes ever accepted (the offset of the input's end).
+    accepted: std::sync::atomic::AtomicU64,
 }
 
 /// The write pump's end of an [`InputQueue`].
@@ -70,7 +83,16 @@ impl InputQueue {
         (InputQueue { tx, counts: counts.clone() }, InputReceiver { rx, counts })
     }
 
-    pub(super) fn input(&self, id: &TerminalId, data: Bytes) -> Result<(), ServiceError> {
+    /// Queues `data`, then (with `eof`) the end of input; `written` is told once all of it reached the process.
+    /// With `offset`, the part of `data` already accepted is dropped (see [`protocol::Input::offset`]).
+    pub(super) fn input(
+        &self,
+        id: &TerminalId,
+        mut data: Bytes,
+        eof: bool,
+        offset: Option<u64>,
+        written: Option<Written>,
+    ) -> Result<(), ServiceError> {
         if data.len() > protocol::MAX_INPUT_BYTES {
             return Err(ServiceError::invalid(format!(
                 "input data is {} bytes; the limit is {} per event",
@@ -78,22 +100,63 @@ impl InputQueue {
                 protocol::MAX_INPUT_BYTES
             )));
         }
-        if data.is_empty() {
-            return Ok(());
+        if let Some(offset) = offset {
+            let accepted = self.accepted();
+            if offset > accepted {
+                return Err(ServiceError::invalid(format!(
+                    "input offset {offset} is past the {accepted} bytes of input terminal {id} has accepted"
+                )));
+            }
+            let known = ((accepted - offset) as usize).min(data.len());
+            let _ = data.split_to(known);
+            if data.is_empty() && (!eof || self.counts.eof.load(Ordering::SeqCst)) {
+                // All of it arrived before (a resend): done already, or on its way to the process.
+                if let Some(w) = written {
+                    let _ = w.send(());
+                }
+                return Ok(());
+            }
         }
-        self.queue(id, Command::Input(data))
+        if self.counts.eof.load(Ordering::SeqCst) {
+            return Err(ServiceError::invalid(format!("the input of terminal {id} is closed (eof was sent)")));
+        }
+        let commands = match (data.is_empty(), eof) {
+            (true, false) => {
+                if let Some(w) = written {
+                    let _ = w.send(());
+                }
+                return Ok(());
+            }
+            (false, false) => vec![Command::Input(data, written)],
+            (true, true) => vec![Command::Eof(written)],
+            (false, true) => vec![Command::Input(data, None), Command::Eof(written)],
+        };
+        let bytes = commands.iter().map(Command::bytes).sum::<usize>() as u64;
+        self.queue(id, commands)?;
+        self.counts.accepted.fetch_add(bytes, Ordering::SeqCst);
+        if eof {
+            self.counts.eof.store(true, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+
+    /// Input bytes accepted so far.
+    pub(super) fn accepted(&self) -> u64 {
+        self.counts.accepted.load(Ordering::SeqCst)
     }
 
     pub(super) fn resize(&self, id: &TerminalId, cols: u16, rows: u16) -> Result<(), ServiceError> {
-        self.queue(id, Command::Resize(cols, rows))
+        self.queue(id, vec![Command::Resize(cols, rows)])
     }
 
-    fn queue(&self, id: &TerminalId, command: Command) -> Result<(), ServiceError> {
-        let bytes = command.bytes();
+    /// Queues `commands`, all or none.
+    fn queue(&self, id: &TerminalId, commands: Vec<Command>) -> Result<(), ServiceError> {
+        let bytes: usize = commands.iter().map(Command::bytes).sum();
         let queued = self.counts.bytes.load(Ordering::SeqCst);
         // Only one socket's handler at a time adds to a terminal's queue, synchronously, so the check and the
         // add do not interleave with another add.
-        if self.counts.events.load(Ordering::SeqCst) >= COMMAND_QUEUE_EVENTS || queued + bytes > INPUT_QUEUE_BYTES {
+        let events = self.counts.events.load(Ordering::SeqCst) + commands.len();
+        if events > COMMAND_QUEUE_EVENTS || queued + bytes > INPUT_QUEUE_BYTES {
             return Err(ServiceError::new(
                 ErrorCode::InputOverflow,
                 format!(
@@ -101,9 +164,12 @@ impl InputQueue {
                 ),
             ));
         }
-        self.counts.events.fetch_add(1, Ordering::SeqCst);
-        self.counts.bytes.fetch_add(bytes, Ordering::SeqCst);
-        self.tx.send(command).map_err(|_| ServiceError::unknown_terminal(id))
+        for command in commands {
+            self.counts.events.fetch_add(1, Ordering::SeqCst);
+            self.counts.bytes.fetch_add(command.bytes(), Ordering::SeqCst);
+            self.tx.send(command).map_err(|_| ServiceError::unknown_terminal(id))?;
+        }
+        Ok(())
     }
 }
 
@@ -120,6 +186,7 @@ impl InputReceiver {
 /// then fills and the process blocks. With nobody attached it reads on, and the log keeps the newest bytes.
 pub(super) async fn read(terminal: Arc<Terminal>, mut output: Reader) -> Option<String> {
     let log = terminal.log().clone();
+    let mut demux = (!terminal.tty()).then(Demux::default);
     let stop = terminal.stop_token().clone();
     // The read buffer grows while reads fill it (a flood) and starts small, so an idle terminal holds
     // [`MIN_READ_BYTES`], not [`READ_CHUNK_BYTES`].
@@ -129,8 +196,11 @@ pub(super) async fn read(terminal: Arc<Terminal>, mut output: Reader) -> Option<
     let cap = log.cap() as u64;
     let high = protocol::FLOW_HIGH_WATERMARK.min(cap / 2);
     let low = protocol::FLOW_LOW_WATERMARK.min(high / 4);
+    // A pipe's output is never dropped: while nobody is attached, reading stops once the last viewer to leave
+    // is `high` behind, so a resuming reader finds every byte in the log.
+    let hold = !terminal.tty();
     loop {
-        if log.lag() > high && !log.wait_for_viewers(low, &stop).await {
+        if log.backlog(hold) > high && !log.wait_for_viewers(low, hold, &stop).await {
             return None;
         }
         buf.reserve(want);
@@ -165,7 +235,50 @@ pub(super) async fn read(terminal: Arc<Terminal>, mut output: Reader) -> Option<
             }
             chunk
         };
-        log.push_output(chunk);
+        match demux.as_mut() {
+            None => log.push_output(chunk),
+            Some(d) => d.feed(chunk, |stream, part| log.push_stream(part, stream)),
+        }
+    }
+}
+
+/// Splits Docker's multiplexed stream of a process without a tty into stdout and stderr, as bytes arrive.
+#[derive(Debug, Default)]
+pub struct Demux {
+    header: [u8; 8],
+    /// Header bytes read so far (8: the header is complete and `left` payload bytes follow).
+    have: usize,
+    left: usize,
+    stream: OutputStream,
+}
+
+impl Demux {
+    /// Hands each payload piece of `data` to `out`, with its stream (stdin frames, which Docker does not send
+    /// to an exec's client, count as stdout).
+    pub fn feed(&mut self, mut data: Bytes, mut out: impl FnMut(OutputStream, Bytes)) {
+        while !data.is_empty() {
+            if self.have < 8 {
+                let n = (8 - self.have).min(data.len());
+                self.header[self.have..self.have + n].copy_from_slice(&data[..n]);
+                self.have += n;
+                let _ = data.split_to(n);
+                if self.have == 8 {
+                    self.stream = if self.header[0] == 2 { OutputStream::Stderr } else { OutputStream::Stdout };
+                    let len = u32::from_be_bytes([self.header[4], self.header[5], self.header[6], self.header[7]]);
+                    self.left = len as usize;
+                    if self.left == 0 {
+                        self.have = 0;
+                    }
+                }
+                continue;
+            }
+            let n = self.left.min(data.len());
+            out(self.stream, data.split_to(n));
+            self.left -= n;
+            if self.left == 0 {
+                self.have = 0;
+            }
+        }
     }
 }
 
@@ -193,13 +306,15 @@ pub(super) async fn write(
             }
         };
         match command {
-            Command::Input(first) => {
+            Command::Input(first, done) => {
                 let (mut events, mut batch) = (1, BytesMut::from(&first[..]));
+                let mut told: Vec<Written> = done.into_iter().collect();
                 while batch.len() < INPUT_BATCH_BYTES {
                     match queue.rx.try_recv() {
-                        Ok(Command::Input(more)) => {
+                        Ok(Command::Input(more, done)) => {
                             events += 1;
                             batch.extend_from_slice(&more);
+                            told.extend(done);
                         }
                         Ok(other) => {
                             held = Some(other);
@@ -228,6 +343,26 @@ pub(super) async fn write(
                     }
                 }
                 queue.dequeued(events, batch.len());
+                // Input the process closed is gone for good; its senders learn that as much as the others.
+                for t in told {
+                    let _ = t.send(());
+                }
+            }
+            Command::Eof(done) => {
+                if input_open {
+                    let closed = tokio::select! {
+                        r = input.shutdown() => r,
+                        _ = stop.cancelled() => break,
+                    };
+                    if let Err(e) = closed {
+                        tracing::debug!(error = %e, "closing the process's stdin failed");
+                    }
+                    input_open = false;
+                }
+                queue.dequeued(1, 0);
+                if let Some(t) = done {
+                    let _ = t.send(());
+                }
             }
             Command::Resize(cols, rows) => {
                 match runtime.resize_exec(terminal.exec_id(), cols, rows).await {
@@ -239,4 +374,51 @@ pub(super) async fn write(
         }
     }
     let _ = input.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(stream: u8, payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![stream, 0, 0, 0];
+        f.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    /// Feeds `wire` in pieces of `step` bytes; returns what each stream got.
+    fn demux(wire: &[u8], step: usize) -> (Vec<u8>, Vec<u8>, Vec<OutputStream>) {
+        let (mut out, mut err, mut order) = (Vec::new(), Vec::new(), Vec::new());
+        let mut d = Demux::default();
+        for piece in wire.chunks(step) {
+            d.feed(Bytes::copy_from_slice(piece), |s, b| {
+                if order.last() != Some(&s) {
+                    order.push(s);
+                }
+                match s {
+                    OutputStream::Stdout => out.extend_from_slice(&b),
+                    OutputStream::Stderr => err.extend_from_slice(&b),
+                }
+            });
+        }
+        (out, err, order)
+    }
+
+    #[test]
+    fn the_multiplexed_stream_splits_whatever_the_read_boundaries() {
+        // Payloads that look like headers themselves, an empty frame, and a frame split across reads.
+        let mut wire = frame(1, b"\x02\x00\x00\x00\x00\x00\x00\x05hello");
+        wire.extend(frame(2, b"oops\n"));
+        wire.extend(frame(1, b""));
+        wire.extend(frame(1, &[0x1e; 70_000]));
+        for step in [1, 3, 7, 8, 9, 4096, wire.len()] {
+            let (out, err, order) = demux(&wire, step);
+            let mut want = b"\x02\x00\x00\x00\x00\x00\x00\x05hello".to_vec();
+            want.extend_from_slice(&[0x1e; 70_000]);
+            assert_eq!(out, want, "step {step}");
+            assert_eq!(err, b"oops\n", "step {step}");
+            assert_eq!(order, [OutputStream::Stdout, OutputStream::Stderr, OutputStream::Stdout], "step {step}");
+        }
+    }
 }

@@ -166,6 +166,7 @@ impl Sessions {
             rows: app::protocol::DEFAULT_ROWS,
             command: None,
             flow_control: false,
+            tty: true,
         };
         let id = TerminalId(format!("t-{}", uuid::Uuid::new_v4().simple()));
         let launched = self.launcher.launch(&target, &plan, &id).await?;
@@ -212,6 +213,7 @@ impl Sessions {
             cols: plan.cols,
             rows: plan.rows,
             flow_control: plan.flow_control,
+            tty: plan.tty,
             log_bytes: self.limits.log_bytes,
         };
         let (terminal, control, input_rx) = Terminal::new(parts);
@@ -220,7 +222,9 @@ impl Sessions {
         let span = tracing::info_span!("terminal", terminal = %terminal.id(), container = %terminal.container_name(), exec = %terminal.exec_id());
         tracing::info!(parent: &span, command = ?terminal.command(), cols, rows, "terminal started");
         // The first command applies the requested size; input and later resizes queue behind it.
-        let _ = terminal.send_resize(cols, rows);
+        if terminal.tty() {
+            let _ = terminal.send_resize(cols, rows);
+        }
         let crate::docker::ExecStream { output, input, .. } = stream;
         tokio::spawn(pumps::write(self.runtime.clone(), terminal.clone(), input, input_rx).instrument(span.clone()));
         tokio::spawn(terminal.clone().own(self.clone(), output, control).instrument(span));
@@ -264,6 +268,8 @@ impl Sessions {
             truncated: start.truncated,
             ended: terminal.has_ended(),
             read_only,
+            tty: terminal.tty(),
+            input_offset: terminal.input_offset(),
         };
         tracing::info!(terminal = %terminal.id(), viewer = %sub.id().0, offset = start.offset, end = start.end, truncated = start.truncated, "viewer attached");
         Ok((Attachment { terminal: terminal.clone(), sub, flow_control }, attached))

@@ -62,6 +62,8 @@ pub struct Terminal {
     exec_id: String,
     started_at_ms: u64,
     flow_control: bool,
+    /// It has a tty (false: a pipe terminal, with stdout and stderr apart and no window size).
+    tty: bool,
     /// `cols << 16 | rows`, as last asked for.
     size: AtomicU32,
     log: Arc<EventLog>,
@@ -91,6 +93,7 @@ pub(super) struct Parts {
     pub cols: u16,
     pub rows: u16,
     pub flow_control: bool,
+    pub tty: bool,
     pub log_bytes: usize,
 }
 
@@ -111,6 +114,7 @@ impl Terminal {
             exec_id: parts.exec_id,
             started_at_ms: super::now_ms(),
             flow_control: parts.flow_control,
+            tty: parts.tty,
             size: AtomicU32::new(pack(parts.cols, parts.rows)),
             log: EventLog::new(parts.log_bytes),
             input,
@@ -202,13 +206,39 @@ impl Terminal {
         self.control.send(control).map_err(|e| e.0)
     }
 
-    /// Queues bytes for the tty. Never waits: ordering is the order of calls.
-    pub fn send_input(&self, data: Bytes) -> Result<(), ServiceError> {
-        self.input.input(&self.id, data)
+    /// Whether it has a tty (false: a pipe terminal).
+    pub fn tty(&self) -> bool {
+        self.tty
+    }
+
+    /// Queues bytes for the process, then with `eof` the end of its input (pipe terminals only). Never waits:
+    /// ordering is the order of calls. `written` is told once they reached the process.
+    pub fn send_input(
+        &self,
+        data: Bytes,
+        eof: bool,
+        offset: Option<u64>,
+        written: Option<pumps::Written>,
+    ) -> Result<(), ServiceError> {
+        if eof && self.tty {
+            return Err(ServiceError::invalid(format!(
+                "terminal {} has a tty: end its input with the tty's EOF character (Ctrl-D) instead of eof",
+                self.id
+            )));
+        }
+        self.input.input(&self.id, data, eof, offset, written)
+    }
+
+    /// Bytes of input accepted so far (the offset a resuming writer continues from).
+    pub fn input_offset(&self) -> u64 {
+        self.input.accepted()
     }
 
     /// Queues a tty resize, applied in order with input.
     pub fn send_resize(&self, cols: u16, rows: u16) -> Result<(), ServiceError> {
+        if !self.tty {
+            return Err(ServiceError::invalid(format!("terminal {} has no tty to resize (tty: false)", self.id)));
+        }
         super::launch::check_size(cols, rows)?;
         self.size.store(pack(cols, rows), Ordering::Relaxed);
         self.input.resize(&self.id, cols, rows)
@@ -262,6 +292,7 @@ impl Terminal {
             cols,
             rows,
             flow_control: self.flow_control,
+            tty: self.tty,
         }
     }
 

@@ -22,7 +22,7 @@ struct Collect {
 }
 
 impl TerminalSink for Collect {
-    fn output(&self, _: &TerminalId, _: u64, data: &Bytes) -> Offer {
+    fn output(&self, _: &TerminalId, _: u64, data: &Bytes, _: app::protocol::OutputStream) -> Offer {
         self.out.lock().unwrap().extend_from_slice(data);
         Offer::Delivered
     }
@@ -49,6 +49,7 @@ fn plan(command: Option<&[&str]>) -> StartPlan {
         rows: 24,
         command: command.map(|c| c.iter().map(|s| s.to_string()).collect()),
         flow_control: false,
+        tty: true,
     }
 }
 
@@ -85,7 +86,7 @@ async fn input_comes_back_in_order_and_close_leaves_no_process() {
     let sink = Arc::new(Collect::default());
     attachment.start(sink.clone());
     for word in ["one ", "two ", "three"] {
-        t.send_input(Bytes::from(word)).unwrap();
+        t.send_input(Bytes::from(word), false, None, None).unwrap();
     }
     eventually("the echo", || sink.out.lock().unwrap().as_slice() == b"one two three").await;
     assert_eq!(sink.viewers.lock().unwrap().first(), Some(&1));
@@ -109,7 +110,7 @@ async fn a_tap_is_never_counted_and_never_holds_the_grace_period() {
     let (attachment, _) = sessions.attach(&t, viewer.clone(), AttachOptions::default(), &gone).unwrap();
     let sink = Arc::new(Collect::default());
     attachment.start(sink.clone());
-    t.send_input(Bytes::from_static(b"hi")).unwrap();
+    t.send_input(Bytes::from_static(b"hi"), false, None, None).unwrap();
     eventually("the echo", || sink.out.lock().unwrap().as_slice() == b"hi").await;
     assert_eq!(sessions.info(&t).attached, 1);
     sessions.detach(&t, &viewer);
@@ -230,7 +231,7 @@ async fn a_flow_controlled_viewer_gets_the_rest_and_the_exit_of_a_closed_termina
     // More than the flow-control window, never acknowledged.
     let chunk = vec![b'x'; 60 * 1024];
     for _ in 0..12 {
-        t.send_input(Bytes::from(chunk.clone())).unwrap();
+        t.send_input(Bytes::from(chunk.clone()), false, None, None).unwrap();
     }
     eventually("the window to fill", || sink.out.lock().unwrap().len() as u64 >= app::protocol::FLOW_HIGH_WATERMARK)
         .await;

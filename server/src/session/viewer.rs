@@ -75,7 +75,7 @@ async fn pump(attachment: Attachment, sink: Arc<dyn TerminalSink>) {
         }
         let Some(next) = sub.next(MAX_MESSAGE_BYTES).await else { break };
         match next {
-            Delivery::Output { offset, data } => {
+            Delivery::Output { offset, data, stream } => {
                 // The cursor moves first, so a fast client's ack of these bytes is never ahead of it.
                 sub.delivered(offset, data.len() as u64);
                 let mut pause = Duration::from_millis(1);
@@ -84,7 +84,7 @@ async fn pump(attachment: Attachment, sink: Arc<dyn TerminalSink>) {
                     if sub.stopped().is_cancelled() {
                         break 'sending;
                     }
-                    match sink.output(terminal.id(), offset, &data) {
+                    match sink.output(terminal.id(), offset, &data, stream) {
                         Offer::Delivered => break,
                         Offer::Gone => break 'sending,
                         Offer::Full => {

@@ -3,7 +3,11 @@
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-use app::protocol::{ClientEvent, ErrorCode, Exit, Output, Reply, ServerEvent, TerminalBytes, TerminalId, event};
+use app::protocol::{
+    ClientEvent, DataEncoding, ErrorCode, Exit, Output, OutputBase64, OutputStream, Reply, ServerEvent, TerminalBytes,
+    TerminalId, event,
+};
+use base64::Engine as _;
 use bytes::Bytes;
 use socketioxide::adapter::LocalAdapter;
 use socketioxide::extract::AckSender;
@@ -81,9 +85,22 @@ pub(super) struct Conn {
     pub rate: governor::DefaultDirectRateLimiter,
     /// Acks and control events waiting for room in the send queue; output holds back while any wait.
     pub outbox: Arc<Outbox>,
+    /// How `data` travels on this socket (`auth.encoding`).
+    pub encoding: DataEncoding,
 }
 
 impl Conn {
+    /// An `input`'s bytes as the socket sent them: base64 is decoded on a socket that chose it.
+    pub fn input_bytes(&self, data: TerminalBytes) -> Result<Bytes, ServiceError> {
+        match self.encoding {
+            DataEncoding::Binary => Ok(data.0),
+            DataEncoding::Base64 => base64::engine::general_purpose::STANDARD
+                .decode(&data.0)
+                .map(Bytes::from)
+                .map_err(|e| ServiceError::invalid(format!("input data must be base64 on this socket: {e}"))),
+        }
+    }
+
     /// Hands a reply to the outbox; on overflow, disconnects the socket. False if the reply will not arrive.
     pub fn reply(&self, socket: &Arc<Socket>, state: &AppState, reply: Deliver) -> bool {
         match self.outbox.send(socket, reply) {
@@ -181,15 +198,26 @@ pub(super) struct SocketSink {
 }
 
 impl TerminalSink for SocketSink {
-    fn output(&self, id: &TerminalId, offset: u64, data: &Bytes) -> Offer {
+    fn output(&self, id: &TerminalId, offset: u64, data: &Bytes, stream: OutputStream) -> Offer {
         if self.conn.outbox.busy() {
             return Offer::Full;
         }
         if self.conn.outbox.overflowed() {
             return Offer::Gone;
         }
-        let payload = Output { terminal_id: id.clone(), offset, data: TerminalBytes(data.clone()) };
-        match self.socket.emit(<event::Output as ServerEvent>::NAME, &payload) {
+        let stream = (stream == OutputStream::Stderr).then_some(stream);
+        let name = <event::Output as ServerEvent>::NAME;
+        let sent = match self.conn.encoding {
+            DataEncoding::Binary => {
+                let payload = Output { terminal_id: id.clone(), offset, data: TerminalBytes(data.clone()), stream };
+                self.socket.emit(name, &payload)
+            }
+            DataEncoding::Base64 => {
+                let data = base64::engine::general_purpose::STANDARD.encode(data);
+                self.socket.emit(name, &OutputBase64 { terminal_id: id.clone(), offset, data, stream })
+            }
+        };
+        match sent {
             Ok(()) => Offer::Delivered,
             Err(SendError::Socket(SocketError::InternalChannelFull)) => Offer::Full,
             Err(SendError::Socket(SocketError::Closed)) => Offer::Gone,

@@ -46,15 +46,7 @@ pub(super) fn register(socket: &Arc<Socket>, state: &AppState, conn: &Arc<Conn>,
     on_open::<event::StartTerminal, _, _>(socket, state, conn, span, |state, conn, req| async move {
         state.start(&conn.caller, &conn.seat, req).await
     });
-    on_stream::<event::Input>(
-        socket,
-        state,
-        conn,
-        span,
-        Admit::RateLimited,
-        |r| &r.terminal_id,
-        |s, c, r| s.input(&c.caller, &c.seat, r),
-    );
+    on_input(socket, state, conn, span);
     on_stream::<event::Resize>(
         socket,
         state,
@@ -191,6 +183,38 @@ where
             ack.send(&conn, &state, reply);
         };
         tokio::spawn(task.instrument(span.clone()));
+    });
+}
+
+/// Registers `input`: queued synchronously as it is dispatched (so input keeps its order); its ack, when asked
+/// for, is sent once the bytes were written to the process, so a client that waits for acks never overfills the
+/// terminal's input queue.
+fn on_input(socket: &Arc<Socket>, state: &AppState, conn: &Arc<Conn>, span: &tracing::Span) {
+    let (state, conn, span) = (state.clone(), conn.clone(), span.clone());
+    on::<event::Input, _>(socket, move |ack, req| {
+        let _g = span.enter();
+        let id = req.as_ref().ok().map(|r| r.terminal_id.clone());
+        let (tx, rx) = if ack.wanted() { Some(tokio::sync::oneshot::channel()).unzip() } else { (None, None) };
+        let queued = admitted::<event::Input>(conn.admit(&state), req).and_then(|r| {
+            let data = conn.input_bytes(r.data.clone())?;
+            state.input(&conn.caller, &conn.seat, &r, data, tx)
+        });
+        match (queued, rx, id) {
+            (Ok(()), Some(rx), Some(terminal_id)) => {
+                let (state, conn) = (state.clone(), conn.clone());
+                tokio::spawn(async move {
+                    let reply = match rx.await {
+                        Ok(()) => Ok(TerminalAck { terminal_id }),
+                        Err(_) => Err(ServiceError::new(
+                            app::protocol::ErrorCode::UnknownTerminal,
+                            format!("terminal {terminal_id} ended before this input reached it"),
+                        )),
+                    };
+                    ack.send(&conn, &state, reply);
+                });
+            }
+            (result, _, id) => answer(&conn, &state, ack, id, result),
+        }
     });
 }
 

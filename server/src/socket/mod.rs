@@ -139,10 +139,21 @@ fn client_auth(value: serde_json::Value) -> Result<ClientAuth, ServiceError> {
             )));
         }
     };
+    let encoding = match string(&mut fields, "encoding")?.as_deref() {
+        None | Some("binary") => None,
+        Some("base64") => Some(app::protocol::DataEncoding::Base64),
+        Some(other) => {
+            return Err(ServiceError::invalid(format!(
+                "auth.encoding must be \"binary\" or \"base64\", not {:?}",
+                crate::refusals::clip(other)
+            )));
+        }
+    };
     Ok(ClientAuth {
         protocol_version,
         client_id: string(&mut fields, "clientId")?,
         token: string(&mut fields, "token")?,
+        encoding,
     })
 }
 
@@ -208,6 +219,7 @@ fn on_connect(socket: Arc<Socket>, auth: ClientAuth, state: AppState, caller: Ca
         sid: socket.id.to_string(),
         rate: governor::RateLimiter::direct(governor::Quota::per_second(per_sec).allow_burst(burst)),
         outbox: Default::default(),
+        encoding: auth.encoding.unwrap_or_default(),
     });
     {
         // Weak handles: the socket holds its handlers, which hold the connection, which holds the outbox.
@@ -268,5 +280,12 @@ mod tests {
         let e = client_auth(json!({"token": 5})).unwrap_err();
         assert!(e.message.contains("auth.token must be a string"), "{}", e.message);
         assert!(client_auth(json!("x")).unwrap_err().message.contains("auth must be an object"));
+        assert_eq!(
+            client_auth(json!({"encoding": "base64"})).unwrap().encoding,
+            Some(app::protocol::DataEncoding::Base64)
+        );
+        assert_eq!(client_auth(json!({"encoding": "binary"})).unwrap().encoding, None);
+        let e = client_auth(json!({"encoding": "hex"})).unwrap_err();
+        assert!(e.message.contains("auth.encoding must be"), "{}", e.message);
     }
 }

@@ -186,6 +186,7 @@ impl AppState {
             rows: req.rows,
             command: None,
             flow_control: req.flow_control,
+            tty: true,
         };
         match self.start_in(caller, seat, start, shell).await {
             Ok((attachment, terminal)) => Ok((attachment, SandboxCreated { sandbox, terminal })),

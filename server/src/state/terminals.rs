@@ -292,8 +292,17 @@ impl AppState {
         Ok(t)
     }
 
-    pub fn input(&self, caller: &Caller, seat: &Seat, req: Input) -> Result<(), ServiceError> {
-        self.writable(caller, seat, &req.terminal_id, "terminal.input")?.send_input(req.data.0)
+    /// Queues input (`data` already decoded from the socket's encoding); `written` is told once it reached the
+    /// process.
+    pub fn input(
+        &self,
+        caller: &Caller,
+        seat: &Seat,
+        req: &Input,
+        data: bytes::Bytes,
+        written: Option<crate::session::Written>,
+    ) -> Result<(), ServiceError> {
+        self.writable(caller, seat, &req.terminal_id, "terminal.input")?.send_input(data, req.eof, req.offset, written)
     }
 
     pub fn resize(&self, caller: &Caller, seat: &Seat, req: Resize) -> Result<(), ServiceError> {

@@ -245,7 +245,14 @@ struct Inbox {
 
 /// `start-terminal` for `container`'s default shell at the default size.
 pub fn shell_request(container: &str) -> StartTerminal {
-    StartTerminal { container_id: container.into(), cols: None, rows: None, command: None, flow_control: false }
+    StartTerminal {
+        container_id: container.into(),
+        cols: None,
+        rows: None,
+        command: None,
+        flow_control: false,
+        tty: true,
+    }
 }
 
 /// A typed Socket.IO client for the tests: a [`porthole_client::Connection`] and everything it received.

@@ -44,7 +44,10 @@ impl ServerProcess {
         let dir = std::env::temp_dir().join(format!("porthole-proc-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
         let (stdout, log, audit) = (dir.join("stdout"), dir.join("stderr.log"), dir.join("audit.jsonl"));
-        let bin = env!("CARGO_BIN_EXE_porthole");
+        // Set for the server's own tests; other packages' tests that share this harness do not start binaries.
+        let Some(bin) = option_env!("CARGO_BIN_EXE_porthole") else {
+            panic!("the porthole binary is known to the server's own tests only");
+        };
         let mut cmd = match nofile {
             Some((soft, hard)) => {
                 let mut c = Command::new("prlimit");

@@ -121,8 +121,10 @@ class Client {
           : data instanceof ArrayBuffer || ArrayBuffer.isView(data)
             ? Buffer.from(data)
             : Buffer.from(String(data));
-        if (!this.outputs.has(terminalId)) this.outputs.set(terminalId, []);
-        this.outputs.get(terminalId).push(chunk);
+        // A pipe terminal's stderr is kept apart (`stream: "stderr"`).
+        const key = msg.stream === 'stderr' ? `${terminalId}/stderr` : terminalId;
+        if (!this.outputs.has(key)) this.outputs.set(key, []);
+        this.outputs.get(key).push(chunk);
       }),
     );
     s.on('exit', (e) =>
@@ -485,6 +487,74 @@ describe('Porthole with the official socket.io-client', { timeout: 10 * TEST_MS 
     } finally {
       c.close();
     }
+  });
+
+  test('pipe terminal: binary in (Buffer attachments), stdin eof ends cat, stderr apart', { timeout: TEST_MS }, async () => {
+    const c = await client({ transports: ['websocket'] });
+    const ack = await c.start({ command: ['sh', '-c', 'cat; echo done >&2; exit 7'], tty: false });
+    assert.equal(ack.tty, false, JSON.stringify(ack));
+    const { terminalId } = ack;
+    // Every byte value, 0x1e among them, in events of at most the input limit, each acked once written.
+    const bytes = randomBytes(300_000);
+    for (let i = 0; i < bytes.length; i += 65536) {
+      const a = await c.emitWithAck('input', { terminalId, data: bytes.subarray(i, i + 65536), offset: i });
+      assert.deepEqual(a, { terminalId });
+    }
+    assert.deepEqual(await c.emitWithAck('input', { terminalId, eof: true, offset: bytes.length }), { terminalId });
+    const exit = await c.waitForExit(terminalId);
+    assert.deepEqual([exit.exitCode, exit.reason], [7, 'exited']);
+    assert.ok(c.output(terminalId).equals(bytes), 'stdout is the input, byte for byte');
+    assert.equal(c.text(`${terminalId}/stderr`), 'done\n');
+    c.close();
+  });
+
+  test('pipe terminal: input offsets drop what was accepted; no resize, no eof on a tty', { timeout: TEST_MS }, async () => {
+    const c = await client({ transports: ['websocket'] });
+    const { terminalId } = await c.start({ command: ['cat'], tty: false });
+    assert.deepEqual(await c.emitWithAck('input', { terminalId, data: 'abc', offset: 0 }), { terminalId });
+    // A resend overlapping what was accepted adds only the new bytes.
+    assert.deepEqual(await c.emitWithAck('input', { terminalId, data: 'bcdef', offset: 1 }), { terminalId });
+    const ahead = await c.emitWithAck('input', { terminalId, data: 'x', offset: 99 });
+    assert.equal(ahead.error?.code, 'invalid_payload', JSON.stringify(ahead));
+    const resize = await c.emitWithAck('resize', { terminalId, cols: 100, rows: 30 });
+    assert.equal(resize.error?.code, 'invalid_payload', JSON.stringify(resize));
+    const watcher = await client({ transports: ['websocket'] });
+    const attached = await watcher.emitWithAck('attach-terminal', { terminalId, since: 0 });
+    assert.deepEqual([attached.tty, attached.inputOffset], [false, 6], JSON.stringify(attached));
+    watcher.close();
+    await c.emitWithAck('input', { terminalId, eof: true, offset: 6 });
+    const late = await c.emitWithAck('input', { terminalId, data: 'z' });
+    assert.equal(late.error?.code, 'invalid_payload', JSON.stringify(late));
+    await c.waitForExit(terminalId);
+    assert.equal(c.text(terminalId), 'abcdef');
+    const tty = await c.start({});
+    const eof = await c.emitWithAck('input', { terminalId: tty.terminalId, eof: true });
+    assert.equal(eof.error?.code, 'invalid_payload', JSON.stringify(eof));
+    c.close();
+  });
+
+  test('auth.encoding "base64": data travels as base64 strings both ways', { timeout: TEST_MS }, async () => {
+    const c = await client({ transports: ['websocket'], auth: { encoding: 'base64' } });
+    const pieces = [];
+    c.socket.on('output', (m) => {
+      assert.equal(typeof m.data, 'string');
+      pieces.push(Buffer.from(m.data, 'base64'));
+    });
+    const { terminalId } = await c.start({ command: ['cat'], tty: false });
+    const bytes = randomBytes(100_000);
+    assert.deepEqual(
+      await c.emitWithAck('input', { terminalId, data: bytes.toString('base64'), eof: true }),
+      { terminalId },
+    );
+    await c.waitForExit(terminalId);
+    assert.ok(Buffer.concat(pieces).equals(bytes));
+    const bad = await c.emitWithAck('input', { terminalId: (await c.start({})).terminalId, data: '%%%' });
+    assert.equal(bad.error?.code, 'invalid_payload', JSON.stringify(bad));
+    c.close();
+    const refused = new Client({ transports: ['websocket'], auth: { encoding: 'hex' } });
+    await assert.rejects(refused.connect());
+    assert.match(refused.connectErrors[0]?.message ?? '', /^invalid_payload: auth.encoding/);
+    refused.close();
   });
 
   test('SIGTERM: open terminals get exit "server_shutdown", the server exits 0', { timeout: TEST_MS }, async () => {

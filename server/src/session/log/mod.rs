@@ -21,7 +21,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use app::protocol::Exit;
+use app::protocol::{Exit, OutputStream};
 use bytes::{Bytes, BytesMut};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
@@ -56,7 +56,8 @@ pub enum Event {
 
 #[derive(Debug)]
 enum Kind {
-    Output(Bytes),
+    /// Output bytes, and which stream they came from (always stdout for a tty).
+    Output(Bytes, OutputStream),
     Resize(u16, u16),
     Input(Bytes),
     Marker(Arc<str>),
@@ -74,7 +75,7 @@ struct Entry {
 impl Entry {
     fn output_len(&self) -> u64 {
         match &self.kind {
-            Kind::Output(b) => b.len() as u64,
+            Kind::Output(b, _) => b.len() as u64,
             _ => 0,
         }
     }
@@ -83,7 +84,7 @@ impl Entry {
     fn size(&self, overhead: usize) -> usize {
         overhead
             + match &self.kind {
-                Kind::Output(b) | Kind::Input(b) => b.len(),
+                Kind::Output(b, _) | Kind::Input(b) => b.len(),
                 Kind::Marker(t) => t.len(),
                 Kind::Resize(..) => 0,
             }
@@ -124,6 +125,8 @@ struct Inner {
     last_at: Duration,
     exit: Option<(Duration, Exit)>,
     viewers: HashMap<ViewerId, ViewerState>,
+    /// With nobody attached: how far the last viewer to leave had processed (for [`EventLog::backlog`]).
+    left_at: Option<u64>,
     /// Taps that asked for input.
     input_taps: usize,
     /// Each tap following the log, and the next sequence number it reads (markers are kept only while there is
@@ -134,6 +137,13 @@ struct Inner {
 }
 
 impl Inner {
+    /// A viewer left, having processed up to `floor`: with nobody left, remember where it was.
+    fn left(&mut self, floor: u64) {
+        if self.viewers.is_empty() {
+            self.left_at = Some(floor);
+        }
+    }
+
     /// Offset of the oldest kept output byte.
     fn start(&self) -> u64 {
         self.entries.front().map_or(self.end, |e| e.offset)
@@ -275,8 +285,13 @@ impl EventLog {
 
     /// Publishes output (after the previous output).
     pub fn push_output(&self, data: Bytes) {
+        self.push_stream(data, OutputStream::Stdout);
+    }
+
+    /// Publishes output of one of a pipe terminal's streams; offsets count both streams in this order.
+    pub fn push_stream(&self, data: Bytes, stream: OutputStream) {
         if !data.is_empty() {
-            self.push(Kind::Output(data));
+            self.push(Kind::Output(data, stream));
         }
     }
 
@@ -349,6 +364,7 @@ impl EventLog {
             ends_on_leave,
             user: user.into(),
         };
+        inner.left_at = None;
         let marked = match inner.viewers.insert(id.clone(), state) {
             Some(old) => {
                 old.stop.cancel();
@@ -370,6 +386,9 @@ impl EventLog {
     pub fn detach_viewer(&self, id: &ViewerId) -> Option<bool> {
         let mut inner = self.lock();
         let removed = inner.viewers.remove(id);
+        if let Some(v) = &removed {
+            inner.left(v.floor());
+        }
         let marked = removed.as_ref().is_some_and(|v| self.marker_locked(&mut inner, format!("detach {}", v.user)));
         drop(inner);
         if marked {
@@ -422,17 +441,27 @@ impl EventLog {
 
     /// How far the slowest viewer is behind the end of the output (0 with nobody attached).
     pub fn lag(&self) -> u64 {
-        let inner = self.lock();
-        inner.viewers.values().map(|v| inner.end.saturating_sub(v.floor())).max().unwrap_or(0)
+        self.backlog(false)
     }
 
-    /// Waits until the slowest viewer is at most `low` behind, or `stop` is cancelled (false).
-    pub async fn wait_for_viewers(&self, low: u64, stop: &CancellationToken) -> bool {
+    /// [`EventLog::lag`]; with `hold` and nobody attached, the output the last viewer to leave had not
+    /// processed (a pipe's reader, gone for a moment, must find every byte when it resumes).
+    pub fn backlog(&self, hold: bool) -> u64 {
+        let inner = self.lock();
+        match inner.viewers.values().map(|v| inner.end.saturating_sub(v.floor())).max() {
+            Some(lag) => lag,
+            None if hold => inner.left_at.map_or(0, |at| inner.end.saturating_sub(at)),
+            None => 0,
+        }
+    }
+
+    /// Waits until the [`EventLog::backlog`] is at most `low`, or `stop` is cancelled (false).
+    pub async fn wait_for_viewers(&self, low: u64, hold: bool, stop: &CancellationToken) -> bool {
         loop {
             let progressed = self.progress.notified();
             tokio::pin!(progressed);
             progressed.as_mut().enable();
-            if self.lag() <= low {
+            if self.backlog(hold) <= low {
                 return true;
             }
             tokio::select! {
@@ -442,8 +471,9 @@ impl EventLog {
         }
     }
 
-    /// Up to `max` output bytes from `from` (moved up to the oldest kept byte), joined, as `(offset, bytes)`.
-    fn read_output(inner: &Inner, from: u64, max: usize) -> Option<(u64, Bytes)> {
+    /// Up to `max` output bytes of one stream from `from` (moved up to the oldest kept byte), joined, as
+    /// `(offset, bytes, stream)`.
+    fn read_output(inner: &Inner, from: u64, max: usize) -> Option<(u64, Bytes, OutputStream)> {
         let from = from.max(inner.start());
         if from >= inner.end {
             return None;
@@ -451,11 +481,15 @@ impl EventLog {
         let first = inner.entries.partition_point(|e| e.offset + e.output_len() <= from);
         let mut parts = Vec::new();
         let mut taken = 0usize;
+        let mut stream = None;
         for e in inner.entries.iter().skip(first) {
             if taken >= max {
                 break;
             }
-            let Kind::Output(c) = &e.kind else { continue };
+            let Kind::Output(c, s) = &e.kind else { continue };
+            if *stream.get_or_insert(*s) != *s {
+                break;
+            }
             let skip = from.saturating_sub(e.offset) as usize;
             let part = c.slice(skip.min(c.len())..c.len().min(skip + max - taken));
             taken += part.len();
@@ -468,7 +502,7 @@ impl EventLog {
             parts.iter().for_each(|p| joined.extend_from_slice(p));
             joined.freeze()
         };
-        Some((from, data))
+        Some((from, data, stream.unwrap_or_default()))
     }
 
     // --- taps --------------------------------------------------------------------------------------------------
@@ -499,7 +533,7 @@ pub enum AckError {
 /// What a viewer gets next.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Delivery {
-    Output { offset: u64, data: Bytes },
+    Output { offset: u64, data: Bytes, stream: OutputStream },
     Exit(Exit),
 }
 
@@ -564,8 +598,8 @@ impl ViewerSub {
     /// What is there to send now: up to `max` output bytes from the cursor, else the exit, else nothing yet.
     pub fn peek(&self, max: usize) -> Option<Delivery> {
         let inner = self.log.lock();
-        if let Some((offset, data)) = EventLog::read_output(&inner, self.cursor, max) {
-            return Some(Delivery::Output { offset, data });
+        if let Some((offset, data, stream)) = EventLog::read_output(&inner, self.cursor, max) {
+            return Some(Delivery::Output { offset, data, stream });
         }
         inner.exit.as_ref().map(|(_, e)| Delivery::Exit(e.clone()))
     }
@@ -633,6 +667,9 @@ impl Drop for ViewerSub {
             Some(v) if v.sub == self.sub => inner.viewers.remove(&self.id),
             _ => None,
         };
+        if let Some(v) = &removed {
+            inner.left(v.floor());
+        }
         let marked = removed.is_some_and(|v| self.log.marker_locked(&mut inner, format!("detach {}", v.user)));
         drop(inner);
         if marked {

@@ -60,7 +60,7 @@ impl Tap {
             self.seq += 1;
             self.offset = e.offset + e.output_len();
             match &e.kind {
-                Kind::Output(data) => return Some(Event::Output { offset: e.offset, at: e.at, data: data.clone() }),
+                Kind::Output(data, _) => return Some(Event::Output { offset: e.offset, at: e.at, data: data.clone() }),
                 Kind::Resize(cols, rows) => return Some(Event::Resize { at: e.at, cols: *cols, rows: *rows }),
                 Kind::Input(data) if self.input => return Some(Event::Input { at: e.at, data: data.clone() }),
                 Kind::Marker(text) => return Some(Event::Marker { at: e.at, text: text.clone() }),

@@ -13,7 +13,7 @@ fn viewer(log: &Arc<EventLog>, id: &str, since: Option<u64>, flow: bool) -> (Vie
 
 fn output(d: Option<Delivery>) -> (u64, Vec<u8>) {
     match d {
-        Some(Delivery::Output { offset, data }) => (offset, data.to_vec()),
+        Some(Delivery::Output { offset, data, .. }) => (offset, data.to_vec()),
         other => panic!("expected output, got {other:?}"),
     }
 }
@@ -189,7 +189,7 @@ async fn flow_controlled_viewers_hold_the_reader_and_a_viewer_leaving_mid_read_r
     let waiting = {
         let log = log.clone();
         let stop = stop.clone();
-        tokio::spawn(async move { log.wait_for_viewers(100, &stop).await })
+        tokio::spawn(async move { log.wait_for_viewers(100, false, &stop).await })
     };
     tokio::task::yield_now().await;
     assert!(!waiting.is_finished());
@@ -251,4 +251,18 @@ fn tiny_entries_count_their_overhead_so_resizes_cannot_grow_the_log_past_its_cap
     assert!(inner.bytes <= 64 * 1024);
     // The output that fell off is reported to a late viewer as truncation, not lost silently.
     assert_eq!(inner.start(), inner.end);
+}
+
+#[test]
+fn with_nobody_attached_the_backlog_held_is_what_the_last_viewer_had_not_processed() {
+    let log = EventLog::new(1 << 20);
+    let (mut sub, _) = viewer(&log, "a", None, true);
+    log.push_output(Bytes::from(vec![7u8; 1000]));
+    sub.delivered(0, 1000);
+    log.ack(&ViewerId("a".into()), 400).unwrap();
+    drop(sub);
+    // A tty runs freely with nobody attached; a pipe holds what its reader has not had.
+    assert_eq!((log.backlog(false), log.backlog(true)), (0, 600));
+    let (_sub, _) = viewer(&log, "b", Some(400), true);
+    assert_eq!(log.backlog(true), 600);
 }
