@@ -22,7 +22,7 @@ use app::protocol::{
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use porthole_client::{Connection, Follower, Incoming, Options, Received};
-use tokio::io::AsyncWriteExt;
+use std::io::Write as _;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
@@ -35,8 +35,11 @@ use crate::{DetachArgs, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, ExecArgs, Failure};
 pub const PIPE_WINDOW: usize = 8;
 /// Largest read from a tty's stdin at once.
 const TTY_READ_BYTES: usize = 4096;
-/// Output consumed before it is acknowledged at the latest (flow control).
-const ACK_EVERY_BYTES: u64 = 64 * 1024;
+/// Output consumed between acknowledgements (flow control): a quarter of the server's 512 KiB window, and
+/// never after each small output. `rust_socketio`'s socket has Nagle's algorithm on, so a small write waits for
+/// the server's ACK of the previous one, and an idle server delays that ACK by 40 ms: acks (or keys) sent close
+/// together would stall. Acks this far apart always ride behind output the server is still sending.
+const ACK_EVERY_BYTES: u64 = 128 * 1024;
 /// Keystrokes typed while reconnecting, kept to send once resumed; beyond it they are dropped (and said so).
 const HELD_INPUT_BYTES: usize = 64 * 1024;
 /// First and longest pause between reconnection attempts.
@@ -129,7 +132,10 @@ pub async fn exec(server: Server, args: ExecArgs) -> Result<u8, Failure> {
     };
     let started = link.conn.request::<event::StartTerminal>(&req).await.map_err(transport)?.map_err(start_refusal)?;
     let mode = if tty { Mode::Tty { stdin } } else { Mode::Pipe { stdin } };
-    Live::new(server, client_id, link, started.terminal_id, 0, mode, keys).run().await
+    let mut live = Live::new(server, client_id, link, started.terminal_id, 0, mode, keys);
+    // `-t` without `-i`: as `docker exec -t`, keys are not sent (only the detach sequence is watched for).
+    live.typing = !tty || stdin;
+    live.run().await
 }
 
 pub async fn attach(server: Server, terminal: String, read_only: bool, keys: &DetachArgs) -> Result<u8, Failure> {
@@ -208,12 +214,12 @@ impl PipeInput {
             let _ = conn.send_input(id, &data, eof, Some(offset), false).await;
             return;
         }
-        let (conn, id) = (conn.clone(), id.clone());
+        // Sent now, so that what is sent after it arrives after it; only the wait for the ack is kept.
         let end = offset + data.len() as u64;
-        self.ack = Some(Box::pin(async move {
-            let answer = conn.send_input(&id, &data, false, Some(offset), true).await;
-            Sent { end, answer }
-        }));
+        self.ack = Some(match conn.send_input_acked(id, &data, Some(offset)).await {
+            Ok(wait) => Box::pin(async move { Sent { end, answer: wait.await } }),
+            Err(e) => Box::pin(async move { Sent { end, answer: Err(e) } }),
+        });
     }
 
     /// Sends everything not confirmed again (on a new connection); the server drops what it had.
@@ -254,11 +260,16 @@ struct Live {
     follower: Follower,
     mode: Mode,
     keys: DetachKeys,
-    /// Only the detach keys are read (attach read-only).
+    /// Only the detach keys are read (attach read-only): no keys, no resizes.
     watch_only: bool,
+    /// Keys are sent (false for `-t` without `-i`).
+    typing: bool,
     acked: u64,
-    stdout: tokio::io::Stdout,
-    stderr: tokio::io::Stderr,
+    /// Written directly (a blocking write): tokio's stdout hands every write to its blocking pool, a thread
+    /// hop that added a tenth of a millisecond to every keystroke's echo. A slow reader then holds one of the
+    /// runtime's two workers, which flow control already expects.
+    stdout: std::io::Stdout,
+    stderr: std::io::Stderr,
     pipe: PipeInput,
     /// Keys typed while reconnecting.
     held: Vec<u8>,
@@ -285,9 +296,10 @@ impl Live {
             mode,
             keys,
             watch_only: false,
+            typing: true,
             acked: offset,
-            stdout: tokio::io::stdout(),
-            stderr: tokio::io::stderr(),
+            stdout: std::io::stdout(),
+            stderr: std::io::stderr(),
             pipe: PipeInput::default(),
             held: Vec::new(),
         }
@@ -367,12 +379,8 @@ impl Live {
             }
             Some(Received::Repeat) | None => return Ok(()),
         };
-        let more = !self.link.rx.is_empty();
-        let written = if stderr {
-            write_out(&mut self.stderr, &data, more).await
-        } else {
-            write_out(&mut self.stdout, &data, more).await
-        };
+        let written =
+            if stderr { write_out(&mut self.stderr.lock(), &data) } else { write_out(&mut self.stdout.lock(), &data) };
         if let Err(e) = written {
             // The reader went away (`| head`): end the terminal as a pipe writer would be ended.
             let _ = self
@@ -383,7 +391,7 @@ impl Live {
             return Err(Failure { code: 141, message: format!("cannot write the output: {e}") });
         }
         let consumed = self.follower.offset(&self.id).unwrap_or(0);
-        if consumed - self.acked >= ACK_EVERY_BYTES || !more {
+        if consumed - self.acked >= ACK_EVERY_BYTES {
             self.acked = consumed;
             let _ = self.link.conn.ack_output(&self.id, consumed).await;
         }
@@ -397,6 +405,7 @@ impl Live {
                 let (send, detach) = self.keys.feed(&data);
                 if !send.is_empty()
                     && !self.watch_only
+                    && self.typing
                     && self.link.conn.send_input(&self.id, &send, false, None, false).await.is_err()
                 {
                     {
@@ -447,8 +456,8 @@ impl Live {
     }
 
     async fn exited(mut self, e: Exit) -> Result<u8, Failure> {
-        let _ = self.stdout.flush().await;
-        let _ = self.stderr.flush().await;
+        let _ = self.stdout.flush();
+        let _ = self.stderr.flush();
         term::restore();
         match (e.reason, e.exit_code) {
             (ExitReason::Exited, Some(code)) => Ok(code.clamp(0, 255) as u8),
@@ -569,12 +578,9 @@ impl Live {
     }
 }
 
-async fn write_out(w: &mut (impl AsyncWriteExt + Unpin), data: &[u8], more: bool) -> std::io::Result<()> {
-    w.write_all(data).await?;
-    if !more {
-        w.flush().await?;
-    }
-    Ok(())
+fn write_out(w: &mut impl std::io::Write, data: &[u8]) -> std::io::Result<()> {
+    w.write_all(data)?;
+    w.flush()
 }
 
 /// Reads stdin on a thread of its own (a blocking read must not hold the runtime), in chunks of at most

@@ -428,6 +428,38 @@ async fn refusals_and_failures_exit_with_a_clear_message() {
 }
 
 #[tokio::test]
+async fn the_policy_refuses_a_command_with_125_naming_the_code() {
+    let c = TestContainer::start_labeled("cli-policy", &bash_image(), &[("porthole.team", "cli")]).await;
+    let policy = "[[rule]]\nsubjects = [\"erin\"]\nlabels = { \"porthole.team\" = \"cli\" }\nlogin_shell = false\ncommands = [[\"echo\", \"allowed\"]]\n";
+    let (config, _audit) = common::jwt::jwt_config(policy);
+    let server = start_server(config).await;
+    let mut env = env_for(&base_url(&server));
+    env[1].1 = common::jwt::token("erin", &[]);
+    let ran = run_cli(&["exec", &c.name, "--", "echo", "allowed"], &env, None).await;
+    assert_eq!(
+        (ran.code, String::from_utf8_lossy(&ran.stdout).into_owned()),
+        (0, "allowed\n".into()),
+        "{}",
+        ran.stderr
+    );
+    let ran = run_cli(&["exec", &c.name, "--", "sh", "-c", "id"], &env, None).await;
+    assert_eq!(
+        (ran.code, ran.stderr.starts_with("porthole-cli: command_not_allowed: ")),
+        (125, true),
+        "{}",
+        ran.stderr
+    );
+    let ran = run_cli(&["exec", &c.name], &env, None).await;
+    assert_eq!(
+        (ran.code, ran.stderr.starts_with("porthole-cli: command_not_allowed: ")),
+        (125, true),
+        "{}",
+        ran.stderr
+    );
+    assert!(c.wait_no_strays(PATIENCE).await.is_empty());
+}
+
+#[tokio::test]
 async fn tls_is_verified_against_the_system_or_the_given_authority() {
     let c = TestContainer::start("cli-tls", &bash_image()).await;
     let mut config = test_config();

@@ -341,6 +341,17 @@ impl Connection {
     /// Sends `name` with an ack request and returns the ack's JSON.
     pub async fn request_raw(&self, name: &str, payload: Value) -> Result<Value, Error> {
         let _one = self.requests.lock().await;
+        self.send_request(name, payload).await?.await
+    }
+
+    /// Sends `name` with an ack request now (the event is on its way when this returns, before anything sent
+    /// later), and returns the wait for the ack. Not serialised with [`Connection::request_raw`]: the caller
+    /// keeps at most one such request in flight.
+    async fn send_request(
+        &self,
+        name: &str,
+        payload: Value,
+    ) -> Result<impl std::future::Future<Output = Result<Value, Error>> + Send + 'static, Error> {
         let (tx, rx) = oneshot::channel();
         let tx = Arc::new(Mutex::new(Some(tx)));
         self.client
@@ -352,10 +363,13 @@ impl Connection {
             })
             .await
             .map_err(|e| Error::Transport(e.to_string()))?;
-        match tokio::time::timeout(self.timeout, rx).await {
-            Ok(Ok(v)) => Ok(v),
-            _ => Err(Error::Timeout(name.to_string())),
-        }
+        let (timeout, name) = (self.timeout, name.to_string());
+        Ok(async move {
+            match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(v)) => Ok(v),
+                _ => Err(Error::Timeout(name)),
+            }
+        })
     }
 
     /// Sends request `E` and returns its answer: the ack's value, or the server's refusal.
@@ -398,6 +412,43 @@ impl Connection {
         offset: Option<u64>,
         acked: bool,
     ) -> Result<Result<TerminalAck, ErrorBody>, Error> {
+        let payload = self.input_payload(terminal_id, data, eof, offset)?;
+        if !acked {
+            self.emit_raw(event::INPUT, payload).await?;
+            return Ok(Ok(TerminalAck { terminal_id: terminal_id.clone() }));
+        }
+        let answer = self.request_raw(event::INPUT, payload).await?;
+        let reply: Reply<TerminalAck> =
+            serde_json::from_value(answer.clone()).map_err(|e| Error::Protocol(format!("{answer}: {e}")))?;
+        Ok(reply.into_result())
+    }
+
+    /// Sends input asking for its ack, now, and returns the wait for the ack: input sent after this call
+    /// returns arrives after it. One such wait at a time per connection (see [`Connection::send_request`]).
+    pub async fn send_input_acked(
+        &self,
+        terminal_id: &TerminalId,
+        data: &[u8],
+        offset: Option<u64>,
+    ) -> Result<impl std::future::Future<Output = Result<Result<TerminalAck, ErrorBody>, Error>> + Send + 'static, Error>
+    {
+        let payload = self.input_payload(terminal_id, data, false, offset)?;
+        let answer = self.send_request(event::INPUT, payload).await?;
+        Ok(async move {
+            let answer = answer.await?;
+            let reply: Reply<TerminalAck> =
+                serde_json::from_value(answer.clone()).map_err(|e| Error::Protocol(format!("{answer}: {e}")))?;
+            Ok(reply.into_result())
+        })
+    }
+
+    fn input_payload(
+        &self,
+        terminal_id: &TerminalId,
+        data: &[u8],
+        eof: bool,
+        offset: Option<u64>,
+    ) -> Result<Value, Error> {
         let data = match self.encoding {
             DataEncoding::Base64 => base64::engine::general_purpose::STANDARD.encode(data),
             DataEncoding::Binary => String::from_utf8(data.to_vec())
@@ -410,14 +461,7 @@ impl Connection {
         if let Some(offset) = offset {
             payload["offset"] = offset.into();
         }
-        if !acked {
-            self.emit_raw(event::INPUT, payload).await?;
-            return Ok(Ok(TerminalAck { terminal_id: terminal_id.clone() }));
-        }
-        let answer = self.request_raw(event::INPUT, payload).await?;
-        let reply: Reply<TerminalAck> =
-            serde_json::from_value(answer.clone()).map_err(|e| Error::Protocol(format!("{answer}: {e}")))?;
-        Ok(reply.into_result())
+        Ok(payload)
     }
 
     /// Acknowledges that `processed` bytes of a flow-controlled terminal's output were consumed.

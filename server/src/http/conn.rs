@@ -491,6 +491,7 @@ impl<S: Send + 'static> axum_server::accept::Accept<tokio::net::TcpStream, S> fo
         Box::pin(async move {
             // A keystroke's echo is a small packet that must not wait for Nagle's algorithm.
             stream.set_nodelay(true)?;
+            let _ = rustix::net::sockopt::set_tcp_quickack(&stream, true);
             let peer = stream.peer_addr()?;
             let Some(shared) = conns.admit(peer) else {
                 if !tls {

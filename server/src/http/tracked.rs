@@ -208,7 +208,7 @@ impl<S: AsyncWrite + Unpin> Tracked<S> {
     }
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Tracked<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin + std::os::fd::AsFd> AsyncRead for Tracked<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
         if let Some(e) = this.expired(cx) {
@@ -221,6 +221,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Tracked<S> {
         let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
         let n = buf.filled().len() - before;
         if n > 0 {
+            // Acknowledge what the client sends at once, not after the 40 ms delayed-ACK timer: a client with
+            // Nagle's algorithm on (rust_socketio's, for one) holds its next small write (an output-ack, a key)
+            // until this ACK, and a server paused for that very ack has no data to carry it sooner. Linux
+            // clears the flag as it goes, so it is set again after every read.
+            let _ = rustix::net::sockopt::set_tcp_quickack(this.inner.as_fd(), true);
             let now = Instant::now();
             this.last_read = now;
             let s = &this.shared;
