@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use app::protocol::{
-    AttachTerminal, CreateSandbox, DataEncoding, ErrorBody, Exit, ExitReason, Hello, Output, OutputStream,
-    StartTerminal, TerminalId, event,
+    AttachTerminal, CreateSandbox, ErrorBody, Exit, ExitReason, Hello, Output, OutputStream, StartTerminal, TerminalId,
+    event,
 };
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -60,7 +60,8 @@ impl Link {
     async fn connect(server: &Server, client_id: &str) -> Result<Link, Failure> {
         let mut options = Options::new(server.url.clone(), server.token.clone());
         options.client_id = Some(client_id.to_string());
-        options.encoding = DataEncoding::Base64;
+        // Porthole's own Socket.IO client: binary attachments both ways, TCP_NODELAY (see porthole-client).
+        options.transport = porthole_client::Transport::Native;
         options.tls = server.tls.clone();
         match Connection::connect(&options).await {
             Ok((conn, rx)) => Ok(Link { conn: Arc::new(conn), rx }),

@@ -274,14 +274,15 @@ async fn a_cut_connection_resumes_with_nothing_lost_or_repeated() {
     let cutter = TcpCutter::to(server.addr()).await;
     let env = env_for(&cutter.url());
 
-    // Pipe input: 16 MiB of noise into sha256sum, the connection cut twice on the way.
+    // Pipe input: 16 MiB of noise into sha256sum, which starts reading only after a second (so the upload is
+    // under way, held back by its window), the connection cut twice on the way.
     let data = noise(16 << 20, 7);
     let want = sha256_hex(&data);
-    let args = ["exec", &c.name, "--", "sha256sum"];
+    let args = ["exec", &c.name, "--", "sh", "-c", "sleep 1.5; sha256sum"];
     let run = run_cli(&args, &env, Some(data));
     let cuts = async {
         for _ in 0..2 {
-            tokio::time::sleep(Duration::from_millis(700)).await;
+            tokio::time::sleep(Duration::from_millis(600)).await;
             cutter.cut();
         }
     };
@@ -294,16 +295,18 @@ async fn a_cut_connection_resumes_with_nothing_lost_or_repeated() {
     let (code, _) = c.exec(&["sh", "-c", "head -c 8388608 /dev/urandom > /tmp/blob"]).await;
     assert_eq!(code, 0);
     let (_, container_sum) = c.exec(&["sha256sum", "/tmp/blob"]).await;
-    let args = ["exec", &c.name, "--", "cat", "/tmp/blob"];
+    // Half of it, a pause in which the connection is cut, then the rest.
+    let args = ["exec", &c.name, "--", "sh", "-c", "head -c 4194304 /tmp/blob; sleep 1.5; tail -c +4194305 /tmp/blob"];
     let run = run_cli(&args, &env, None);
     let cut = async {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(1000)).await;
         cutter.cut();
     };
     let (ran, ()) = tokio::join!(run, cut);
     assert_eq!(ran.code, 0, "{}", ran.stderr);
     assert_eq!(ran.stdout.len(), 8 << 20);
     assert_eq!(container_sum.split_whitespace().next(), Some(sha256_hex(&ran.stdout).as_str()));
+    assert!(ran.stderr.contains("reconnected; terminal"), "the client says it resumed: {}", ran.stderr);
 
     // A tty: numbered lines while the connection is cut; every line arrives once, in order.
     let mut s = Screen::spawn(

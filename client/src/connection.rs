@@ -34,6 +34,9 @@ pub enum Transport {
     Polling,
     /// Polling, upgraded to a WebSocket.
     Upgrade,
+    /// A WebSocket through Porthole's own Socket.IO client ([`crate::native`]) instead of `rust_socketio`:
+    /// binary attachments both ways, `TCP_NODELAY`, acks by id, a dead socket reported.
+    Native,
 }
 
 /// How to connect.
@@ -121,13 +124,19 @@ type Watchers = Arc<Mutex<HashMap<TerminalId, oneshot::Sender<(Instant, Bytes)>>
 
 /// One connection. Cheap to share by reference; requests are answered one at a time (see the crate docs).
 pub struct Connection {
-    client: Client,
+    link: Link,
     watchers: Watchers,
     hello: Hello,
     timeout: Duration,
     encoding: DataEncoding,
     /// One request in flight at a time: `rust_socketio` resolves every request with the same (random) ack id.
     requests: tokio::sync::Mutex<()>,
+}
+
+/// The Socket.IO client underneath.
+enum Link {
+    Rs(Client),
+    Native(crate::native::Native),
 }
 
 impl std::fmt::Debug for Connection {
@@ -168,14 +177,31 @@ fn first_value(payload: Payload) -> Value {
 }
 
 fn decode(name: &str, payload: Payload) -> Option<Incoming> {
-    fn typed<T: serde::de::DeserializeOwned>(v: Value, wrap: fn(T) -> Incoming, name: &str) -> Incoming {
-        serde_json::from_value(v).map(wrap).unwrap_or_else(|e| Incoming::Unknown(format!("{name} (unparsable: {e})")))
-    }
     if let Payload::Binary(data) = payload {
         return mangled_output(name, data).map(Incoming::Output);
     }
-    let v = first_value(payload);
+    decode_value(name, first_value(payload), Vec::new())
+}
+
+/// An event as JSON (and, for the native client, its binary attachments).
+fn decode_value(name: &str, v: Value, mut attachments: Vec<Bytes>) -> Option<Incoming> {
+    fn typed<T: serde::de::DeserializeOwned>(v: Value, wrap: fn(T) -> Incoming, name: &str) -> Incoming {
+        serde_json::from_value(v).map(wrap).unwrap_or_else(|e| Incoming::Unknown(format!("{name} (unparsable: {e})")))
+    }
     Some(match name {
+        // Binary output (the native client): `data` is the placeholder of the one attachment.
+        event::OUTPUT if !attachments.is_empty() => {
+            let field = |k: &str| v.get(k).cloned().unwrap_or(Value::Null);
+            match (serde_json::from_value(field("terminalId")), serde_json::from_value(field("stream"))) {
+                (Ok(terminal_id), Ok(stream)) => Incoming::Output(Output {
+                    terminal_id,
+                    offset: field("offset").as_u64().unwrap_or(0),
+                    data: TerminalBytes(attachments.swap_remove(0)),
+                    stream,
+                }),
+                _ => Incoming::Unknown(format!("{name} (unparsable: {v})")),
+            }
+        }
         // Text output: the base64 form (`auth.encoding: "base64"`).
         event::OUTPUT => match serde_json::from_value::<OutputBase64>(v) {
             Ok(o) => match base64::engine::general_purpose::STANDARD.decode(o.data.as_bytes()) {
@@ -215,6 +241,10 @@ impl Connection {
                 let _ = tx.send(r);
             }
         };
+        let watchers: Watchers = Arc::default();
+        if options.transport == Transport::Native {
+            return Connection::connect_native(options, tx, rx, greeting, greet_rx, watchers).await;
+        }
         let mut builder = ClientBuilder::new(options.url.as_str()).auth(options.auth());
         if let Some(tls) = &options.tls {
             builder = builder.tls_config(tls.clone());
@@ -275,12 +305,11 @@ impl Connection {
             .boxed()
         });
         let g = greeting.clone();
-        let watchers: Watchers = Arc::default();
         let w = watchers.clone();
         let transport = match options.transport {
             Transport::WebSocket => TransportType::Websocket,
             Transport::Polling => TransportType::Polling,
-            Transport::Upgrade => TransportType::WebsocketUpgrade,
+            Transport::Upgrade | Transport::Native => TransportType::WebsocketUpgrade,
         };
         let client = builder
             .transport_type(transport)
@@ -323,7 +352,67 @@ impl Connection {
             }
         };
         let connection = Connection {
-            client,
+            link: Link::Rs(client),
+            watchers,
+            hello,
+            timeout: options.timeout,
+            encoding: options.encoding,
+            requests: Default::default(),
+        };
+        Ok((connection, rx))
+    }
+
+    async fn connect_native(
+        options: &Options,
+        tx: mpsc::UnboundedSender<Incoming>,
+        rx: mpsc::UnboundedReceiver<Incoming>,
+        greeting: Greeting,
+        greet_rx: oneshot::Receiver<Result<Hello, Error>>,
+        watchers: Watchers,
+    ) -> Result<(Connection, mpsc::UnboundedReceiver<Incoming>), Error> {
+        let (w, closed) = (watchers.clone(), tx.clone());
+        let on_event: crate::native::OnEvent = Box::new(move |name, payload, attachments| {
+            if name == event::HELLO {
+                let hello = serde_json::from_value(payload).map_err(|e| Error::Protocol(e.to_string()));
+                if let Some(g) = greeting.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                    let _ = g.send(hello);
+                }
+            } else if let Some(incoming) = decode_value(&name, payload, attachments) {
+                if let Incoming::Output(o) = &incoming
+                    && let Some(watcher) = w.lock().unwrap_or_else(|e| e.into_inner()).remove(&o.terminal_id)
+                {
+                    let _ = watcher.send((Instant::now(), o.data.0.clone()));
+                }
+                let _ = tx.send(incoming);
+            }
+        });
+        let on_close = Box::new(move || {
+            let _ = closed.send(Incoming::Closed);
+        });
+        let native = crate::native::Native::connect(
+            &options.url,
+            &options.auth(),
+            &options.headers,
+            options.tls.clone(),
+            options.timeout,
+            on_event,
+            on_close,
+        )
+        .await?;
+        let hello = match tokio::time::timeout(options.timeout, greet_rx).await {
+            Ok(Ok(Ok(hello))) => hello,
+            Ok(Ok(Err(e))) => {
+                native.disconnect().await;
+                return Err(e);
+            }
+            Ok(Err(_)) => return Err(Error::Transport("the connection ended before hello".into())),
+            Err(_) => {
+                native.disconnect().await;
+                return Err(Error::Timeout("the connection (hello)".into()));
+            }
+        };
+        let connection = Connection {
+            link: Link::Native(native),
             watchers,
             hello,
             timeout: options.timeout,
@@ -352,17 +441,36 @@ impl Connection {
         name: &str,
         payload: Value,
     ) -> Result<impl std::future::Future<Output = Result<Value, Error>> + Send + 'static, Error> {
-        let (tx, rx) = oneshot::channel();
-        let tx = Arc::new(Mutex::new(Some(tx)));
-        self.client
-            .emit_with_ack(name, payload, self.timeout, move |p: Payload, _| {
-                if let Some(tx) = tx.lock().unwrap_or_else(|e| e.into_inner()).take() {
-                    let _ = tx.send(first_value(p));
-                }
-                async {}.boxed()
-            })
-            .await
-            .map_err(|e| Error::Transport(e.to_string()))?;
+        self.send_request_with(name, payload, Vec::new()).await
+    }
+
+    /// [`Connection::send_request`] with binary attachments (the native client only).
+    async fn send_request_with(
+        &self,
+        name: &str,
+        payload: Value,
+        attachments: Vec<Bytes>,
+    ) -> Result<impl std::future::Future<Output = Result<Value, Error>> + Send + 'static, Error> {
+        let rx = match &self.link {
+            Link::Rs(client) => {
+                let (tx, rx) = oneshot::channel();
+                let tx = Arc::new(Mutex::new(Some(tx)));
+                client
+                    .emit_with_ack(name, payload, self.timeout, move |p: Payload, _| {
+                        if let Some(tx) = tx.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                            let _ = tx.send(first_value(p));
+                        }
+                        async {}.boxed()
+                    })
+                    .await
+                    .map_err(|e| Error::Transport(e.to_string()))?;
+                rx
+            }
+            Link::Native(n) => n
+                .send(name, payload, attachments, true)
+                .await?
+                .ok_or_else(|| Error::Protocol("no ack channel".into()))?,
+        };
         let (timeout, name) = (self.timeout, name.to_string());
         Ok(async move {
             match tokio::time::timeout(timeout, rx).await {
@@ -383,7 +491,10 @@ impl Connection {
 
     /// Sends `name` without an ack.
     pub async fn emit_raw(&self, name: &str, payload: Value) -> Result<(), Error> {
-        self.client.emit(name, payload).await.map_err(|e| Error::Transport(e.to_string()))
+        match &self.link {
+            Link::Rs(client) => client.emit(name, payload).await.map_err(|e| Error::Transport(e.to_string())),
+            Link::Native(n) => n.send(name, payload, Vec::new(), false).await.map(|_| ()),
+        }
     }
 
     /// Sends event `E` without an ack.
@@ -412,12 +523,16 @@ impl Connection {
         offset: Option<u64>,
         acked: bool,
     ) -> Result<Result<TerminalAck, ErrorBody>, Error> {
-        let payload = self.input_payload(terminal_id, data, eof, offset)?;
+        let (payload, attachments) = self.input_payload(terminal_id, data, eof, offset)?;
         if !acked {
-            self.emit_raw(event::INPUT, payload).await?;
+            match &self.link {
+                Link::Native(n) => n.send(event::INPUT, payload, attachments, false).await.map(|_| ())?,
+                Link::Rs(_) => self.emit_raw(event::INPUT, payload).await?,
+            }
             return Ok(Ok(TerminalAck { terminal_id: terminal_id.clone() }));
         }
-        let answer = self.request_raw(event::INPUT, payload).await?;
+        let _one = self.requests.lock().await;
+        let answer = self.send_request_with(event::INPUT, payload, attachments).await?.await?;
         let reply: Reply<TerminalAck> =
             serde_json::from_value(answer.clone()).map_err(|e| Error::Protocol(format!("{answer}: {e}")))?;
         Ok(reply.into_result())
@@ -432,8 +547,8 @@ impl Connection {
         offset: Option<u64>,
     ) -> Result<impl std::future::Future<Output = Result<Result<TerminalAck, ErrorBody>, Error>> + Send + 'static, Error>
     {
-        let payload = self.input_payload(terminal_id, data, false, offset)?;
-        let answer = self.send_request(event::INPUT, payload).await?;
+        let (payload, attachments) = self.input_payload(terminal_id, data, false, offset)?;
+        let answer = self.send_request_with(event::INPUT, payload, attachments).await?;
         Ok(async move {
             let answer = answer.await?;
             let reply: Reply<TerminalAck> =
@@ -448,11 +563,19 @@ impl Connection {
         data: &[u8],
         eof: bool,
         offset: Option<u64>,
-    ) -> Result<Value, Error> {
-        let data = match self.encoding {
-            DataEncoding::Base64 => base64::engine::general_purpose::STANDARD.encode(data),
-            DataEncoding::Binary => String::from_utf8(data.to_vec())
-                .map_err(|_| Error::Protocol("binary input needs the base64 encoding".into()))?,
+    ) -> Result<(Value, Vec<Bytes>), Error> {
+        let mut attachments = Vec::new();
+        let data = match (self.encoding, &self.link) {
+            (DataEncoding::Base64, _) => Value::from(base64::engine::general_purpose::STANDARD.encode(data)),
+            // The native client sends bytes as what they are: a binary attachment.
+            (DataEncoding::Binary, Link::Native(_)) => {
+                attachments.push(Bytes::copy_from_slice(data));
+                crate::native::placeholder(0)
+            }
+            (DataEncoding::Binary, Link::Rs(_)) => Value::from(
+                String::from_utf8(data.to_vec())
+                    .map_err(|_| Error::Protocol("binary input needs the base64 encoding".into()))?,
+            ),
         };
         let mut payload = serde_json::json!({ "terminalId": terminal_id, "data": data });
         if eof {
@@ -461,7 +584,7 @@ impl Connection {
         if let Some(offset) = offset {
             payload["offset"] = offset.into();
         }
-        Ok(payload)
+        Ok((payload, attachments))
     }
 
     /// Acknowledges that `processed` bytes of a flow-controlled terminal's output were consumed.
@@ -479,7 +602,12 @@ impl Connection {
 
     /// Closes the connection (and never reconnects).
     pub async fn disconnect(self) {
-        let _ = self.client.disconnect().await;
+        match &self.link {
+            Link::Rs(client) => {
+                let _ = client.disconnect().await;
+            }
+            Link::Native(n) => n.disconnect().await,
+        }
     }
 }
 

@@ -20,6 +20,7 @@
 
 mod connection;
 mod follower;
+mod native;
 
 pub use connection::{Connection, Incoming, Options, Transport};
 pub use follower::{Follower, Received};
