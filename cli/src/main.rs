@@ -170,7 +170,9 @@ impl From<anyhow::Error> for Failure {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     term::install_restore_hooks();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    // One thread: a keystroke, its socket write, the echo's read and its write to the screen never wait for a
+    // wake-up on another thread (stdin is read on a thread of its own).
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("porthole-cli: cannot start: {e}");

@@ -19,7 +19,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
@@ -27,8 +27,15 @@ use crate::Error;
 
 /// Attachments one binary packet may announce (Porthole's have one).
 const MAX_ATTACHMENTS: usize = 16;
-/// Frames waiting to be written per connection, beyond which a sender waits.
-const SEND_QUEUE: usize = 256;
+/// The WebSocket's sending half, written by whoever sends (no task in between: a keystroke goes out at once).
+type Sink = Arc<
+    tokio::sync::Mutex<
+        futures_util::stream::SplitSink<
+            tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+            Message,
+        >,
+    >,
+>;
 
 /// What the reader hands to the connection: an event (name, payload, its binary attachments in order).
 pub(crate) type OnEvent = Box<dyn Fn(String, Value, Vec<Bytes>) + Send + Sync>;
@@ -37,7 +44,7 @@ type Acks = Arc<Mutex<HashMap<u64, oneshot::Sender<Value>>>>;
 
 /// One connected socket.
 pub(crate) struct Native {
-    out: mpsc::Sender<Message>,
+    sink: Sink,
     acks: Acks,
     next_id: AtomicU64,
     reader: tokio::task::JoinHandle<()>,
@@ -160,24 +167,16 @@ impl Native {
         .map_err(|_| Error::Timeout("the CONNECT answer".into()))?;
         answer?;
 
-        let (out, mut out_rx) = mpsc::channel::<Message>(SEND_QUEUE);
-        tokio::spawn(async move {
-            while let Some(m) = out_rx.recv().await {
-                if sink.send(m).await.is_err() {
-                    break;
-                }
-            }
-            let _ = sink.close().await;
-        });
+        let sink: Sink = Arc::new(tokio::sync::Mutex::new(sink));
         let acks: Acks = Arc::default();
-        let (acks_r, pong) = (acks.clone(), out.clone());
+        let (acks_r, pong) = (acks.clone(), sink.clone());
         let reader = tokio::spawn(async move {
             let mut pending: Option<(Packet, Vec<Bytes>)> = None;
             while let Some(Ok(frame)) = stream.next().await {
                 let packet = match frame {
                     Message::Text(t) => match t.as_bytes().first() {
                         Some(b'2') => {
-                            let _ = pong.send(Message::text("3")).await;
+                            let _ = pong.lock().await.send(Message::text("3")).await;
                             continue;
                         }
                         Some(b'4') => match parse_packet(&t[1..]) {
@@ -212,7 +211,7 @@ impl Native {
             acks_r.lock().unwrap_or_else(|e| e.into_inner()).clear();
             on_close();
         });
-        Ok(Native { out, acks, next_id: AtomicU64::new(0), reader })
+        Ok(Native { sink, acks, next_id: AtomicU64::new(0), reader })
     }
 
     /// Sends an event; `ack` asks for an answer. `attachments` replace `{"_placeholder": true, "num": i}` in
@@ -239,17 +238,21 @@ impl Native {
             format!("45{}-{id}{args}", attachments.len())
         };
         let gone = |_| Error::Transport("the connection is closed".into());
-        self.out.send(Message::text(text)).await.map_err(gone)?;
+        // One lock for the packet and its attachments: nothing may come between them.
+        let mut sink = self.sink.lock().await;
+        sink.feed(Message::text(text)).await.map_err(gone)?;
         for a in attachments {
-            self.out.send(Message::Binary(a)).await.map_err(gone)?;
+            sink.feed(Message::Binary(a)).await.map_err(gone)?;
         }
+        sink.flush().await.map_err(gone)?;
         Ok(rx)
     }
 
     /// Closes the socket (a Socket.IO disconnect, then the WebSocket).
     pub(crate) async fn disconnect(&self) {
-        let _ = self.out.send(Message::text("41")).await;
-        let _ = self.out.send(Message::Close(None)).await;
+        let mut sink = self.sink.lock().await;
+        let _ = sink.send(Message::text("41")).await;
+        let _ = sink.close().await;
         self.reader.abort();
     }
 }
