@@ -66,7 +66,7 @@ pub struct Server {
     pub url: String,
     pub token: String,
     pub http: reqwest::Client,
-    /// For the Socket.IO connection (`rust_socketio` takes a native-tls connector).
+    /// For the Socket.IO connection (a native-tls connector, as for REST).
     pub tls: Option<native_tls::TlsConnector>,
 }
 
@@ -150,7 +150,7 @@ impl Server {
         Failure::refused(code, format!("cannot reach {}: {chain}", self.url))
     }
 
-    /// Why the Socket.IO connection failed, told apart with a REST request (rust_socketio's errors do not say).
+    /// Why the Socket.IO connection failed, told apart with a REST request (TLS, refused, DNS).
     pub async fn diagnose(&self, socket_error: &str) -> Failure {
         match self.http.get(format!("{}{}", self.url, app::protocol::rest::HEALTHZ)).send().await {
             Err(e) => self.unreachable(&e),

@@ -6,8 +6,8 @@
 //!   waiting for the server's ack (which comes once the bytes reached the process, so the terminal's input
 //!   queue never overflows); stdin's end closes the process's stdin; stdout and stderr stay apart.
 //!
-//! Every socket speaks `auth.encoding: "base64"` (`rust_socketio` corrupts binary attachments, see
-//! `porthole-client`). When the connection drops, the client reconnects with backoff and re-attaches from
+//! The socket is `porthole-client`'s own transport (`Transport::Native`): bytes travel as binary attachments
+//! both ways, with `TCP_NODELAY`. When the connection drops, the client reconnects with backoff and re-attaches from
 //! the last byte it has: nothing is repeated or lost. A pipe's unacknowledged input is sent again with its
 //! `offset`, and the server drops what it already had.
 
@@ -36,9 +36,8 @@ pub const PIPE_WINDOW: usize = 8;
 /// Largest read from a tty's stdin at once.
 const TTY_READ_BYTES: usize = 4096;
 /// Output consumed between acknowledgements (flow control): a quarter of the server's 512 KiB window, and
-/// never after each small output. `rust_socketio`'s socket has Nagle's algorithm on, so a small write waits for
-/// the server's ACK of the previous one, and an idle server delays that ACK by 40 ms: acks (or keys) sent close
-/// together would stall. Acks this far apart always ride behind output the server is still sending.
+/// never after each small output, so acks cost little (a socket with Nagle's algorithm on, as `rust_socketio`'s,
+/// stalled 40 ms on acks sent close together: the server now acks at once, see `http/tracked.rs`).
 const ACK_EVERY_BYTES: u64 = 128 * 1024;
 /// Keystrokes typed while reconnecting, kept to send once resumed; beyond it they are dropped (and said so).
 const HELD_INPUT_BYTES: usize = 64 * 1024;
@@ -187,8 +186,9 @@ fn resize(id: &TerminalId, cols: u16, rows: u16) -> app::protocol::Resize {
 
 /// A pipe's input on its way: chunks sent and not yet confirmed, in order, by their input offset.
 ///
-/// At most one chunk at a time asks for an ack (`rust_socketio` mixes up acks whose random ids collide, and can
-/// panic doing so); its ack confirms it and every chunk before it, since the server writes in order. The next
+/// At most one chunk at a time asks for an ack, which confirms it and every chunk before it (the server writes
+/// in order): fewer answers to handle, and it also works over `rust_socketio` (whose colliding ack ids mix up
+/// concurrent acks). The next
 /// chunk read after an ack asks for the next one, so the window stays full with one ack in flight.
 #[derive(Default)]
 struct PipeInput {

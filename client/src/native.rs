@@ -294,7 +294,7 @@ mod tests {
 
     #[test]
     fn packets_parse_with_attachments_and_ids() {
-        let p = parse_packet(r#"451-["output",{"data":{"_placeholder":true,"num":0}}]"#).unwrap();
+        let p = parse_packet(r#"51-["output",{"data":{"_placeholder":true,"num":0}}]"#).unwrap();
         assert_eq!((p.kind, p.attachments, p.id), (b'5', 1, None));
         let p = parse_packet(r#"312[{"terminalId":"t-1"}]"#).unwrap();
         assert_eq!((p.kind, p.id), (b'3', Some(12)));
