@@ -358,6 +358,13 @@ async fn pipes_move_64_mib_of_binary_end_stdin_and_keep_stderr_apart() {
     assert_eq!(ran.code, 0, "{}", ran.stderr);
     assert_eq!(ran.stdout.len(), 64 << 20);
     assert_eq!(sha256_hex(&ran.stdout), want);
+    // A process that ends before reading its input (or before the end of it arrives) exits with its own code.
+    for _ in 0..5 {
+        let ran = run_cli(&["exec", &c.name, "--", "true"], &env, Some(Vec::new())).await;
+        assert_eq!((ran.code, ran.stderr.as_str()), (0, ""), "nothing to say about input nobody read");
+    }
+    let ran = run_cli(&["exec", &c.name, "--", "sh", "-c", "exit 4"], &env, Some(noise(4 << 20, 9))).await;
+    assert_eq!(ran.code, 4, "{}", ran.stderr);
     // stdout and stderr stay apart.
     let ran = run_cli(
         &["exec", &c.name, "--", "sh", "-c", "echo to-out; echo to-err >&2; echo more-out; exit 5"],

@@ -110,11 +110,12 @@ impl InputQueue {
             let known = ((accepted - offset) as usize).min(data.len());
             let _ = data.split_to(known);
             if data.is_empty() && (!eof || self.counts.eof.load(Ordering::SeqCst)) {
-                // All of it arrived before (a resend): done already, or on its way to the process.
-                if let Some(w) = written {
-                    let _ = w.send(());
-                }
-                return Ok(());
+                // All of it arrived before (a resend). Its ack still waits until what was queued before it is
+                // written: an empty input behind it says when, so a resending writer cannot overfill the queue.
+                return match written {
+                    Some(w) => self.queue(id, vec![Command::Input(Bytes::new(), Some(w))]),
+                    None => Ok(()),
+                };
             }
         }
         if self.counts.eof.load(Ordering::SeqCst) {
