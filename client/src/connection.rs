@@ -139,6 +139,27 @@ enum Link {
     Native(crate::native::Native),
 }
 
+impl Link {
+    async fn disconnect(&self) {
+        match self {
+            Link::Rs(client) => {
+                let _ = client.disconnect().await;
+            }
+            Link::Native(n) => n.disconnect().await,
+        }
+    }
+}
+
+/// Hands a decoded event on, in order, first telling whoever waits for the terminal's next output.
+fn deliver(watchers: &Watchers, tx: &mpsc::UnboundedSender<Incoming>, incoming: Incoming) {
+    if let Incoming::Output(o) = &incoming
+        && let Some(watcher) = watchers.lock().unwrap_or_else(|e| e.into_inner()).remove(&o.terminal_id)
+    {
+        let _ = watcher.send((Instant::now(), o.data.0.clone()));
+    }
+    let _ = tx.send(incoming);
+}
+
 impl std::fmt::Debug for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Connection").field("user", &self.hello.user).finish_non_exhaustive()
@@ -326,12 +347,7 @@ impl Connection {
                         serde_json::from_value(first_value(payload)).map_err(|e| Error::Protocol(e.to_string()));
                     greet(&g, hello);
                 } else if let Some(incoming) = decode(&name, payload) {
-                    if let Incoming::Output(o) = &incoming
-                        && let Some(watcher) = w.lock().unwrap_or_else(|e| e.into_inner()).remove(&o.terminal_id)
-                    {
-                        let _ = watcher.send((Instant::now(), o.data.0.clone()));
-                    }
-                    let _ = tx.send(incoming);
+                    deliver(&w, &tx, incoming);
                 }
                 async {}.boxed()
             })
@@ -339,27 +355,29 @@ impl Connection {
             .await
             .map_err(|e| Error::Transport(e.to_string()))?;
         let _ = this.set(client.clone());
-        let hello = match tokio::time::timeout(options.timeout, greet_rx).await {
-            Ok(Ok(Ok(hello))) => hello,
-            Ok(Ok(Err(e))) => {
-                let _ = client.disconnect().await;
-                return Err(e);
+        Connection::finish(options, Link::Rs(client), greet_rx, watchers, rx).await
+    }
+
+    /// Waits for `hello` on a connected `link` (closing it when none comes) and makes the connection.
+    async fn finish(
+        options: &Options,
+        link: Link,
+        greet_rx: oneshot::Receiver<Result<Hello, Error>>,
+        watchers: Watchers,
+        rx: mpsc::UnboundedReceiver<Incoming>,
+    ) -> Result<(Connection, mpsc::UnboundedReceiver<Incoming>), Error> {
+        let failed = match tokio::time::timeout(options.timeout, greet_rx).await {
+            Ok(Ok(Ok(hello))) => {
+                let (timeout, encoding) = (options.timeout, options.encoding);
+                let connection = Connection { link, watchers, hello, timeout, encoding, requests: Default::default() };
+                return Ok((connection, rx));
             }
+            Ok(Ok(Err(e))) => e,
             Ok(Err(_)) => return Err(Error::Transport("the connection ended before hello".into())),
-            Err(_) => {
-                let _ = client.disconnect().await;
-                return Err(Error::Timeout("the connection (hello)".into()));
-            }
+            Err(_) => Error::Timeout("the connection (hello)".into()),
         };
-        let connection = Connection {
-            link: Link::Rs(client),
-            watchers,
-            hello,
-            timeout: options.timeout,
-            encoding: options.encoding,
-            requests: Default::default(),
-        };
-        Ok((connection, rx))
+        link.disconnect().await;
+        Err(failed)
     }
 
     async fn connect_native(
@@ -378,12 +396,7 @@ impl Connection {
                     let _ = g.send(hello);
                 }
             } else if let Some(incoming) = decode_value(&name, payload, attachments) {
-                if let Incoming::Output(o) = &incoming
-                    && let Some(watcher) = w.lock().unwrap_or_else(|e| e.into_inner()).remove(&o.terminal_id)
-                {
-                    let _ = watcher.send((Instant::now(), o.data.0.clone()));
-                }
-                let _ = tx.send(incoming);
+                deliver(&w, &tx, incoming);
             }
         });
         let on_close = Box::new(move || {
@@ -399,27 +412,7 @@ impl Connection {
             on_close,
         )
         .await?;
-        let hello = match tokio::time::timeout(options.timeout, greet_rx).await {
-            Ok(Ok(Ok(hello))) => hello,
-            Ok(Ok(Err(e))) => {
-                native.disconnect().await;
-                return Err(e);
-            }
-            Ok(Err(_)) => return Err(Error::Transport("the connection ended before hello".into())),
-            Err(_) => {
-                native.disconnect().await;
-                return Err(Error::Timeout("the connection (hello)".into()));
-            }
-        };
-        let connection = Connection {
-            link: Link::Native(native),
-            watchers,
-            hello,
-            timeout: options.timeout,
-            encoding: options.encoding,
-            requests: Default::default(),
-        };
-        Ok((connection, rx))
+        Connection::finish(options, Link::Native(native), greet_rx, watchers, rx).await
     }
 
     /// The server's `hello`.
@@ -602,12 +595,7 @@ impl Connection {
 
     /// Closes the connection (and never reconnects).
     pub async fn disconnect(self) {
-        match &self.link {
-            Link::Rs(client) => {
-                let _ = client.disconnect().await;
-            }
-            Link::Native(n) => n.disconnect().await,
-        }
+        self.link.disconnect().await;
     }
 }
 
