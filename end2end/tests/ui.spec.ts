@@ -272,6 +272,13 @@ test('the theme follows the system: light and dark', async ({ page }, info) => {
     await page.screenshot({ path: info.outputPath(`theme-${scheme}.png`) });
     for (let k = 0; k < 2; k++) await page.keyboard.press('Alt+w');
     await expect(page.getByTestId('tab')).toHaveCount(0);
+    // The next reload resumes whatever the server still runs: wait for both closes to be done there.
+    await expect
+      .poll(async () => {
+        const list: { containerName: string; state: string }[] = await (await page.request.get('/api/v1/terminals')).json();
+        return list.filter((t) => [a, b].includes(t.containerName) && t.state !== 'exited').length;
+      })
+      .toBe(0);
   }
 });
 
