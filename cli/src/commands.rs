@@ -111,7 +111,7 @@ fn print_table<const N: usize>(rows: &[[String; N]]) {
 /// `sandbox rm`.
 pub async fn sandbox_rm(server: &Server, sandbox: &str) -> Result<u8, Failure> {
     let path = rest::SANDBOX.replace("{id}", sandbox);
-    server.send(server.http.delete(format!("{}{path}", server.url))).await?;
+    server.send(server.http()?.delete(format!("{}{path}", server.url))).await?;
     println!("removed sandbox {sandbox}");
     Ok(0)
 }
@@ -167,7 +167,7 @@ pub async fn rec_play(server: &Server, id: &str, speed: f64, idle_limit: Option<
         return Err(Failure::refused("invalid_argument", "--idle-time-limit must be a positive number of seconds"));
     }
     let path = rest::RECORDING.replace("{file}", &format!("{id}.cast"));
-    let res = server.send(server.http.get(format!("{}{path}", server.url)).timeout(Duration::MAX / 4)).await?;
+    let res = server.send(server.http()?.get(format!("{}{path}", server.url)).timeout(Duration::MAX / 4)).await?;
     let mut body = res.bytes_stream();
     let mut pending: Vec<u8> = Vec::new();
     let mut player = Player { speed, idle_limit, last_us: 0, header_seen: false, out: std::io::stdout() };

@@ -61,13 +61,17 @@ pub fn write_config(path: &Path, config: &ConfigFile) -> Result<(), Failure> {
 }
 
 /// A server to talk to, with its credential and TLS settings.
+///
+/// TLS is set up only for an `https://` URL, once, for both the Socket.IO connection and REST; the REST client
+/// is built on first use. (Loading the system's roots takes tens of milliseconds, twice as much when each client
+/// loaded its own: most of the time an `exec` of a short command took before it connected.)
 #[derive(Debug, Clone)]
 pub struct Server {
     pub url: String,
     pub token: String,
-    pub http: reqwest::Client,
-    /// For the Socket.IO connection (a native-tls connector, as for REST).
+    /// For an `https://` URL: the system's roots, or only `ca_file`'s.
     pub tls: Option<native_tls::TlsConnector>,
+    http: std::sync::OnceLock<reqwest::Client>,
 }
 
 impl Server {
@@ -94,24 +98,41 @@ impl Server {
         if !(url.starts_with("http://") || url.starts_with("https://")) {
             return Err(Failure::refused("invalid_url", format!("{url:?} must start with http:// or https://")));
         }
-        let mut http = reqwest::Client::builder().use_native_tls().timeout(REST_TIMEOUT);
-        let mut tls = None;
-        if let Some(path) = ca_file {
-            let pem = std::fs::read(path)
-                .map_err(|e| Failure::refused("ca_file", format!("cannot read {}: {e}", path.display())))?;
-            let bad = |e: &dyn std::fmt::Display| Failure::refused("ca_file", format!("{}: {e}", path.display()));
-            let cert = native_tls::Certificate::from_pem(&pem).map_err(|e| bad(&e))?;
-            let http_cert = reqwest::Certificate::from_pem(&pem).map_err(|e| bad(&e))?;
-            http = http.tls_built_in_root_certs(false).add_root_certificate(http_cert);
-            let connector = native_tls::TlsConnector::builder()
-                .disable_built_in_roots(true)
-                .add_root_certificate(cert)
-                .build()
-                .map_err(|e| bad(&e))?;
-            tls = Some(connector);
+        // A CA file is read and checked even for an http:// URL, so a wrong one is told at once.
+        let ca = match ca_file {
+            Some(path) => {
+                let pem = std::fs::read(path)
+                    .map_err(|e| Failure::refused("ca_file", format!("cannot read {}: {e}", path.display())))?;
+                let cert = native_tls::Certificate::from_pem(&pem)
+                    .map_err(|e| Failure::refused("ca_file", format!("{}: {e}", path.display())))?;
+                Some(cert)
+            }
+            None => None,
+        };
+        let tls = if url.starts_with("https://") {
+            let mut builder = native_tls::TlsConnector::builder();
+            if let Some(cert) = ca {
+                builder.disable_built_in_roots(true).add_root_certificate(cert);
+            }
+            Some(builder.build().map_err(|e| Failure::refused("tls", e))?)
+        } else {
+            None
+        };
+        Ok(Server { url, token, tls, http: std::sync::OnceLock::new() })
+    }
+
+    /// The REST client (built on first use, with the TLS settings above).
+    pub fn http(&self) -> Result<&reqwest::Client, Failure> {
+        if let Some(c) = self.http.get() {
+            return Ok(c);
         }
-        let http = http.build().map_err(|e| Failure::refused("tls", e))?;
-        Ok(Server { url, token, http, tls })
+        let mut builder = reqwest::Client::builder().timeout(REST_TIMEOUT);
+        builder = match &self.tls {
+            Some(tls) => builder.use_preconfigured_tls(tls.clone()),
+            None => builder.use_native_tls(),
+        };
+        let client = builder.build().map_err(|e| Failure::refused("tls", e))?;
+        Ok(self.http.get_or_init(|| client))
     }
 
     /// `GET path` (with a query), parsed; Porthole's refusals become failures naming their code.
@@ -120,7 +141,7 @@ impl Server {
         path: &str,
         query: &[(&str, String)],
     ) -> Result<T, Failure> {
-        let res = self.send(self.http.get(format!("{}{path}", self.url)).query(query)).await?;
+        let res = self.send(self.http()?.get(format!("{}{path}", self.url)).query(query)).await?;
         res.json().await.map_err(|e| Failure::refused("protocol", format!("unexpected answer from {path}: {e}")))
     }
 
@@ -152,7 +173,11 @@ impl Server {
 
     /// Why the Socket.IO connection failed, told apart with a REST request (TLS, refused, DNS).
     pub async fn diagnose(&self, socket_error: &str) -> Failure {
-        match self.http.get(format!("{}{}", self.url, app::protocol::rest::HEALTHZ)).send().await {
+        let http = match self.http() {
+            Ok(h) => h,
+            Err(f) => return f,
+        };
+        match http.get(format!("{}{}", self.url, app::protocol::rest::HEALTHZ)).send().await {
             Err(e) => self.unreachable(&e),
             Ok(_) => Failure::refused("unreachable", format!("cannot connect to {}: {socket_error}", self.url)),
         }

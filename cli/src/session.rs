@@ -314,11 +314,7 @@ impl Live {
             term::raw_mode()
                 .map_err(|e| Failure::refused("tty", format!("cannot set the terminal to raw mode: {e}")))?;
         }
-        let mut stdin = if reads_stdin {
-            Some(read_stdin(if tty { TTY_READ_BYTES } else { app::protocol::MAX_INPUT_BYTES }))
-        } else {
-            None
-        };
+        let mut stdin = if reads_stdin { Some(Stdin::open(tty)) } else { None };
         let sig = |k: SignalKind| signal(k).map_err(|e| Failure::refused("signal", e));
         let (mut winch, mut hup, mut int, mut quit) = (
             sig(SignalKind::window_change())?,
@@ -354,7 +350,7 @@ impl Live {
                     Some(_) => {}
                 },
                 sent = self.pipe.answered(), if !self.pipe.acks.is_empty() => self.input_answered(sent)?,
-                chunk = async { stdin.as_mut().expect("guarded").recv().await }, if stdin.is_some() && room => match chunk {
+                chunk = async { stdin.as_mut().expect("guarded").next().await }, if stdin.is_some() && room => match chunk {
                     Some(data) => if self.typed(data).await? { return Ok(self.detached()) },
                     None => {
                         stdin = None;
@@ -587,8 +583,54 @@ fn write_out(w: &mut impl std::io::Write, data: &[u8]) -> std::io::Result<()> {
     w.flush()
 }
 
-/// Reads stdin on a thread of its own (a blocking read must not hold the runtime), in chunks of at most
-/// `chunk` bytes; the channel closes at its end.
+/// Where the keys or the pipe's bytes come from.
+enum Stdin {
+    /// A tty, reopened non-blocking (its own open file, so the shell's stays as it was) and read on the
+    /// runtime's thread: a key goes out with no hand-off between threads (a reading thread and its wake-up
+    /// cost tens of microseconds per keystroke).
+    Tty(tokio::net::unix::pipe::Receiver, Box<[u8]>),
+    /// Read on a thread of its own (a blocking read must not hold the runtime).
+    Thread(mpsc::Receiver<Vec<u8>>),
+}
+
+impl Stdin {
+    fn open(tty: bool) -> Stdin {
+        if tty
+            && term::stdin_is_tty()
+            && let Some(fd) = reopen_tty()
+        {
+            return Stdin::Tty(fd, vec![0u8; TTY_READ_BYTES].into_boxed_slice());
+        }
+        Stdin::Thread(read_stdin(if tty { TTY_READ_BYTES } else { app::protocol::MAX_INPUT_BYTES }))
+    }
+
+    /// The next bytes read; `None` at the end (or a read error). Cancel-safe: bytes read are returned at once.
+    async fn next(&mut self) -> Option<Vec<u8>> {
+        match self {
+            Stdin::Thread(rx) => rx.recv().await,
+            Stdin::Tty(tty, buf) => {
+                use tokio::io::AsyncReadExt;
+                // A hung-up tty reads 0 or fails (EIO): its end.
+                match tty.read(buf).await {
+                    Ok(0) | Err(_) => None,
+                    Ok(n) => Some(buf[..n].to_vec()),
+                }
+            }
+        }
+    }
+}
+
+/// The tty on stdin opened again, non-blocking, and registered with the runtime (tokio's pipe reader takes any
+/// pollable descriptor); `None` where that fails (the caller then reads on a thread).
+fn reopen_tty() -> Option<tokio::net::unix::pipe::Receiver> {
+    use rustix::fs::{Mode, OFlags, open};
+    let fd =
+        open("/proc/self/fd/0", OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC, Mode::empty())
+            .ok()?;
+    tokio::net::unix::pipe::Receiver::from_owned_fd_unchecked(fd).ok()
+}
+
+/// Reads stdin on a thread of its own, in chunks of at most `chunk` bytes; the channel closes at its end.
 fn read_stdin(chunk: usize) -> mpsc::Receiver<Vec<u8>> {
     let (tx, rx) = mpsc::channel(1);
     std::thread::spawn(move || {

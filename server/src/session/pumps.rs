@@ -1,20 +1,26 @@
 //! The byte pumps between a terminal's exec stream and the rest: output into the event log ([`read`]), input
 //! and resizes from a bounded queue to the tty ([`write`]).
 //!
+//! Input takes a short cut when nothing is queued before it: the socket's handler writes it to the exec stream
+//! itself, without waiting ([`InputQueue::input`]), so a keystroke needs no hand-off to the pump's task (which
+//! could run on the runtime's other thread). Only what does not go out at once is queued.
+//!
 //! A pipe terminal (no tty) has Docker's multiplexed stream instead of raw bytes: each frame is an 8-byte
 //! header (stream 1 stdout or 2 stderr, three zero bytes, the length as a big-endian u32) and the payload.
 //! [`Demux`] splits it as the bytes arrive, without waiting for whole frames.
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
 use app::protocol::{self, ErrorCode, OutputStream, TerminalId};
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
 
 use super::Terminal;
+use super::log::EventLog;
 use crate::docker::ContainerRuntime;
 use crate::error::ServiceError;
 
@@ -58,6 +64,52 @@ impl Command {
 pub(super) struct InputQueue {
     tx: mpsc::UnboundedSender<Command>,
     counts: Arc<Counts>,
+    writer: Arc<WriterSlot>,
+}
+
+/// The exec stream's input side, shared by the write pump and the handlers' short cut; `None` before the pump
+/// starts and once the process's input is closed.
+#[derive(Default)]
+struct WriterSlot(Mutex<Option<Writer>>);
+
+impl std::fmt::Debug for WriterSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WriterSlot")
+    }
+}
+
+impl WriterSlot {
+    /// Polls `op` on the writer (the lock is held only for the poll); a closed input fails.
+    fn poll<T>(
+        &self,
+        cx: &mut Context<'_>,
+        op: impl FnOnce(Pin<&mut (dyn AsyncWrite + Send)>, &mut Context<'_>) -> Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match slot.as_mut() {
+            Some(w) => op(w.as_mut(), cx),
+            None => Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into())),
+        }
+    }
+
+    async fn write_all(&self, mut data: &[u8]) -> std::io::Result<()> {
+        while !data.is_empty() {
+            let n = std::future::poll_fn(|cx| self.poll(cx, |w, cx| w.poll_write(cx, data))).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            data = &data[n..];
+        }
+        std::future::poll_fn(|cx| self.poll(cx, |w, cx| w.poll_flush(cx))).await
+    }
+
+    async fn shutdown(&self) -> std::io::Result<()> {
+        std::future::poll_fn(|cx| self.poll(cx, |w, cx| w.poll_shutdown(cx))).await
+    }
+
+    fn close(&self) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
 }
 
 #[derive(Debug, Default)]
@@ -74,19 +126,49 @@ struct Counts {
 pub(super) struct InputReceiver {
     rx: mpsc::UnboundedReceiver<Command>,
     counts: Arc<Counts>,
+    writer: Arc<WriterSlot>,
 }
 
 impl InputQueue {
     pub(super) fn new() -> (InputQueue, InputReceiver) {
         let (tx, rx) = mpsc::unbounded_channel();
         let counts = Arc::new(Counts::default());
-        (InputQueue { tx, counts: counts.clone() }, InputReceiver { rx, counts })
+        let writer = Arc::new(WriterSlot::default());
+        (InputQueue { tx, counts: counts.clone(), writer: writer.clone() }, InputReceiver { rx, counts, writer })
+    }
+
+    /// Writes `data` to the process now, if nothing is queued or being written before it and the stream takes
+    /// it without waiting; returns how many bytes went (the rest must be queued behind them).
+    fn write_now(&self, log: &EventLog, data: &Bytes) -> usize {
+        let Ok(mut slot) = self.writer.0.try_lock() else { return 0 };
+        // The pump counts a command off only after writing it: none counted means none queued or in a write.
+        if self.counts.events.load(Ordering::SeqCst) != 0 {
+            return 0;
+        }
+        let Some(w) = slot.as_mut() else { return 0 };
+        // A write that would wait registers no one: the pump, told by the queue, polls it again with its own.
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let n = match w.as_mut().poll_write(&mut cx, data) {
+            Poll::Ready(Ok(n)) => n,
+            _ => return 0,
+        };
+        if n == data.len() && !matches!(w.as_mut().poll_flush(&mut cx), Poll::Ready(Ok(()))) {
+            // Taken but not flushed: an empty input behind it makes the pump flush.
+            drop(slot);
+            self.counts.events.fetch_add(1, Ordering::SeqCst);
+            if self.tx.send(Command::Input(Bytes::new(), None)).is_err() {
+                self.counts.events.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        log.push_input(&data.slice(..n));
+        n
     }
 
     /// Queues `data`, then (with `eof`) the end of input; `written` is told once all of it reached the process.
     /// With `offset`, the part of `data` already accepted is dropped (see [`protocol::Input::offset`]).
     pub(super) fn input(
         &self,
+        log: &EventLog,
         id: &TerminalId,
         mut data: Bytes,
         eof: bool,
@@ -128,7 +210,17 @@ impl InputQueue {
                 }
                 return Ok(());
             }
-            (false, false) => vec![Command::Input(data, written)],
+            (false, false) => {
+                let sent = self.write_now(log, &data);
+                self.counts.accepted.fetch_add(sent as u64, Ordering::SeqCst);
+                if sent == data.len() {
+                    if let Some(w) = written {
+                        let _ = w.send(());
+                    }
+                    return Ok(());
+                }
+                vec![Command::Input(data.slice(sent..), written)]
+            }
             (true, true) => vec![Command::Eof(written)],
             (false, true) => vec![Command::Input(data, None), Command::Eof(written)],
         };
@@ -288,10 +380,12 @@ impl Demux {
 pub(super) async fn write(
     runtime: Arc<dyn ContainerRuntime>,
     terminal: Arc<Terminal>,
-    mut input: Writer,
+    writer: Writer,
     mut queue: InputReceiver,
 ) {
     let stop = terminal.stop_token().clone();
+    let input = queue.writer.clone();
+    *input.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(writer);
     let mut input_open = true;
     let mut held: Option<Command> = None;
     loop {
@@ -326,10 +420,7 @@ pub(super) async fn write(
                 }
                 let batch = batch.freeze();
                 if input_open {
-                    let write = async {
-                        input.write_all(&batch).await?;
-                        input.flush().await
-                    };
+                    let write = input.write_all(&batch);
                     let written = tokio::select! {
                         r = write => r,
                         // A daemon that stopped reading must not keep this task (and its connection) alive.
@@ -340,6 +431,7 @@ pub(super) async fn write(
                         Err(e) => {
                             tracing::debug!(error = %e, "tty input closed");
                             input_open = false;
+                            input.close();
                         }
                     }
                 }
@@ -359,6 +451,7 @@ pub(super) async fn write(
                         tracing::debug!(error = %e, "closing the process's stdin failed");
                     }
                     input_open = false;
+                    input.close();
                 }
                 queue.dequeued(1, 0);
                 if let Some(t) = done {
@@ -375,6 +468,7 @@ pub(super) async fn write(
         }
     }
     let _ = input.shutdown().await;
+    input.close();
 }
 
 #[cfg(test)]
@@ -404,6 +498,89 @@ mod tests {
             });
         }
         (out, err, order)
+    }
+
+    /// A stream that takes at most `budget` more bytes, then would wait.
+    #[derive(Clone, Default)]
+    struct Scripted(Arc<Mutex<(usize, Vec<u8>)>>);
+
+    impl Scripted {
+        fn allow(&self, budget: usize) {
+            self.0.lock().unwrap().0 = budget;
+        }
+        fn got(&self) -> Vec<u8> {
+            self.0.lock().unwrap().1.clone()
+        }
+    }
+
+    impl AsyncWrite for Scripted {
+        fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
+            let mut s = self.0.lock().unwrap();
+            let n = s.0.min(data.len());
+            if n == 0 {
+                return Poll::Pending;
+            }
+            s.0 -= n;
+            s.1.extend_from_slice(&data[..n]);
+            Poll::Ready(Ok(n))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn queued(rx: &mut InputReceiver) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Ok(c) = rx.rx.try_recv() {
+            out.push(match c {
+                Command::Input(b, _) => String::from_utf8_lossy(&b).into_owned(),
+                Command::Eof(_) => "<eof>".into(),
+                Command::Resize(c, r) => format!("<{c}x{r}>"),
+            });
+        }
+        out
+    }
+
+    #[test]
+    fn input_goes_straight_to_the_stream_only_when_nothing_waits_before_it() {
+        let id = TerminalId("t".into());
+        let log = EventLog::new(1 << 20);
+        let mut tap = log.tap(true);
+        let (queue, mut rx) = InputQueue::new();
+        let stream = Scripted::default();
+        *rx.writer.0.lock().unwrap() = Some(Box::pin(stream.clone()));
+        let (tx, mut told) = oneshot::channel();
+        stream.allow(usize::MAX);
+        queue.input(&log, &id, Bytes::from_static(b"abc"), false, None, Some(tx)).unwrap();
+        assert_eq!(stream.got(), b"abc", "written at once");
+        assert!(told.try_recv().is_ok(), "and its writer told at once");
+        // The stream takes only part: the rest queues, and so does everything after it, even once there is room.
+        stream.allow(2);
+        queue.input(&log, &id, Bytes::from_static(b"defg"), false, None, None).unwrap();
+        stream.allow(usize::MAX);
+        queue.input(&log, &id, Bytes::from_static(b"hij"), false, None, None).unwrap();
+        queue.resize(&id, 100, 30).unwrap();
+        assert_eq!(stream.got(), b"abcde");
+        assert_eq!(queued(&mut rx), ["fg", "hij", "<100x30>"]);
+        assert_eq!(queue.accepted(), 10, "every byte counts as accepted, however it went");
+        // Once the pump has written what waited, input goes straight again.
+        rx.dequeued(3, 5);
+        queue.input(&log, &id, Bytes::from_static(b"k"), false, None, None).unwrap();
+        assert_eq!(stream.got(), b"abcdek");
+        assert!(queued(&mut rx).is_empty());
+        // A closed input (the pump took the stream away) queues, for the pump to drop.
+        rx.writer.close();
+        queue.input(&log, &id, Bytes::from_static(b"l"), false, None, None).unwrap();
+        assert_eq!(queued(&mut rx), ["l"]);
+        // What a tap saw as typed: what went straight to the stream (queued input is published by the pump).
+        let mut typed = Vec::new();
+        while let Some(super::super::log::Event::Input { data, .. }) = tap.try_next() {
+            typed.extend_from_slice(&data);
+        }
+        assert_eq!(typed, b"abcdek");
     }
 
     #[test]

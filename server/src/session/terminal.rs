@@ -226,7 +226,7 @@ impl Terminal {
                 self.id
             )));
         }
-        self.input.input(&self.id, data, eof, offset, written)
+        self.input.input(&self.log, &self.id, data, eof, offset, written)
     }
 
     /// Bytes of input accepted so far (the offset a resuming writer continues from).
