@@ -16,8 +16,10 @@ step() { printf '\n==> %s\n' "$*" >&2; }
 step "test bed (Docker engine, test images)"
 scripts/testbed.sh
 # Containers left by an interrupted earlier run (tests label theirs porthole.test).
-stale=$(docker ps -aq --filter label=porthole.test)
-if [ -n "$stale" ]; then docker rm -f $stale >/dev/null; fi
+for daemon in unix:///var/run/docker.sock unix:///run/porthole-docker2.sock; do
+  stale=$(docker -H "$daemon" ps -aq --filter label=porthole.test)
+  if [ -n "$stale" ]; then docker -H "$daemon" rm -f $stale >/dev/null; fi
+done
 
 step "reference asciicast parser (PyPI asciinema 2.4.0, in a venv)"
 PORTHOLE_ASCIINEMA_PYTHON=$(scripts/asciinema-venv.sh)

@@ -186,6 +186,10 @@ pub const DEFAULT_COLS: u16 = 80;
 pub const DEFAULT_ROWS: u16 = 24;
 /// Longest accepted `containerId`, in bytes (a full id is 64 hex digits; names are shorter in practice).
 pub const MAX_CONTAINER_REF_LEN: usize = 256;
+/// `input` events carrying at least this many bytes of `data` do not count against the per-socket event rate:
+/// their number is bounded by the bytes they carry, which each terminal's input queue bounds (so a pipe's
+/// upload is not held to the event rate times the chunk size).
+pub const BULK_INPUT_BYTES: usize = 16 * 1024;
 /// Most arguments a `command` may have.
 pub const MAX_COMMAND_ARGS: usize = 256;
 /// Longest single `command` argument, in bytes.
@@ -560,6 +564,8 @@ pub enum ErrorCode {
     InvalidPayload,
     /// No container matches `containerId`.
     ContainerNotFound,
+    /// A bare id, id prefix or name matches containers on more than one Docker host: name it as `HOST/REF`.
+    AmbiguousContainer,
     /// The container exists but is not running (stopped, paused, restarting).
     ContainerNotRunning,
     /// The requested program (or, without `command`, any shell) does not exist in the container.
@@ -619,6 +625,7 @@ impl ErrorCode {
         match self {
             ErrorCode::InvalidPayload => "invalid_payload",
             ErrorCode::ContainerNotFound => "container_not_found",
+            ErrorCode::AmbiguousContainer => "ambiguous_container",
             ErrorCode::ContainerNotRunning => "container_not_running",
             ErrorCode::CommandNotFound => "command_not_found",
             ErrorCode::CommandNotExecutable => "command_not_executable",
@@ -772,8 +779,11 @@ pub struct ContainersChanged {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ContainerSummary {
-    /// Full id.
+    /// Full id; with more than one Docker host, qualified by its host: `HOST/ID`.
     pub id: String,
+    /// The Docker host it is on (`--docker-host NAME=URL`; `local` unless named).
+    #[serde(default)]
+    pub host: String,
     /// Name without Docker's leading `/`.
     pub name: String,
     pub image: String,
@@ -833,8 +843,12 @@ pub struct TerminalInfo {
     /// The user (subject) who opened it.
     #[serde(default)]
     pub user: String,
+    /// The container's id (`HOST/ID` with more than one Docker host, as in the container list).
     pub container_id: String,
     pub container_name: String,
+    /// The Docker host the container is on.
+    #[serde(default)]
+    pub host: String,
     pub command: Vec<String>,
     pub cols: u16,
     pub rows: u16,
@@ -934,6 +948,7 @@ mod tests {
         for code in [
             ErrorCode::InvalidPayload,
             ErrorCode::ContainerNotFound,
+            ErrorCode::AmbiguousContainer,
             ErrorCode::ContainerNotRunning,
             ErrorCode::CommandNotFound,
             ErrorCode::UnknownTerminal,

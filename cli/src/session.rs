@@ -37,6 +37,10 @@ use crate::{DetachArgs, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, ExecArgs, Failure};
 pub const PIPE_WINDOW: usize = 8;
 /// Largest read from a tty's stdin at once.
 const TTY_READ_BYTES: usize = 4096;
+/// In a pipe, a read of less than [`app::protocol::BULK_INPUT_BYTES`] waits this long for more to join it, so
+/// a writer of many small pieces sends at most one event per pause (the server's event rate, 1000 per second
+/// by default, counts events that small) instead of being refused `rate_limited`.
+const PIPE_COALESCE: Duration = Duration::from_millis(2);
 /// Output consumed between acknowledgements (flow control): a quarter of the server's 512 KiB window, and
 /// never after each small output, so acks cost little (a socket with Nagle's algorithm on, as `rust_socketio`'s,
 /// stalled 40 ms on acks sent close together: the server now acks at once, see `http/tracked.rs`).
@@ -601,7 +605,11 @@ impl Stdin {
         {
             return Stdin::Tty(fd, vec![0u8; TTY_READ_BYTES].into_boxed_slice());
         }
-        Stdin::Thread(read_stdin(if tty { TTY_READ_BYTES } else { app::protocol::MAX_INPUT_BYTES }))
+        if tty {
+            Stdin::Thread(read_stdin(TTY_READ_BYTES, false))
+        } else {
+            Stdin::Thread(read_stdin(app::protocol::MAX_INPUT_BYTES, true))
+        }
     }
 
     /// The next bytes read; `None` at the end (or a read error). Cancel-safe: bytes read are returned at once.
@@ -630,27 +638,51 @@ fn reopen_tty() -> Option<tokio::net::unix::pipe::Receiver> {
     tokio::net::unix::pipe::Receiver::from_owned_fd_unchecked(fd).ok()
 }
 
-/// Reads stdin on a thread of its own, in chunks of at most `chunk` bytes; the channel closes at its end.
-fn read_stdin(chunk: usize) -> mpsc::Receiver<Vec<u8>> {
+/// Reads stdin on a thread of its own, in chunks of at most `chunk` bytes; the channel closes at its end. With
+/// `coalesce`, a small read waits up to [`PIPE_COALESCE`] at a time for more (see there).
+fn read_stdin(chunk: usize, coalesce: bool) -> mpsc::Receiver<Vec<u8>> {
     let (tx, rx) = mpsc::channel(1);
     std::thread::spawn(move || {
         use std::io::Read;
         let mut stdin = std::io::stdin().lock();
         let mut buf = vec![0u8; chunk];
-        loop {
-            match stdin.read(&mut buf) {
-                Ok(0) => return,
-                Ok(n) => {
-                    if tx.blocking_send(buf[..n].to_vec()).is_err() {
-                        return;
-                    }
-                }
+        let read = |stdin: &mut std::io::StdinLock<'_>, buf: &mut [u8]| loop {
+            match stdin.read(buf) {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(_) => return,
+                // An error ends the input as its end would.
+                other => return other.unwrap_or(0),
+            }
+        };
+        loop {
+            let mut have = read(&mut stdin, &mut buf);
+            if have == 0 {
+                return;
+            }
+            let mut ended = false;
+            while coalesce && have < app::protocol::BULK_INPUT_BYTES && readable_within(PIPE_COALESCE) {
+                match read(&mut stdin, &mut buf[have..]) {
+                    0 => {
+                        ended = true;
+                        break;
+                    }
+                    n => have += n,
+                }
+            }
+            if tx.blocking_send(buf[..have].to_vec()).is_err() || ended {
+                return;
             }
         }
     });
     rx
+}
+
+/// Whether stdin has something to read (or its end) within `wait`.
+fn readable_within(wait: Duration) -> bool {
+    use rustix::event::{PollFd, PollFlags, Timespec, poll};
+    let stdin = std::io::stdin();
+    let mut fds = [PollFd::new(&stdin, PollFlags::IN)];
+    let timeout = Timespec { tv_sec: 0, tv_nsec: wait.as_nanos() as _ };
+    poll(&mut fds, Some(&timeout)).is_ok_and(|n| n > 0)
 }
 
 fn describe(reason: ExitReason) -> &'static str {

@@ -341,6 +341,44 @@ async fn a_cut_connection_resumes_with_nothing_lost_or_repeated() {
 }
 
 #[tokio::test]
+async fn the_event_rate_limit_holds_back_neither_a_bulk_upload_nor_a_writer_of_small_pieces() {
+    let c = TestContainer::start("cli-pipe-rate", &bash_image()).await;
+    // Bulk: 8 MiB is 128 events of 64 KiB, three times the burst of a socket allowed 20 events per second.
+    let mut config = test_config();
+    config.max_events_per_sec = 20;
+    let server = start_server(config).await;
+    let env = env_for(&base_url(&server));
+    let data = noise(8 << 20, 7);
+    let ran = run_cli(&["exec", "-i", &c.name, "--", "sha256sum"], &env, Some(data.clone())).await;
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    assert_eq!(String::from_utf8_lossy(&ran.stdout).split_whitespace().next(), Some(sha256_hex(&data).as_str()));
+    // Small pieces: 8 MiB written 64 bytes at a time, as fast as they go, at the default rate (1000 per second,
+    // bursts of 2000): sent as they were read, they would be tens of thousands of events.
+    let server = start_server(test_config()).await;
+    let env = env_for(&base_url(&server));
+    let data = noise(8 << 20, 8);
+    let mut cmd = tokio::process::Command::new(CLI);
+    cmd.args(["exec", "-i", &c.name, "--", "sha256sum"]).kill_on_drop(true);
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    for (k, v) in &env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut pipe = child.stdin.take().unwrap();
+    let pieces = data.clone();
+    tokio::spawn(async move {
+        for piece in pieces.chunks(64) {
+            if pipe.write_all(piece).await.is_err() {
+                return;
+            }
+        }
+    });
+    let out = tokio::time::timeout(PATIENCE * 4, child.wait_with_output()).await.expect("the client finished").unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).split_whitespace().next(), Some(sha256_hex(&data).as_str()));
+}
+
+#[tokio::test]
 async fn pipes_move_64_mib_of_binary_end_stdin_and_keep_stderr_apart() {
     let c = TestContainer::start("cli-pipe", &bash_image()).await;
     let server = start_server(test_config()).await;

@@ -458,7 +458,10 @@ fn Picker(ui: Ui, containers: LocalResource<Result<Vec<ContainerSummary>, ListEr
         let needle = filter.get().to_lowercase();
         list.into_iter()
             .filter(|c| {
-                needle.is_empty() || c.name.to_lowercase().contains(&needle) || c.image.to_lowercase().contains(&needle)
+                needle.is_empty()
+                    || c.name.to_lowercase().contains(&needle)
+                    || c.image.to_lowercase().contains(&needle)
+                    || c.host.to_lowercase().contains(&needle)
             })
             .collect::<Vec<_>>()
     };
@@ -466,9 +469,11 @@ fn Picker(ui: Ui, containers: LocalResource<Result<Vec<ContainerSummary>, ListEr
         if list.is_empty() {
             return view! { <div class="empty">"No containers match."</div> }.into_any();
         }
+        // With more than one Docker host, each container says which it is on.
+        let several = list.iter().any(|c| c.host != list[0].host);
         view! {
             <ul class="containers" data-testid="containers">
-                {list.into_iter().map(|c| container_item(ui, c)).collect_view()}
+                {list.into_iter().map(|c| container_item(ui, c, several)).collect_view()}
             </ul>
         }
         .into_any()
@@ -506,9 +511,9 @@ fn time_left(at_ms: u64) -> String {
     }
 }
 
-/// One container in the picker: open it; a sandbox's badge, profile and time left; the actions the policy
-/// allows.
-fn container_item(ui: Ui, c: ContainerSummary) -> impl IntoView {
+/// One container in the picker: open it; its host's badge (`show_host`); a sandbox's badge, profile and time
+/// left; the actions the policy allows.
+fn container_item(ui: Ui, c: ContainerSummary, show_host: bool) -> impl IntoView {
     let (id, name) = (c.id.clone(), c.name.clone());
     let running = c.state == "running";
     let meta = match &c.sandbox {
@@ -539,12 +544,13 @@ fn container_item(ui: Ui, c: ContainerSummary) -> impl IntoView {
     });
     let title = meta.clone();
     view! {
-        <li class="container-row" data-name=c.name.clone()>
+        <li class="container-row" data-name=c.name.clone() data-host=c.host.clone()>
             <button class="container" data-state=c.state.clone() data-name=c.name.clone() title=title
                 on:click=move |_| ui.open_tab(id.clone(), name.clone())>
                 <span class="dot"></span>
                 <span class="name">
                     <span class="label">{c.name.clone()}</span>
+                    {show_host.then(|| view! { <span class="badge host" data-testid="host-badge">{c.host.clone()}</span> })}
                     {c.sandbox.is_some().then(|| view! { <span class="badge" data-testid="sandbox-badge">"sandbox"</span> })}
                 </span>
                 <span class="meta">{meta}</span>

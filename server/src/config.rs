@@ -24,9 +24,10 @@ pub struct Config {
     #[arg(long, env = "PORTHOLE_LISTEN", default_value = "127.0.0.1:7070")]
     pub listen: SocketAddr,
 
-    /// Docker daemon: unix:///path/docker.sock or tcp://host:port. Defaults to $DOCKER_HOST, else the local socket.
-    #[arg(long, env = "PORTHOLE_DOCKER_HOST")]
-    pub docker_host: Option<String>,
+    /// Docker daemon, repeatable: `NAME=URL` or a bare URL (named `local`); URL is unix:///path/docker.sock or
+    /// tcp://host:port. Defaults to $DOCKER_HOST, else the local socket. The first takes new sandboxes.
+    #[arg(long = "docker-host", env = "PORTHOLE_DOCKER_HOSTS", value_delimiter = ',')]
+    pub docker_hosts: Vec<String>,
 
     /// Most terminals one client may hold at once: a `clientId` and all its sockets, or a socket without one.
     /// (The flag's name is older than client ids.)
@@ -236,7 +237,7 @@ impl Config {
     pub fn defaults() -> Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
-            docker_host: None,
+            docker_hosts: Vec::new(),
             max_terminals_per_client: 32,
             max_terminals: 1024,
             grace_period_secs: 600,
@@ -326,14 +327,39 @@ impl Config {
         if self.output_log_bytes < 4096 || self.output_log_bytes > 256 * 1024 * 1024 {
             return Err("--output-log-bytes must be between 4096 and 268435456".into());
         }
-        self.endpoint().map(|_| ())
+        self.endpoints().map(|_| ())
     }
 
-    pub fn endpoint(&self) -> Result<Endpoint, String> {
-        match &self.docker_host {
-            Some(h) if !h.is_empty() => Endpoint::parse(h),
-            _ => Endpoint::from_env(),
+    /// The Docker hosts, named, in order (see [`crate::docker::hosts`]).
+    pub fn endpoints(&self) -> Result<Vec<(String, Endpoint)>, String> {
+        use crate::docker::hosts::{DEFAULT_HOST, MAX_HOSTS, valid_name};
+        let given: Vec<&str> = self.docker_hosts.iter().map(|h| h.trim()).filter(|h| !h.is_empty()).collect();
+        if given.is_empty() {
+            return Ok(vec![(DEFAULT_HOST.to_string(), Endpoint::from_env()?)]);
         }
+        if given.len() > MAX_HOSTS {
+            return Err(format!("--docker-host is given {} times; at most {MAX_HOSTS} hosts", given.len()));
+        }
+        let mut hosts: Vec<(String, Endpoint)> = Vec::new();
+        for h in given {
+            let (name, url) = match h.split_once('=') {
+                Some((name, url)) if !name.contains("://") => (name, url),
+                _ => (DEFAULT_HOST, h),
+            };
+            if !valid_name(name) {
+                return Err(format!(
+                    "--docker-host {h:?}: the name {name:?} must be 1 to 32 of a-z, 0-9, - and _, starting with a letter or digit"
+                ));
+            }
+            if hosts.iter().any(|(n, _)| n == name) {
+                return Err(format!(
+                    "--docker-host: two hosts are named {name:?} (a bare URL is named {DEFAULT_HOST:?})"
+                ));
+            }
+            let endpoint = Endpoint::parse(url).map_err(|e| format!("--docker-host {h:?}: {e}"))?;
+            hosts.push((name.to_string(), endpoint));
+        }
+        Ok(hosts)
     }
 
     /// Where Porthole keeps its state: `--state-dir`, else `$XDG_DATA_HOME/porthole`, else
@@ -434,7 +460,36 @@ mod tests {
     fn flags_have_env_equivalents_and_defaults() {
         let c = Config::try_parse_from(["porthole", "--max-terminals", "3", "--docker-host", "tcp://h:1"]).unwrap();
         assert_eq!(c.max_terminals, 3);
-        assert_eq!(c.endpoint(), Ok(Endpoint::Tcp("h:1".into())));
+        assert_eq!(c.endpoints(), Ok(vec![("local".to_string(), Endpoint::Tcp("h:1".into()))]));
         assert!(Config::try_parse_from(["porthole", "--docker-host", "ssh://x"]).unwrap().validate().is_err());
+    }
+
+    #[test]
+    fn docker_hosts_are_named_unique_and_valid() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["porthole"];
+            all.extend_from_slice(args);
+            Config::try_parse_from(all).unwrap().endpoints()
+        };
+        let two = parse(&["--docker-host", "unix:///a.sock", "--docker-host", "edge-2=tcp://h:2"]).unwrap();
+        assert_eq!(
+            two,
+            [
+                ("local".to_string(), Endpoint::Unix("/a.sock".into())),
+                ("edge-2".to_string(), Endpoint::Tcp("h:2".into()))
+            ]
+        );
+        // The environment's form: comma-separated.
+        let listed = parse(&["--docker-host", "a=unix:///a.sock,b=unix:///b.sock"]).unwrap();
+        assert_eq!(listed.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        let err = parse(&["--docker-host", "unix:///a.sock", "--docker-host", "unix:///b.sock"]).unwrap_err();
+        assert!(err.contains("two hosts are named \"local\""), "{err}");
+        let err = parse(&["--docker-host", "Big=unix:///a.sock"]).unwrap_err();
+        assert!(err.contains("must be 1 to 32"), "{err}");
+        let err = parse(&["--docker-host", "a=ssh://x"]).unwrap_err();
+        assert!(err.starts_with("--docker-host \"a=ssh://x\""), "{err}");
+        let many: Vec<String> = (0..17).map(|i| format!("h{i}=unix:///s{i}")).collect();
+        let err = parse(&["--docker-host", &many.join(",")]).unwrap_err();
+        assert!(err.contains("at most 16"), "{err}");
     }
 }

@@ -46,9 +46,10 @@ impl ServiceError {
             | ErrorCode::NotFound
             | ErrorCode::UnknownProfile
             | ErrorCode::UnknownRecording => StatusCode::NOT_FOUND,
-            ErrorCode::ContainerNotRunning | ErrorCode::ImageNotFound | ErrorCode::RecordingInProgress => {
-                StatusCode::CONFLICT
-            }
+            ErrorCode::ContainerNotRunning
+            | ErrorCode::AmbiguousContainer
+            | ErrorCode::ImageNotFound
+            | ErrorCode::RecordingInProgress => StatusCode::CONFLICT,
             ErrorCode::CommandNotFound | ErrorCode::CommandNotExecutable => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorCode::TooManyTerminals | ErrorCode::InputOverflow => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::DockerUnavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -80,6 +81,7 @@ impl ServiceError {
                 tracing::warn!(error = %m, "Docker daemon unavailable");
                 ServiceError::new(ErrorCode::DockerUnavailable, "the Docker daemon is not answering; try again shortly")
             }
+            RuntimeError::Ambiguous(m) => ServiceError::new(ErrorCode::AmbiguousContainer, m),
             other => {
                 tracing::error!(error = %other, "Docker request failed");
                 ServiceError::new(ErrorCode::Internal, other.to_string())

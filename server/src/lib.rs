@@ -191,8 +191,12 @@ impl RunningServer {
 /// Binds `config.listen` and serves on the Docker daemon `config` points at.
 pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
     config.validate().map_err(anyhow::Error::msg)?;
-    let endpoint = config.endpoint().map_err(anyhow::Error::msg)?;
-    let runtime: Arc<dyn ContainerRuntime> = Arc::new(docker::engine::Engine::new(endpoint));
+    let hosts = config.endpoints().map_err(anyhow::Error::msg)?;
+    let hosts = hosts
+        .into_iter()
+        .map(|(name, endpoint)| (name, Arc::new(docker::engine::Engine::new(endpoint)) as Arc<dyn ContainerRuntime>))
+        .collect();
+    let runtime: Arc<dyn ContainerRuntime> = Arc::new(docker::hosts::Hosts::new(hosts));
     start_with_runtime(config, runtime).await
 }
 

@@ -136,7 +136,7 @@ async fn daemon_down_at_start_then_up_then_gone_mid_session_then_back() {
     let c = TestContainer::start("outage", &bash_image()).await;
     let proxy = DaemonProxy::new();
     let mut config = test_config();
-    config.docker_host = Some(proxy.docker_host());
+    config.docker_hosts = vec![proxy.docker_host()];
     let server = start_server(config).await;
     let base = base_url(&server);
 

@@ -54,6 +54,7 @@ impl EchoRuntime {
 fn target() -> ContainerTarget {
     ContainerTarget {
         id: CONTAINER.into(),
+        host: String::new(),
         name: CONTAINER.into(),
         state: "running".into(),
         accepts_exec: true,

@@ -270,6 +270,7 @@ impl ContainerRuntime for Engine {
             .into_iter()
             .map(|c| ContainerSummary {
                 id: c.id.unwrap_or_default(),
+                host: String::new(),
                 name: c.names.and_then(|n| n.into_iter().next()).map(|n| strip_slash(&n)).unwrap_or_default(),
                 image: c.image.unwrap_or_default(),
                 state: c.state.map(|s| s.to_string()).unwrap_or_default(),
@@ -296,6 +297,7 @@ impl ContainerRuntime for Engine {
         let restarting = state.restarting.unwrap_or(false);
         Ok(ContainerTarget {
             id: c.id.unwrap_or_default(),
+            host: String::new(),
             name: c.name.map(|n| strip_slash(&n)).unwrap_or_default(),
             state: state.status.map(|s| s.to_string()).unwrap_or_default(),
             accepts_exec: running && !paused && !restarting,

@@ -7,6 +7,7 @@
 #[cfg(test)]
 pub mod echo;
 pub mod engine;
+pub mod hosts;
 
 use std::pin::Pin;
 
@@ -27,6 +28,9 @@ pub enum RuntimeError {
     /// The daemon refused because of the object's state (e.g. container not running).
     #[error("{0}")]
     Conflict(String),
+    /// A bare reference matches containers on more than one Docker host ([`hosts::Hosts`]).
+    #[error("{0}")]
+    Ambiguous(String),
     /// Any other answer from the daemon.
     #[error("Docker error ({status}): {message}")]
     Api { status: u16, message: String },
@@ -35,8 +39,10 @@ pub enum RuntimeError {
 /// A container an exec can target, resolved from an id, id prefix or name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContainerTarget {
-    /// Full id.
+    /// Full id (`HOST/ID` with more than one Docker host, see [`hosts`]).
     pub id: String,
+    /// The Docker host's name (filled by [`hosts::Hosts`]; empty from a single runtime).
+    pub host: String,
     /// Name without the leading `/`.
     pub name: String,
     /// Docker's state word (`running`, `exited`, `paused`, ...).

@@ -79,10 +79,16 @@ pub fn check_size(cols: u16, rows: u16) -> Result<(), ServiceError> {
     }
 }
 
-/// Checks a container reference before it goes into an Engine API URL path.
+/// Checks a container reference before it goes into an Engine API URL path: an id, id prefix or name, or
+/// `HOST/` and one of those (see [`crate::docker::hosts`]).
 pub fn check_container_ref(r: &str) -> Result<(), ServiceError> {
     let name = r.strip_prefix('/').unwrap_or(r);
-    let valid = !name.is_empty()
+    let (host_ok, name) = match name.split_once('/') {
+        Some((host, rest)) => (crate::docker::hosts::valid_name(host), rest),
+        None => (true, name),
+    };
+    let valid = host_ok
+        && !name.is_empty()
         && r.len() <= protocol::MAX_CONTAINER_REF_LEN
         && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
         && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
@@ -90,7 +96,8 @@ pub fn check_container_ref(r: &str) -> Result<(), ServiceError> {
         Ok(())
     } else {
         Err(ServiceError::invalid(format!(
-            "containerId must be a container id, id prefix or name ([a-zA-Z0-9][a-zA-Z0-9_.-]*, at most {} bytes)",
+            "containerId must be a container id, id prefix or name ([a-zA-Z0-9][a-zA-Z0-9_.-]*), optionally after \
+             a Docker host's name and a slash (HOST/REF), at most {} bytes",
             protocol::MAX_CONTAINER_REF_LEN
         )))
     }
@@ -334,10 +341,28 @@ mod tests {
 
     #[test]
     fn container_refs_cannot_escape_the_api_path() {
-        for ok in ["web", "/web", "a1b2c3", "my_app.db-1", &"f".repeat(64)] {
+        for ok in ["web", "/web", "a1b2c3", "my_app.db-1", &"f".repeat(64), "local/web", "edge-2/a1b2", "h_1/my.db"] {
             assert!(check_container_ref(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "/", "../info", "a/b", "a?b=1", "-x", ".x", "a b", "web%2F..", &"a".repeat(300)] {
+        let bad_refs = [
+            "",
+            "/",
+            "../info",
+            "a/b/c",
+            "a/",
+            "/a/",
+            "A/b",
+            "-h/b",
+            "h/../b",
+            "h/.b",
+            "a?b=1",
+            "-x",
+            ".x",
+            "a b",
+            "web%2F..",
+            &"a".repeat(300),
+        ];
+        for bad in bad_refs {
             assert_eq!(check_container_ref(bad).map_err(|e| e.code), Err(ErrorCode::InvalidPayload), "{bad}");
         }
     }

@@ -53,6 +53,8 @@ pub struct Terminal {
     owner: OwnerId,
     container_id: String,
     container_name: String,
+    /// The Docker host the container is on.
+    host: String,
     /// Who the reaper runs as in the container.
     reaper_user: String,
     /// The container's labels when the terminal started (the policy matches on them).
@@ -108,6 +110,7 @@ impl Terminal {
             reaper_user: parts.target.reaper_user(),
             container_id: parts.target.id,
             container_name: parts.target.name,
+            host: parts.target.host,
             labels: parts.target.labels,
             lifecycle: parts.lifecycle,
             command: parts.command,
@@ -270,6 +273,7 @@ impl Terminal {
             user: self.owner.user.clone(),
             container_id: self.container_id.clone(),
             container_name: self.container_name.clone(),
+            host: self.host.clone(),
             command: self.command.clone(),
             cols,
             rows,

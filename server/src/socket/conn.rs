@@ -152,7 +152,12 @@ impl Conn {
     /// Whether an event may be handled: within the rate limit, and the credential neither expired nor signed
     /// out. (Revocation by the policy is checked with the policy decision, in the service layer.)
     pub fn admit(&self, state: &AppState) -> Result<(), ServiceError> {
-        if self.rate.check().is_err() {
+        self.admit_metered(state, true)
+    }
+
+    /// [`Conn::admit`], counting the event against the rate only when `metered`.
+    pub fn admit_metered(&self, state: &AppState, metered: bool) -> Result<(), ServiceError> {
+        if metered && self.rate.check().is_err() {
             return Err(ServiceError::new(
                 ErrorCode::RateLimited,
                 format!("more than {} events per second from this socket; event dropped", state.events_per_sec()),

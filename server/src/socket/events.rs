@@ -195,7 +195,9 @@ fn on_input(socket: &Arc<Socket>, state: &AppState, conn: &Arc<Conn>, span: &tra
         let _g = span.enter();
         let id = req.as_ref().ok().map(|r| r.terminal_id.clone());
         let (tx, rx) = if ack.wanted() { Some(tokio::sync::oneshot::channel()).unzip() } else { (None, None) };
-        let queued = admitted::<event::Input>(conn.admit(&state), req).and_then(|r| {
+        // Bulk input (a pipe's chunks) is bounded by its bytes, not its count (see `BULK_INPUT_BYTES`).
+        let bulk = req.as_ref().is_ok_and(|r| r.data.0.len() >= app::protocol::BULK_INPUT_BYTES);
+        let queued = admitted::<event::Input>(conn.admit_metered(&state, !bulk), req).and_then(|r| {
             let data = conn.input_bytes(r.data.clone())?;
             state.input(&conn.caller, &conn.seat, &r, data, tx)
         });

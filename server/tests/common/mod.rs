@@ -77,8 +77,19 @@ impl TestContainer {
 
     /// Like [`TestContainer::start`], with extra labels.
     pub async fn start_labeled(test: &str, image: &str, labels: &[(&str, &str)]) -> TestContainer {
-        let docker = docker().await;
         let name = format!("porthole-it-{test}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        TestContainer::start_named(docker().await, &name, test, image, labels).await
+    }
+
+    /// A container called `name` on the daemon `docker` talks to.
+    pub async fn start_named(
+        docker: Docker,
+        name: &str,
+        test: &str,
+        image: &str,
+        labels: &[(&str, &str)],
+    ) -> TestContainer {
+        let name = name.to_string();
         let mut all = HashMap::from([("porthole.test".to_string(), test.to_string())]);
         all.extend(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let body = ContainerCreateBody {

@@ -65,7 +65,7 @@ impl ServerProcess {
         // where the Docker daemon is stays theirs to say.
         for (key, _) in std::env::vars_os() {
             let key = key.to_string_lossy().into_owned();
-            if key == "RUST_LOG" || (key.starts_with("PORTHOLE_") && key != "PORTHOLE_DOCKER_HOST") {
+            if key == "RUST_LOG" || (key.starts_with("PORTHOLE_") && key != "PORTHOLE_DOCKER_HOSTS") {
                 cmd.env_remove(key);
             }
         }
