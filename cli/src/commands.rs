@@ -54,10 +54,13 @@ pub async fn ls(server: &Server, json: bool) -> Result<u8, Failure> {
     }
     let containers: Vec<ContainerSummary> = parse(containers)?;
     let terminals: Vec<TerminalInfo> = parse(terminals)?;
+    // With more than one Docker host, a container is named as `exec` takes it there: HOST/NAME.
+    let several = containers.iter().any(|c| c.host != containers[0].host);
+    let named = |host: &str, name: &str| if several { format!("{host}/{name}") } else { name.to_string() };
     let mut rows = vec![["CONTAINER".to_string(), "STATE".into(), "IMAGE".into(), "SANDBOX".into()]];
     for c in &containers {
         let sandbox = c.sandbox.as_ref().map_or(String::new(), |s| format!("profile {}, owner {}", s.profile, s.owner));
-        rows.push([c.name.clone(), c.state.clone(), c.image.clone(), sandbox]);
+        rows.push([named(&c.host, &c.name), c.state.clone(), c.image.clone(), sandbox]);
     }
     print_table(&rows);
     println!();
@@ -79,7 +82,7 @@ pub async fn ls(server: &Server, json: bool) -> Result<u8, Failure> {
         };
         rows.push([
             t.terminal_id.0.clone(),
-            t.container_name.clone(),
+            named(&t.host, &t.container_name),
             t.command.join(" "),
             state,
             t.attached.to_string(),
