@@ -804,6 +804,13 @@ pub struct ContainerSummary {
     pub rights: ContainerRights,
 }
 
+impl ContainerSummary {
+    /// Whether `list` spans more than one Docker host (then a container is best named `HOST/NAME`).
+    pub fn several_hosts(list: &[ContainerSummary]) -> bool {
+        list.first().is_some_and(|first| list.iter().any(|c| c.host != first.host))
+    }
+}
+
 /// `GET /api/v1/whoami` body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

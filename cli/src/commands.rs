@@ -55,7 +55,7 @@ pub async fn ls(server: &Server, json: bool) -> Result<u8, Failure> {
     let containers: Vec<ContainerSummary> = parse(containers)?;
     let terminals: Vec<TerminalInfo> = parse(terminals)?;
     // With more than one Docker host, a container is named as `exec` takes it there: HOST/NAME.
-    let several = containers.iter().any(|c| c.host != containers[0].host);
+    let several = ContainerSummary::several_hosts(&containers);
     let named = |host: &str, name: &str| if several { format!("{host}/{name}") } else { name.to_string() };
     let mut rows = vec![["CONTAINER".to_string(), "STATE".into(), "IMAGE".into(), "SANDBOX".into()]];
     for c in &containers {

@@ -380,21 +380,14 @@ async fn the_event_rate_limit_holds_back_neither_a_bulk_upload_nor_a_writer_of_s
 
 #[tokio::test]
 async fn with_two_docker_hosts_ls_names_each_and_exec_takes_host_slash_name() {
-    let second = bollard::Docker::connect_with_unix("/run/porthole-docker2.sock", 120, bollard::API_DEFAULT_VERSION)
-        .unwrap()
-        .negotiate_version()
-        .await
-        .expect("the second Docker daemon must answer; run scripts/testbed.sh");
+    let second = second_docker().await;
     let name = format!("porthole-it-cli-hosts-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let here = TestContainer::start_named(docker().await, &name, "cli-hosts", &bash_image(), &[]).await;
     let there = TestContainer::start_named(second, &name, "cli-hosts", &bash_image(), &[]).await;
     for (c, marker) in [(&here, "here"), (&there, "there")] {
         assert_eq!(c.exec(&["sh", "-c", &format!("echo {marker} > /tmp/where")]).await.0, 0);
     }
-    let mut config = test_config();
-    config.docker_hosts =
-        vec!["local=unix:///var/run/docker.sock".into(), "two=unix:///run/porthole-docker2.sock".into()];
-    let server = start_server(config).await;
+    let server = start_server(two_hosts_config()).await;
     let env = env_for(&base_url(&server));
     let ran = run_cli(&["ls"], &env, None).await;
     assert_eq!(ran.code, 0, "{}", ran.stderr);

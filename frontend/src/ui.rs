@@ -470,7 +470,7 @@ fn Picker(ui: Ui, containers: LocalResource<Result<Vec<ContainerSummary>, ListEr
             return view! { <div class="empty">"No containers match."</div> }.into_any();
         }
         // With more than one Docker host, each container says which it is on.
-        let several = list.iter().any(|c| c.host != list[0].host);
+        let several = ContainerSummary::several_hosts(&list);
         view! {
             <ul class="containers" data-testid="containers">
                 {list.into_iter().map(|c| container_item(ui, c, several)).collect_view()}

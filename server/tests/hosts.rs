@@ -6,19 +6,9 @@
 
 mod common;
 
-use app::protocol::{ContainerSummary, ErrorCode, ExitReason, StartTerminal, TerminalInfo};
+use app::protocol::{ContainerSummary, ErrorCode, ExitReason, TerminalInfo};
 use bollard::Docker;
 use common::*;
-
-const SECOND_SOCKET: &str = "/run/porthole-docker2.sock";
-
-async fn second_docker() -> Docker {
-    Docker::connect_with_unix(SECOND_SOCKET, 120, bollard::API_DEFAULT_VERSION)
-        .unwrap()
-        .negotiate_version()
-        .await
-        .expect("the second Docker daemon must answer; run scripts/testbed.sh")
-}
 
 /// A container of the bash image on `docker`, with `/tmp/where` saying `marker`.
 async fn marked(docker: Docker, name: &str, marker: &str) -> TestContainer {
@@ -26,12 +16,6 @@ async fn marked(docker: Docker, name: &str, marker: &str) -> TestContainer {
     let (code, out) = c.exec(&["sh", "-c", &format!("echo {marker} > /tmp/where")]).await;
     assert_eq!(code, 0, "{out}");
     c
-}
-
-fn two_hosts() -> porthole_server::config::Config {
-    let mut config = test_config();
-    config.docker_hosts = vec!["local=unix:///var/run/docker.sock".into(), format!("two=unix://{SECOND_SOCKET}")];
-    config
 }
 
 async fn containers(server: &porthole_server::RunningServer) -> Vec<ContainerSummary> {
@@ -42,10 +26,6 @@ async fn containers(server: &porthole_server::RunningServer) -> Vec<ContainerSum
 
 async fn terminals(server: &porthole_server::RunningServer) -> Vec<TerminalInfo> {
     get(format!("{}/api/v1/terminals", base_url(server))).await.json().await.unwrap()
-}
-
-fn shell_of(container: &str) -> StartTerminal {
-    shell_request(container)
 }
 
 #[tokio::test]
@@ -60,7 +40,7 @@ async fn every_host_is_listed_named_and_reachable_and_a_bare_name_on_two_is_refu
     let b = marked(second_docker().await, &only_two, "on-two").await;
     let same_local = marked(docker().await, &same, "same-local").await;
     let same_two = marked(second_docker().await, &same, "same-two").await;
-    let server = start_server(two_hosts()).await;
+    let server = start_server(two_hosts_config()).await;
 
     // The list: every host's containers, each with its host, ids qualified by it.
     let list = containers(&server).await;
@@ -83,40 +63,40 @@ async fn every_host_is_listed_named_and_reachable_and_a_bare_name_on_two_is_refu
         (format!("two/{}", &same_two.id[..12]), "same-two"),
         (find(&same, "two").id.clone(), "same-two"),
     ] {
-        let t = client.start(shell_of(&reference)).await.unwrap_or_else(|e| panic!("{reference}: {e:?}"));
+        let t = client.start(shell_request(&reference)).await.unwrap_or_else(|e| panic!("{reference}: {e:?}"));
         client.run(&t.terminal_id, "cat /tmp/where", &format!("{marker}\r\n")).await;
         client.close(&t.terminal_id).await.unwrap();
     }
 
     // The same name on both: refused, naming both hosts and the way out.
-    let err = client.start(shell_of(&same)).await.unwrap_err();
+    let err = client.start(shell_request(&same)).await.unwrap_err();
     assert_eq!(err.code, ErrorCode::AmbiguousContainer, "{err:?}");
     for part in ["local", "two", &format!("HOST/{same}")] {
         assert!(err.message.contains(part), "{part} in {}", err.message);
     }
     // A host that does not exist, or a container a host does not have.
     for missing in [format!("three/{only_two}"), format!("local/{only_two}")] {
-        let err = client.start(shell_of(&missing)).await.unwrap_err();
+        let err = client.start(shell_request(&missing)).await.unwrap_err();
         assert_eq!(err.code, ErrorCode::ContainerNotFound, "{missing}: {err:?}");
     }
 
     // A terminal on the second host: listed with its host, its exit code comes back (the exec is inspected on
     // the right daemon), and stopping its container there ends another one (that host's events reach us).
-    let t = client.start(shell_of(&only_two)).await.unwrap();
+    let t = client.start(shell_request(&only_two)).await.unwrap();
     let info = terminals(&server).await.into_iter().find(|i| i.terminal_id == t.terminal_id).unwrap();
     assert_eq!((info.host.as_str(), info.container_id.clone()), ("two", format!("two/{}", b.id)));
     assert_eq!(info.container_name, only_two);
     client.input(&t.terminal_id, "exit 3\n").await;
     let exit = client.wait_exit(&t.terminal_id).await;
     assert_eq!((exit.reason, exit.exit_code), (ExitReason::Exited, Some(3)));
-    let t = client.start(shell_of(&only_two)).await.unwrap();
+    let t = client.start(shell_request(&only_two)).await.unwrap();
     client.run(&t.terminal_id, "echo up-$((40+2))", "up-42").await;
     b.stop().await;
     let exit = client.wait_exit(&t.terminal_id).await;
     assert_eq!(exit.reason, ExitReason::ContainerStopped, "{exit:?}");
     client.wait_change(&format!("two/{}", b.id), "die").await;
     // The other host's terminals did not notice.
-    let t = client.start(shell_of(&only_local)).await.unwrap();
+    let t = client.start(shell_request(&only_local)).await.unwrap();
     client.run(&t.terminal_id, "cat /tmp/where", "on-local\r\n").await;
 }
 
@@ -128,11 +108,11 @@ async fn one_host_keeps_docker_ids_and_takes_its_own_name_as_a_prefix() {
     let listed = list.iter().find(|s| s.name == c.name).expect("listed");
     assert_eq!((listed.id.as_str(), listed.host.as_str()), (c.id.as_str(), "local"));
     let client = TestClient::connect(&server).await;
-    let t = client.start(shell_of(&format!("local/{}", c.name))).await.unwrap();
+    let t = client.start(shell_request(&format!("local/{}", c.name))).await.unwrap();
     client.run(&t.terminal_id, "echo via-$((1+1))", "via-2").await;
     let info = terminals(&server).await.into_iter().find(|i| i.terminal_id == t.terminal_id).unwrap();
     assert_eq!((info.host.as_str(), info.container_id.as_str()), ("local", c.id.as_str()));
-    let err = client.start(shell_of(&format!("elsewhere/{}", c.name))).await.unwrap_err();
+    let err = client.start(shell_request(&format!("elsewhere/{}", c.name))).await.unwrap_err();
     assert_eq!(err.code, ErrorCode::ContainerNotFound, "{err:?}");
 }
 
@@ -147,11 +127,11 @@ async fn a_host_that_does_not_answer_leaves_the_others_working() {
     let list = containers(&server).await;
     assert!(list.iter().any(|s| s.name == c.name && s.host == "local"), "{list:?}");
     let client = TestClient::connect(&server).await;
-    let t = client.start(shell_of(&c.name)).await.unwrap();
+    let t = client.start(shell_request(&c.name)).await.unwrap();
     client.run(&t.terminal_id, "echo fine-$((2+3))", "fine-5").await;
     // What is only on the silent host (or might be there) is a clear docker_unavailable.
     for reference in ["gone/web".to_string(), format!("{}-not-here", c.name)] {
-        let err = client.start(shell_of(&reference)).await.unwrap_err();
+        let err = client.start(shell_request(&reference)).await.unwrap_err();
         assert_eq!(err.code, ErrorCode::DockerUnavailable, "{reference}: {err:?}");
     }
 }

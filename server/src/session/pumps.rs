@@ -144,7 +144,7 @@ impl InputQueue {
 
     /// Writes `data` to the process now, if nothing is queued or being written before it and the stream takes
     /// it without waiting; returns how many bytes went (the rest must be queued behind them).
-    fn write_now(&self, log: &EventLog, data: &Bytes) -> usize {
+    fn write_now(&self, log: &EventLog, id: &TerminalId, data: &Bytes) -> usize {
         let Ok(mut slot) = self.writer.0.try_lock() else { return 0 };
         // The pump counts a command off only after writing it: none counted means none queued or in a write.
         if self.counts.events.load(Ordering::SeqCst) != 0 {
@@ -158,12 +158,10 @@ impl InputQueue {
             _ => return 0,
         };
         if n == data.len() && !matches!(w.as_mut().poll_flush(&mut cx), Poll::Ready(Ok(()))) {
-            // Taken but not flushed: an empty input behind it makes the pump flush.
+            // Taken but not flushed: an empty input behind it makes the pump flush (the queue is empty, so it
+            // fits; a closed queue means the terminal is ending anyway).
             drop(slot);
-            self.counts.events.fetch_add(1, Ordering::SeqCst);
-            if self.tx.send(Command::Input(Bytes::new(), None)).is_err() {
-                self.counts.events.fetch_sub(1, Ordering::SeqCst);
-            }
+            let _ = self.queue(id, vec![Command::Input(Bytes::new(), None)]);
         }
         log.push_input(&data.slice(..n));
         n
@@ -216,7 +214,7 @@ impl InputQueue {
                 return Ok(());
             }
             (false, false) => {
-                let sent = if data.len() <= DIRECT_WRITE_MAX_BYTES { self.write_now(log, &data) } else { 0 };
+                let sent = if data.len() <= DIRECT_WRITE_MAX_BYTES { self.write_now(log, id, &data) } else { 0 };
                 self.counts.accepted.fetch_add(sent as u64, Ordering::SeqCst);
                 if sent == data.len() {
                     if let Some(w) = written {

@@ -59,6 +59,24 @@ pub async fn docker() -> Docker {
         .expect("Docker daemon must answer; run scripts/testbed.sh")
 }
 
+/// The test bed's second Docker daemon (`scripts/testbed.sh`), for the tests of several Docker hosts.
+pub const SECOND_DOCKER_SOCKET: &str = "/run/porthole-docker2.sock";
+
+pub async fn second_docker() -> Docker {
+    Docker::connect_with_unix(SECOND_DOCKER_SOCKET, 120, bollard::API_DEFAULT_VERSION)
+        .unwrap()
+        .negotiate_version()
+        .await
+        .expect("the second Docker daemon must answer; run scripts/testbed.sh")
+}
+
+/// [`test_config`] serving two Docker hosts: `local` (the usual daemon) and `two` (the second).
+pub fn two_hosts_config() -> Config {
+    let mut c = test_config();
+    c.docker_hosts = vec!["local=unix:///var/run/docker.sock".into(), format!("two=unix://{SECOND_DOCKER_SOCKET}")];
+    c
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Containers
 
