@@ -61,12 +61,18 @@ cargo build -p porthole-server --bin porthole --locked
 
 step "end to end in Chromium (Playwright, release binary)"
 cargo build --release --locked --bin porthole
+# A run that was interrupted can leave its servers listening on the suite's ports (the JWT servers' would then
+# answer with another key); and recordings of earlier runs would pile up in the state dir (retention keeps a
+# day), each run indexing another flood while the suite runs. The state dir keeps porthole.db: the instance id
+# by which the next run cleans up sandboxes a killed run left.
+pkill -f -- 'porthole --listen 127\.0\.0\.1:718[0-9] ' || true
+e2e_state=${PORTHOLE_E2E_STATE:-$(node -e 'console.log(require("os").tmpdir())')/porthole-e2e-state}
+rm -rf "$e2e_state/recordings" "$e2e_state"/recordings.db*
 (
   cd end2end
   PORTHOLE_BIN="$target_dir/release/porthole" npx playwright test
 )
 step "every recording the end-to-end suite made parses with the reference parser"
-e2e_state=${PORTHOLE_E2E_STATE:-$(node -e 'console.log(require("os").tmpdir())')/porthole-e2e-state}
 checked=0
 for cast in "$e2e_state"/recordings/*.cast; do
   [ -e "$cast" ] || continue

@@ -33,6 +33,12 @@ export class JwtServer {
 
   /** Starts the server with `policy` (TOML) and `extra` flags; resolves once it answers /healthz. */
   async start(policy: string, extra: string[] = []): Promise<void> {
+    // A server left by an interrupted run would answer /healthz below and refuse this one's tokens.
+    const taken = await fetch(`${this.origin}/healthz`).then(
+      () => true,
+      () => false,
+    );
+    if (taken) throw new Error(`${this.origin} is already served by another process (left by an earlier run?)`);
     writeFileSync(join(this.dir, 'secret'), this.secret, { mode: 0o600 });
     writeFileSync(join(this.dir, 'policy.toml'), policy);
     this.server = spawn(

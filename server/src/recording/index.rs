@@ -2,7 +2,8 @@
 //! its audit records, and its transcript lines with an FTS5 index over them.
 
 use std::path::Path;
-use std::sync::Mutex;
+
+use parking_lot::{Mutex, MutexGuard};
 
 use app::protocol::{RecordLevel, Recording, RecordingHit, RecordingState};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -56,8 +57,8 @@ const LINE_BITS: u32 = 25;
 /// newest first (a word on most lines of most recordings).
 const MATCH_SCAN_ROWS: usize = 20_000;
 
-/// Transcript lines inserted per transaction (the index's lock is let go between them, so other statements
-/// wait at most one batch).
+/// Transcript lines inserted or deleted per transaction. The writer's lock is handed over fairly between
+/// batches, so a write that arrives while a long transcript is indexed or removed waits at most one batch.
 const LINES_PER_BATCH: usize = 2000;
 
 /// Why the index failed (a full disk, a broken file).
@@ -89,10 +90,12 @@ pub struct Closed {
     pub file_bytes: u64,
 }
 
-/// The index, one connection behind a mutex.
+/// The index: one connection for writes and one for reads, each behind its own mutex. In WAL mode a read
+/// never waits for a write, so lists and searches stay quick while a long transcript is being indexed.
 #[derive(Debug)]
 pub struct Index {
-    conn: Mutex<Connection>,
+    write: Mutex<Connection>,
+    read: Mutex<Connection>,
 }
 
 const COLUMNS: &str = "id, user, container, container_id, command, level, started_at, ended_at, duration_ms, bytes,
@@ -139,17 +142,22 @@ pub struct Ending {
 
 impl Index {
     pub fn open(dir: &Path) -> Result<Index, String> {
-        let conn = crate::db::open(dir, "recordings.db", SCHEMA_VERSION, SCHEMA)?;
-        Ok(Index { conn: Mutex::new(conn) })
+        let write = crate::db::open(dir, "recordings.db", SCHEMA_VERSION, SCHEMA)?;
+        let read = crate::db::open(dir, "recordings.db", SCHEMA_VERSION, SCHEMA)?;
+        Ok(Index { write: Mutex::new(write), read: Mutex::new(read) })
     }
 
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    fn writer(&self) -> MutexGuard<'_, Connection> {
+        self.write.lock()
+    }
+
+    fn reader(&self) -> MutexGuard<'_, Connection> {
+        self.read.lock()
     }
 
     /// Adds a recording that has just started.
     pub fn add(&self, r: &Recording) -> Result<(), IndexError> {
-        self.conn().execute(
+        self.writer().execute(
             "INSERT OR REPLACE INTO recordings (id, user, container, container_id, command, level, started_at, state,
                 error, file_bytes)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
@@ -171,7 +179,7 @@ impl Index {
 
     /// Records how a recording ended (its transcript comes after, with [`Index::set_transcript`]).
     pub fn end(&self, id: &str, e: &Ending) -> Result<(), IndexError> {
-        self.conn().execute(
+        self.writer().execute(
             "UPDATE recordings SET state = ?2, ended_at = ?3, duration_ms = ?4, bytes = ?5, file_bytes = ?6,
                 exit_code = ?7, error = ?8, missed_bytes = ?9 WHERE id = ?1",
             params![
@@ -191,15 +199,13 @@ impl Index {
 
     /// Replaces a recording's transcript, in batches, and marks it transcribed.
     pub fn set_transcript(&self, id: &str, transcript: &[Line]) -> Result<(), IndexError> {
-        let base: i64 = {
-            let conn = self.conn();
-            conn.execute("DELETE FROM lines WHERE recording = ?1", params![id])?;
-            conn.query_row("SELECT rowid FROM recordings WHERE id = ?1", params![id], |r| r.get(0))?
-        };
+        self.remove_lines(id)?;
+        let base: i64 =
+            self.writer().query_row("SELECT rowid FROM recordings WHERE id = ?1", params![id], |r| r.get(0))?;
         let first = base << LINE_BITS;
         let most = (1usize << LINE_BITS) - 1;
         for (n, batch) in transcript[..transcript.len().min(most)].chunks(LINES_PER_BATCH).enumerate() {
-            let mut conn = self.conn();
+            let mut conn = self.writer();
             let tx = conn.transaction()?;
             {
                 let mut add =
@@ -210,26 +216,28 @@ impl Index {
                 }
             }
             tx.commit()?;
+            MutexGuard::unlock_fair(conn);
         }
-        self.conn().execute("UPDATE recordings SET transcribed = 1 WHERE id = ?1", params![id])?;
+        self.writer().execute("UPDATE recordings SET transcribed = 1 WHERE id = ?1", params![id])?;
         Ok(())
     }
 
     /// Closed recordings whose transcript is not indexed yet (the server stopped while making it).
     pub fn untranscribed(&self) -> Result<Vec<String>, IndexError> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn.prepare("SELECT id FROM recordings WHERE state != 'recording' AND transcribed = 0")?;
         Ok(stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?)
     }
 
     /// Marks a recording failed (its file stays as far as it was written).
     pub fn fail(&self, id: &str, error: &str) -> Result<(), IndexError> {
-        self.conn().execute("UPDATE recordings SET state = 'failed', error = ?2 WHERE id = ?1", params![id, error])?;
+        self.writer()
+            .execute("UPDATE recordings SET state = 'failed', error = ?2 WHERE id = ?1", params![id, error])?;
         Ok(())
     }
 
     pub fn link_audit(&self, id: &str, audit_id: &str) -> Result<(), IndexError> {
-        self.conn().execute("INSERT INTO audit_ids (recording, audit_id) VALUES (?1, ?2)", params![id, audit_id])?;
+        self.writer().execute("INSERT INTO audit_ids (recording, audit_id) VALUES (?1, ?2)", params![id, audit_id])?;
         Ok(())
     }
 
@@ -240,7 +248,7 @@ impl Index {
     }
 
     pub fn get(&self, id: &str) -> Result<Option<Recording>, IndexError> {
-        let conn = self.conn();
+        let conn = self.reader();
         let r =
             conn.query_row(&format!("SELECT {COLUMNS} FROM recordings WHERE id = ?1"), params![id], row).optional()?;
         Ok(match r {
@@ -251,7 +259,7 @@ impl Index {
 
     /// Recordings in a given state.
     pub fn in_state(&self, state: RecordingState) -> Result<Vec<Recording>, IndexError> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM recordings WHERE state = ?1"))?;
         Ok(stmt.query_map(params![state.as_str()], row)?.collect::<Result<_, _>>()?)
     }
@@ -262,7 +270,7 @@ impl Index {
     }
 
     fn list_scanning(&self, f: &Filter, scan_rows: usize) -> Result<Vec<Recording>, IndexError> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut sql = format!("SELECT {COLUMNS} FROM recordings WHERE 1 = 1");
         let mut args: Vec<rusqlite::types::Value> = Vec::new();
         let arg = |v: rusqlite::types::Value, args: &mut Vec<rusqlite::types::Value>| {
@@ -343,7 +351,7 @@ impl Index {
     /// Where recording `id` stands in the newest-first order (for `before`).
     pub fn position(&self, id: &str) -> Result<Option<u64>, IndexError> {
         let at: Option<i64> = self
-            .conn()
+            .reader()
             .query_row("SELECT started_at FROM recordings WHERE id = ?1", params![id], |r| r.get(0))
             .optional()?;
         Ok(at.map(|v| v.max(0) as u64))
@@ -351,7 +359,7 @@ impl Index {
 
     /// The transcript of a finished recording.
     pub fn transcript(&self, id: &str) -> Result<Vec<Line>, IndexError> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn.prepare("SELECT time_ms, line FROM lines WHERE recording = ?1 ORDER BY rowid")?;
         let lines =
             stmt.query_map(params![id], |r| Ok(Line { time_ms: r.get::<_, i64>(0)?.max(0) as u64, text: r.get(1)? }))?;
@@ -360,7 +368,7 @@ impl Index {
 
     /// Finished and failed recordings, oldest first.
     pub fn closed_oldest_first(&self) -> Result<Vec<Closed>, IndexError> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn.prepare(
             "SELECT id, COALESCE(ended_at, started_at), file_bytes FROM recordings WHERE state != 'recording'
              ORDER BY started_at, id",
@@ -379,19 +387,37 @@ impl Index {
 
     /// Updates the size a live recording's file has reached (for the size budget).
     pub fn set_file_bytes(&self, id: &str, bytes: u64) -> Result<(), IndexError> {
-        self.conn().execute("UPDATE recordings SET file_bytes = ?2 WHERE id = ?1", params![id, bytes as i64])?;
+        self.writer().execute("UPDATE recordings SET file_bytes = ?2 WHERE id = ?1", params![id, bytes as i64])?;
         Ok(())
     }
 
     /// Forgets a recording: its row, transcript and audit ids; whether it was there.
     pub fn remove(&self, id: &str) -> Result<bool, IndexError> {
-        let mut conn = self.conn();
+        self.remove_lines(id)?;
+        let mut conn = self.writer();
         let tx = conn.transaction()?;
         tx.execute("DELETE FROM lines WHERE recording = ?1", params![id])?;
         tx.execute("DELETE FROM audit_ids WHERE recording = ?1", params![id])?;
         let rows = tx.execute("DELETE FROM recordings WHERE id = ?1", params![id])?;
         tx.commit()?;
         Ok(rows > 0)
+    }
+}
+
+impl Index {
+    /// Deletes a recording's transcript lines, one batch per transaction, handing the lock over between them.
+    fn remove_lines(&self, id: &str) -> Result<(), IndexError> {
+        loop {
+            let conn = self.writer();
+            let gone = conn.execute(
+                "DELETE FROM lines WHERE rowid IN (SELECT rowid FROM lines WHERE recording = ?1 LIMIT ?2)",
+                params![id, LINES_PER_BATCH as i64],
+            )?;
+            MutexGuard::unlock_fair(conn);
+            if gone < LINES_PER_BATCH {
+                return Ok(());
+            }
+        }
     }
 }
 
@@ -488,6 +514,52 @@ mod tests {
         assert!(ix.get("t-0").unwrap().is_none());
         assert_eq!(ix.transcript("t-0").unwrap().len(), 0);
         assert_eq!(ix.list(&Filter { matching: Some(q), limit: 50, ..Filter::default() }).unwrap().len(), 2);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A transcript of many lines (a `yes` flood) is indexed and removed in batches: meanwhile a new recording
+    /// is added (the write waits for one batch, not the whole) and lists answer (reads do not wait at all).
+    #[test]
+    fn a_long_transcript_neither_blocks_reads_nor_starves_writes() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let dir = std::env::temp_dir().join(format!("porthole-index-{}", uuid::Uuid::new_v4().simple()));
+        let ix = Arc::new(Index::open(&dir).unwrap());
+        ix.add(&rec("t-flood", "alice", 100)).unwrap();
+        let lines: Vec<Line> =
+            (0..300_000).map(|i| Line { time_ms: i, text: format!("porthole-flood-line {i}") }).collect();
+        for removing in [false, true] {
+            let busy = Arc::new(AtomicBool::new(true));
+            let long = {
+                let (ix, busy, lines) = (ix.clone(), busy.clone(), lines.clone());
+                std::thread::spawn(move || {
+                    if removing {
+                        ix.remove("t-flood").unwrap()
+                    } else {
+                        ix.set_transcript("t-flood", &lines).map(|_| true).unwrap()
+                    };
+                    busy.store(false, Ordering::SeqCst);
+                })
+            };
+            // Wait until the long write is under way (its first batches are visible, or gone).
+            let under_way = |ix: &Index| {
+                let n = ix.transcript("t-flood").unwrap().len();
+                if removing { n < lines.len() } else { n > 0 }
+            };
+            while !under_way(&ix) {
+                assert!(busy.load(Ordering::SeqCst), "the long write ended before it was seen under way");
+                std::thread::yield_now();
+            }
+            let id = format!("t-new-{removing}");
+            ix.add(&rec(&id, "bob", 200)).unwrap();
+            let listed = ix.list(&Filter { users: vec!["bob".into()], limit: 5, ..Filter::default() }).unwrap();
+            let still_busy = busy.load(Ordering::SeqCst);
+            assert!(listed.iter().any(|r| r.id == id), "a recording added during the long write is listed");
+            assert!(still_busy, "the add and the list waited for the whole long write (removing: {removing})");
+            long.join().unwrap();
+        }
+        assert!(ix.get("t-flood").unwrap().is_none());
+        assert!(ix.transcript("t-flood").unwrap().is_empty());
         let _ = std::fs::remove_dir_all(dir);
     }
 }
