@@ -22,7 +22,7 @@ pub mod backend {
     #[async_trait::async_trait]
     pub trait Backend: Send + Sync + 'static {
         async fn containers(&self) -> Result<Vec<ContainerSummary>, ErrorBody>;
-        fn terminals(&self) -> Vec<TerminalInfo>;
+        async fn terminals(&self) -> Vec<TerminalInfo>;
         fn sandbox_profiles(&self) -> Vec<SandboxProfile>;
     }
 
@@ -45,7 +45,7 @@ pub async fn list_containers() -> Result<Vec<ContainerSummary>, ServerFnError> {
 /// Every open terminal.
 #[server(prefix = "/api/fn", endpoint = "list_terminals")]
 pub async fn list_terminals() -> Result<Vec<TerminalInfo>, ServerFnError> {
-    Ok(backend()?.terminals())
+    Ok(backend()?.terminals().await)
 }
 
 /// The sandbox profiles the user may create.

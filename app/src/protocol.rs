@@ -615,6 +615,9 @@ pub enum ErrorCode {
     UnknownRecording,
     /// The recording is still being written (it cannot be removed yet).
     RecordingInProgress,
+    /// Cluster mode: the cluster directory (Redis) does not answer, so nothing that needs it (opening a
+    /// terminal, reaching one on another node) can be done now. Terminals already open go on; retry later.
+    ClusterUnavailable,
     /// Anything else; the message says what.
     Internal,
 }
@@ -650,6 +653,7 @@ impl ErrorCode {
             ErrorCode::ImageNotFound => "image_not_found",
             ErrorCode::UnknownRecording => "unknown_recording",
             ErrorCode::RecordingInProgress => "recording_in_progress",
+            ErrorCode::ClusterUnavailable => "cluster_unavailable",
             ErrorCode::Internal => "internal",
         }
     }
@@ -856,6 +860,9 @@ pub struct TerminalInfo {
     /// The Docker host the container is on.
     #[serde(default)]
     pub host: String,
+    /// In cluster mode: the node that owns it (holds its exec stream). Absent when the server runs alone.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub node: String,
     pub command: Vec<String>,
     pub cols: u16,
     pub rows: u16,

@@ -46,6 +46,12 @@ pub struct Record {
     /// The recording of the terminal concerned, when it is recorded.
     #[serde(rename = "recordingId", skip_serializing_if = "Option::is_none")]
     pub recording_id: Option<String>,
+    /// Cluster mode: the node that decided (the one the user is on).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Cluster mode, for a terminal on another node: the node that owns it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner_node: Option<String>,
 }
 
 /// Where audit records go.

@@ -194,6 +194,23 @@ pub struct Config {
     /// Log format (filter with RUST_LOG, default `info`).
     #[arg(long, env = "PORTHOLE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// Cluster mode: the Redis that holds the cluster directory, e.g. redis://:PASSWORD@10.0.0.5:6379/0.
+    /// Without it, Porthole runs alone.
+    #[arg(long, env = "PORTHOLE_CLUSTER_REDIS", hide_env_values = true, requires_all = ["node_id", "advertise", "cluster_secret_file"])]
+    pub cluster_redis: Option<String>,
+
+    /// This node's name in the cluster: 1 to 32 of a-z, 0-9, '-' and '_', starting with a letter or digit.
+    #[arg(long, env = "PORTHOLE_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// Where the other nodes reach this one, HOST:PORT without a scheme (it uses this server's TLS, if any).
+    #[arg(long, env = "PORTHOLE_ADVERTISE")]
+    pub advertise: Option<String>,
+
+    /// A file holding the secret (at least 32 bytes) with which nodes sign their requests to each other.
+    #[arg(long, env = "PORTHOLE_CLUSTER_SECRET_FILE")]
+    pub cluster_secret_file: Option<PathBuf>,
 }
 
 /// An address or a network: a bare address is its own /32 (IPv4) or /128 (IPv6).
@@ -276,6 +293,10 @@ impl Config {
             max_connections_per_address: 64,
             max_unauthenticated_per_address: 8,
             log_format: LogFormat::Text,
+            cluster_redis: None,
+            node_id: None,
+            advertise: None,
+            cluster_secret_file: None,
         }
     }
 
@@ -327,7 +348,27 @@ impl Config {
         if self.output_log_bytes < 4096 || self.output_log_bytes > 256 * 1024 * 1024 {
             return Err("--output-log-bytes must be between 4096 and 268435456".into());
         }
-        self.endpoints().map(|_| ())
+        self.endpoints()?;
+        self.cluster().map(|_| ())
+    }
+
+    /// Cluster mode's settings, when `--cluster-redis` is given (the secret file is read here).
+    pub fn cluster(&self) -> Result<Option<crate::cluster::Settings>, String> {
+        let Some(redis) = &self.cluster_redis else {
+            if self.node_id.is_some() || self.advertise.is_some() || self.cluster_secret_file.is_some() {
+                return Err(
+                    "--node-id, --advertise and --cluster-secret-file are for cluster mode: give --cluster-redis too"
+                        .into(),
+                );
+            }
+            return Ok(None);
+        };
+        let (Some(node), Some(advertise), Some(secret_file)) =
+            (&self.node_id, &self.advertise, &self.cluster_secret_file)
+        else {
+            return Err("cluster mode (--cluster-redis) needs --node-id, --advertise and --cluster-secret-file".into());
+        };
+        crate::cluster::Settings::new(redis, node, advertise, secret_file, self.tls()).map(Some)
     }
 
     /// The Docker hosts, named, in order (see [`crate::docker::hosts`]).
@@ -491,5 +532,53 @@ mod tests {
         let many: Vec<String> = (0..17).map(|i| format!("h{i}=unix:///s{i}")).collect();
         let err = parse(&["--docker-host", &many.join(",")]).unwrap_err();
         assert!(err.contains("at most 16"), "{err}");
+    }
+
+    #[test]
+    fn cluster_flags_come_together_and_are_checked() {
+        let dir = std::env::temp_dir().join(format!("porthole-cluster-flags-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (good, short) = (dir.join("good"), dir.join("short"));
+        std::fs::write(&good, "0123456789abcdef0123456789abcdef\n").unwrap();
+        std::fs::write(&short, "too-short\n").unwrap();
+        let (good, short) = (good.display().to_string(), short.display().to_string());
+        let parse = |args: &[&str]| {
+            let mut all = vec!["porthole"];
+            all.extend_from_slice(args);
+            Config::try_parse_from(all).map_err(|e| e.to_string()).and_then(|c| c.cluster())
+        };
+        let full = |redis: &str, node: &str, advertise: &str, secret: &str| {
+            parse(&[
+                "--cluster-redis",
+                redis,
+                "--node-id",
+                node,
+                "--advertise",
+                advertise,
+                "--cluster-secret-file",
+                secret,
+            ])
+        };
+        assert!(parse(&[]).unwrap().is_none(), "alone by default");
+        let s = full("redis://:pw@10.0.0.5:6379/0", "n-1", "10.0.0.7:7070", &good).unwrap().unwrap();
+        assert_eq!((s.node.as_str(), s.advertise.as_str(), s.scheme), ("n-1", "10.0.0.7:7070", "http"));
+        assert_eq!(s.secret, b"0123456789abcdef0123456789abcdef", "the trailing newline is not part of the secret");
+        assert!(!format!("{s:?}").contains("pw"), "the Redis password is never printed");
+        // Each of the others is required with --cluster-redis (clap says so), and none without it.
+        assert!(parse(&["--cluster-redis", "redis://h/"]).unwrap_err().contains("--node-id"));
+        assert!(parse(&["--node-id", "a"]).unwrap_err().contains("give --cluster-redis too"));
+        for (args, says) in [
+            (("http://h:6379", "a", "h:1", good.as_str()), "redis:// URL"),
+            (("redis://h/", "A", "h:1", good.as_str()), "--node-id \"A\""),
+            (("redis://h/", "a", "http://h:1", good.as_str()), "without a scheme"),
+            (("redis://h/", "a", "h", good.as_str()), "HOST:PORT"),
+            (("redis://h/", "a", "h:0", good.as_str()), "HOST:PORT"),
+            (("redis://h/", "a", "h:1", short.as_str()), "at least 32"),
+            (("redis://h/", "a", "h:1", "/nonexistent/secret"), "cannot read --cluster-secret-file"),
+        ] {
+            let err = full(args.0, args.1, args.2, args.3).unwrap_err();
+            assert!(err.contains(says), "{args:?}: {err}");
+        }
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -52,7 +52,7 @@ impl ServiceError {
             | ErrorCode::RecordingInProgress => StatusCode::CONFLICT,
             ErrorCode::CommandNotFound | ErrorCode::CommandNotExecutable => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorCode::TooManyTerminals | ErrorCode::InputOverflow => StatusCode::TOO_MANY_REQUESTS,
-            ErrorCode::DockerUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::DockerUnavailable | ErrorCode::ClusterUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Unauthenticated | ErrorCode::TokenExpired | ErrorCode::TokenRevoked => StatusCode::UNAUTHORIZED,
             ErrorCode::Forbidden | ErrorCode::CommandNotAllowed | ErrorCode::ViewOnly | ErrorCode::OriginNotAllowed => {
                 StatusCode::FORBIDDEN

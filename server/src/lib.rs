@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod db;
 pub mod docker;
@@ -103,7 +104,14 @@ fn router_with_edge(
     let security = security(config)?;
     let recordings = recording::Recordings::open(config.recordings(), &config.state_dir(), security.audit_log())
         .map_err(anyhow::Error::msg)?;
-    let state = AppState::new(runtime, config.limits(), security, sandboxes, recordings, edge);
+    let cluster = match config.cluster().map_err(anyhow::Error::msg)? {
+        Some(settings) => {
+            let hosts = config.endpoints().map_err(anyhow::Error::msg)?.into_iter().map(|(name, _)| name).collect();
+            Some(Arc::new(cluster::Cluster::new(settings, hosts).map_err(anyhow::Error::msg)?))
+        }
+        None => None,
+    };
+    let state = AppState::new(runtime, config.limits(), security, sandboxes, recordings, edge, cluster);
     let parser = ParserConfig::common().max_incoming_binaries(4).max_incoming_binary_buf_size(MAX_PACKET_BYTES);
     let (layer, io) = SocketIo::builder()
         .with_parser(parser)
@@ -245,6 +253,10 @@ pub async fn start_with_runtime(config: &Config, runtime: Arc<dyn ContainerRunti
     {
         let (state, stop) = (state.clone(), stop.clone());
         tokio::spawn(async move { state.maintain_recordings(stop).await });
+    }
+    {
+        let (state, stop) = (state.clone(), stop.clone());
+        tokio::spawn(async move { state.run_cluster(stop).await });
     }
     let shutdown = {
         let (stop, state) = (stop.clone(), state.clone());

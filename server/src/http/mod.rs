@@ -370,6 +370,7 @@ fn rest_router(state: AppState) -> Router {
     Router::new()
         .route(rest::HEALTHZ, get(healthz))
         .route(rest::LOGIN, post(login))
+        .merge(crate::cluster::peer::routes(state.clone()))
         .merge(protected)
         .fallback(not_found)
         .with_state(state)
@@ -423,7 +424,7 @@ async fn containers(State(state): State<AppState>, Extension(caller): Extension<
 }
 
 async fn terminals(State(state): State<AppState>, Extension(caller): Extension<Caller>) -> Response {
-    Json(state.terminals(&caller)).into_response()
+    Json(state.terminals_everywhere(&caller).await).into_response()
 }
 
 async fn terminal(
@@ -431,7 +432,7 @@ async fn terminal(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Response {
-    match state.terminal(&caller, &TerminalId(id)) {
+    match state.terminal_anywhere(&caller, &TerminalId(id)).await {
         Ok(t) => Json(t).into_response(),
         Err(e) => e.into_response(),
     }
@@ -442,7 +443,7 @@ async fn close_terminal(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Response {
-    match state.close_terminal_id(&caller, &TerminalId(id)).await {
+    match state.close_terminal_anywhere(&caller, &TerminalId(id)).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => e.into_response(),
     }

@@ -18,10 +18,12 @@ pub const MAX_ENDED_KEPT: usize = 256;
 const MIN_ENDED_RETENTION: Duration = Duration::from_secs(60);
 
 /// Where terminals are found and counted.
+#[async_trait::async_trait]
 pub trait Directory: Send + Sync + std::fmt::Debug + 'static {
     /// Counts a terminal about to start against `owner`'s limits (`user_quota` overrides the per-user one).
-    /// Errors: `too_many_terminals` (per client or in total), `quota_exceeded` (per user).
-    fn reserve(&self, owner: &OwnerId, user_quota: Option<usize>) -> Result<(), ServiceError>;
+    /// Errors: `too_many_terminals` (per client or in total), `quota_exceeded` (per user), and in a cluster
+    /// `cluster_unavailable`.
+    async fn reserve(&self, owner: &OwnerId, user_quota: Option<usize>) -> Result<(), ServiceError>;
     /// Gives back a slot taken by [`Directory::reserve`] for a start that failed.
     fn release(&self, owner: &OwnerId);
     /// Lists a started terminal (it holds the slot it reserved until it ends).
@@ -34,6 +36,10 @@ pub trait Directory: Send + Sync + std::fmt::Debug + 'static {
     fn forget(&self, id: &TerminalId);
     /// Every listed terminal.
     fn all(&self) -> Vec<Arc<Terminal>>;
+    /// The cluster node these terminals are on (empty when running alone).
+    fn node(&self) -> &str {
+        ""
+    }
 }
 
 #[derive(Debug, Default)]
@@ -83,10 +89,29 @@ impl LocalDirectory {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
-}
 
-impl Directory for LocalDirectory {
-    fn reserve(&self, owner: &OwnerId, user_quota: Option<usize>) -> Result<(), ServiceError> {
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// The terminals `user` has open or opening here.
+    pub fn user_count(&self, user: &str) -> usize {
+        self.lock().per_user.get(user).copied().unwrap_or(0)
+    }
+
+    /// Open or opening terminals per user.
+    pub fn user_counts(&self) -> Vec<(String, usize)> {
+        self.lock().per_user.iter().map(|(u, n)| (u.clone(), *n)).collect()
+    }
+
+    /// The running terminals.
+    pub fn running(&self) -> Vec<Arc<Terminal>> {
+        let reg = self.lock();
+        reg.running.iter().filter_map(|id| reg.terminals.get(id).cloned()).collect()
+    }
+
+    /// Counts a terminal about to start (see [`Directory::reserve`]).
+    pub fn reserve_here(&self, owner: &OwnerId, user_quota: Option<usize>) -> Result<(), ServiceError> {
         let mut reg = self.lock();
         let mine = reg.per_client.get(owner).copied().unwrap_or(0);
         if mine >= self.limits.per_client {
@@ -113,6 +138,13 @@ impl Directory for LocalDirectory {
         *reg.per_user.entry(owner.user.clone()).or_default() += 1;
         reg.total += 1;
         Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl Directory for LocalDirectory {
+    async fn reserve(&self, owner: &OwnerId, user_quota: Option<usize>) -> Result<(), ServiceError> {
+        self.reserve_here(owner, user_quota)
     }
 
     fn release(&self, owner: &OwnerId) {

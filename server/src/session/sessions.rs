@@ -184,7 +184,11 @@ impl Sessions {
         user_quota: Option<usize>,
         pre: Option<Prelaunched>,
     ) -> Result<(Arc<Terminal>, TerminalStarted), ServiceError> {
-        if let Err(e) = self.refuse_when_shutting_down().and_then(|()| self.directory.reserve(owner, user_quota)) {
+        let reserved = match self.refuse_when_shutting_down() {
+            Ok(()) => self.directory.reserve(owner, user_quota).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = reserved {
             if let Some(pre) = pre {
                 pre.end(self.runtime.clone(), self.pending_reaps.clone());
             }
@@ -325,7 +329,14 @@ impl Sessions {
     }
 
     pub fn info(&self, terminal: &Terminal) -> TerminalInfo {
-        terminal.info(self.limits.grace)
+        let mut info = terminal.info(self.limits.grace);
+        info.node = self.directory.node().to_string();
+        info
+    }
+
+    /// The cluster node this is (empty when running alone).
+    pub fn node(&self) -> &str {
+        self.directory.node()
     }
 
     /// Ends a terminal: no process of it is left in the container when this returns Ok (if the daemon is

@@ -274,6 +274,7 @@ impl Terminal {
             container_id: self.container_id.clone(),
             container_name: self.container_name.clone(),
             host: self.host.clone(),
+            node: String::new(),
             command: self.command.clone(),
             cols,
             rows,

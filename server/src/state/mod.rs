@@ -95,6 +95,8 @@ pub struct AppState {
     notices: tokio::sync::broadcast::Sender<crate::docker::ContainerEvent>,
     security: Arc<Security>,
     edge: Arc<crate::http::conn::Connections>,
+    /// Cluster mode: the directory in Redis, and this node's part of it.
+    cluster: Option<(Arc<crate::cluster::Cluster>, Arc<crate::cluster::directory::ClusterDirectory>)>,
 }
 
 fn denied(caller: &Caller, action: &'static str, e: &ServiceError) -> Record {
@@ -129,11 +131,31 @@ impl AppState {
         sandboxes: Arc<crate::sandbox::Sandboxes>,
         recordings: Arc<crate::recording::Recordings>,
         edge: Arc<crate::http::conn::Connections>,
+        cluster: Option<Arc<crate::cluster::Cluster>>,
     ) -> AppState {
-        let sessions = Sessions::new(runtime, limits);
+        let local = crate::session::registry::LocalDirectory::new(limits);
+        let (sessions, cluster) = match cluster {
+            Some(c) => {
+                let directory = crate::cluster::directory::ClusterDirectory::new(local, c.clone());
+                (Sessions::with_directory(runtime, limits, directory.clone()), Some((c, directory)))
+            }
+            None => (Sessions::with_directory(runtime, limits, Arc::new(local)), None),
+        };
         sandboxes.use_sessions(&sessions);
         let notices = tokio::sync::broadcast::channel(NOTICE_QUEUE).0;
-        AppState { sessions, sandboxes, recordings, notices, security: Arc::new(security), edge }
+        AppState { sessions, sandboxes, recordings, notices, security: Arc::new(security), edge, cluster }
+    }
+
+    /// Cluster mode's directory, when on.
+    pub fn cluster(&self) -> Option<&Arc<crate::cluster::Cluster>> {
+        self.cluster.as_ref().map(|(c, _)| c)
+    }
+
+    /// In cluster mode, renews this node's lease until `stop`, then leaves the directory.
+    pub async fn run_cluster(&self, stop: tokio_util::sync::CancellationToken) {
+        if let Some((_, directory)) = &self.cluster {
+            directory.clone().heartbeat(stop).await;
+        }
     }
 
     /// Runs the recordings' retention until `stop`.
@@ -416,8 +438,8 @@ impl app::api::backend::Backend for CallerScope {
         self.state.containers(&self.caller).await.map_err(|e| e.body())
     }
 
-    fn terminals(&self) -> Vec<TerminalInfo> {
-        self.state.terminals(&self.caller)
+    async fn terminals(&self) -> Vec<TerminalInfo> {
+        self.state.terminals_everywhere(&self.caller).await
     }
 
     fn sandbox_profiles(&self) -> Vec<app::protocol::SandboxProfile> {

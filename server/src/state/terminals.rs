@@ -13,7 +13,9 @@ use app::protocol::{
 use tokio_util::sync::CancellationToken;
 
 use super::{AppState, Caller, clipped_command, denied, on_terminal};
+use crate::audit::Record;
 use crate::auth::policy::{Grant, Level, Policy, RecordLevel};
+use crate::cluster::RemoteTerminal;
 use crate::docker::ContainerTarget;
 use crate::error::ServiceError;
 use crate::session::launch::StartPlan;
@@ -356,6 +358,92 @@ impl AppState {
             let still: Vec<_> = open.into_iter().filter(|t| !t.has_ended()).collect();
             futures_util::future::join_all(still.iter().map(|t| sessions.close(t, reason))).await;
         });
+    }
+
+    /// A terminal another node owns, as `caller` may see it under `policy`: its grant, if any.
+    fn remote_grant(&self, policy: &Policy, caller: &Caller, t: &RemoteTerminal) -> Option<Grant> {
+        let mut grant =
+            self.container_grant(policy, caller, &t.info.container_id, &t.info.container_name, &t.labels)?;
+        if t.info.user != caller.principal.subject {
+            grant.level = grant.shared?;
+        }
+        Some(grant)
+    }
+
+    /// [`AppState::terminals`], and in cluster mode those on the other nodes too. While the directory does not
+    /// answer, only this node's are listed.
+    pub async fn terminals_everywhere(&self, caller: &Caller) -> Vec<TerminalInfo> {
+        let mut list = self.terminals(caller);
+        let Some(cluster) = self.cluster() else { return list };
+        match cluster.remote_terminals().await {
+            Ok(remote) => {
+                let policy = self.policy();
+                let visible = remote.into_iter().filter(|(_, t)| self.remote_grant(&policy, caller, t).is_some());
+                list.extend(visible.map(|(_, t)| t.info));
+                crate::session::sorted(list)
+            }
+            Err(e) => {
+                tracing::debug!(error = %e.message, "listing only this node's terminals");
+                list
+            }
+        }
+    }
+
+    /// A terminal `caller` may see, here or (in cluster mode) on another node.
+    pub async fn terminal_anywhere(&self, caller: &Caller, id: &TerminalId) -> Result<TerminalInfo, ServiceError> {
+        let here = self.terminal(caller, id);
+        let Some(cluster) = self.cluster() else { return here };
+        if here.is_ok() || self.sessions.find(id).is_ok() {
+            return here;
+        }
+        match cluster.find_remote(&id.0).await? {
+            Some((_, t)) if self.remote_grant(&self.policy(), caller, &t).is_some() => Ok(t.info),
+            _ => Err(ServiceError::unknown_terminal(id)),
+        }
+    }
+
+    /// Ends a terminal by id (REST), here or, in cluster mode, on the node that owns it: the decision and the
+    /// audit record are made here, and the owner is asked to carry it out.
+    pub async fn close_terminal_anywhere(&self, caller: &Caller, id: &TerminalId) -> Result<(), ServiceError> {
+        let Some(cluster) = self.cluster().cloned() else { return self.close_terminal_id(caller, id).await };
+        if self.sessions.find(id).is_ok() {
+            return self.close_terminal_id(caller, id).await;
+        }
+        let policy = self.policy();
+        AppState::revoked_under(&policy, caller)?;
+        let Some((owner, t)) = cluster.find_remote(&id.0).await? else {
+            return Err(ServiceError::unknown_terminal(id));
+        };
+        let record = |outcome| Record {
+            terminal_id: Some(id.0.clone()),
+            container_id: Some(t.info.container_id.clone()),
+            container: Some(t.info.container_name.clone()),
+            command: Some(t.info.command.clone()),
+            node: Some(cluster.node().to_string()),
+            owner_node: Some(owner.node.clone()),
+            ..caller.record("terminal.close", outcome)
+        };
+        match self.remote_grant(&policy, caller, &t) {
+            None => return Err(ServiceError::unknown_terminal(id)),
+            Some(g) if g.level != Level::Interact => {
+                let e = ServiceError::new(ErrorCode::ViewOnly, "you may only watch this terminal");
+                self.audit_refusal(&e, Record { code: Some(e.code.to_string()), ..record("denied") });
+                return Err(e.audited());
+            }
+            Some(_) => {}
+        }
+        self.audit(record("allowed"));
+        crate::cluster::peer::close(&cluster, &owner, id).await
+    }
+
+    /// A peer node asks to end one of this node's terminals (it decided and audited).
+    pub async fn close_for_peer(&self, id: &TerminalId) -> Result<(), ServiceError> {
+        let t = self.sessions.find(id)?;
+        if t.has_ended() {
+            self.sessions.forget(id);
+            return Ok(());
+        }
+        self.sessions.close(&t, ExitReason::Closed).await
     }
 
     /// Ends a terminal by id (REST).

@@ -1,0 +1,400 @@
+//! Cluster mode (`--cluster-redis`): several Porthole nodes share one directory in Redis.
+//!
+//! What lives in Redis, all under the `porthole:` prefix and all rewritten by each node's heartbeat (so a Redis
+//! that restarted empty is whole again within one [`HEARTBEAT`]):
+//! - `porthole:nodes`: the set of node ids that ever joined;
+//! - `porthole:node:ID`: the node's lease ([`NodeRecord`]: where its peers reach it, its Docker hosts), expiring
+//!   after [`LEASE_TTL`] unless renewed;
+//! - `porthole:node:ID:terminals`: its running terminals ([`RemoteTerminal`], the REST view plus what the policy
+//!   needs), by terminal id;
+//! - `porthole:node:ID:users`: how many terminals each user has open or opening on it, for the quotas.
+//!
+//! What does not: the terminals themselves (output logs, exec streams, viewers) stay on the node that owns them;
+//! the other nodes reach them through that node ([`peer`]). Terminal lists from the directory are as fresh as the
+//! last heartbeat or change.
+
+pub mod directory;
+pub mod peer;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use app::protocol::{ErrorCode, TerminalInfo};
+use redis::AsyncCommands;
+use serde::{Deserialize, Serialize};
+
+use crate::error::ServiceError;
+
+/// A node's lease lasts this long unless renewed.
+pub const LEASE_TTL: Duration = Duration::from_secs(15);
+/// How often a node renews its lease and rewrites its part of the directory.
+pub const HEARTBEAT: Duration = Duration::from_secs(5);
+/// How long one Redis command may take before the directory counts as unavailable.
+pub const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
+/// The shortest cluster secret accepted, in bytes.
+pub const MIN_SECRET_BYTES: usize = 32;
+/// Nodes in one cluster, at most (the directory reads every node's entries on a lookup).
+pub const MAX_NODES: usize = 64;
+
+const PREFIX: &str = "porthole:";
+
+fn nodes_key() -> String {
+    format!("{PREFIX}nodes")
+}
+
+fn lease_key(node: &str) -> String {
+    format!("{PREFIX}node:{node}")
+}
+
+fn terminals_key(node: &str) -> String {
+    format!("{PREFIX}node:{node}:terminals")
+}
+
+fn users_key(node: &str) -> String {
+    format!("{PREFIX}node:{node}:users")
+}
+
+/// Cluster mode's settings, checked.
+#[derive(Clone)]
+pub struct Settings {
+    /// The Redis URL (may hold a password: never logged).
+    pub redis: String,
+    pub node: String,
+    /// HOST:PORT.
+    pub advertise: String,
+    /// `https` when this server serves TLS, else `http`: how peers reach it.
+    pub scheme: &'static str,
+    pub secret: Vec<u8>,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings").field("node", &self.node).field("advertise", &self.advertise).finish_non_exhaustive()
+    }
+}
+
+/// Whether `id` is a valid node id: 1 to 32 of `a-z 0-9 - _`, starting with a letter or digit.
+pub fn valid_node_id(id: &str) -> bool {
+    let b = id.as_bytes();
+    !b.is_empty()
+        && b.len() <= 32
+        && b[0].is_ascii_alphanumeric()
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-' || *c == b'_')
+}
+
+impl Settings {
+    /// Checks the flags and reads the secret file; the message is shown to the operator as is.
+    pub fn new(redis: &str, node: &str, advertise: &str, secret_file: &Path, tls: bool) -> Result<Settings, String> {
+        if !(redis.starts_with("redis://") || redis.starts_with("rediss://")) || redis::Client::open(redis).is_err() {
+            return Err("--cluster-redis must be a redis:// URL, e.g. redis://:PASSWORD@10.0.0.5:6379/0".into());
+        }
+        if !valid_node_id(node) {
+            return Err(format!(
+                "--node-id {node:?} must be 1 to 32 of a-z, 0-9, '-' and '_', starting with a letter or digit"
+            ));
+        }
+        let host_port = advertise.rsplit_once(':').filter(|(host, port)| {
+            !host.is_empty()
+                && !host.contains('/')
+                && !host.contains("://")
+                && port.parse::<u16>().is_ok_and(|p| p != 0)
+        });
+        if host_port.is_none() || advertise.contains("://") {
+            return Err(format!("--advertise {advertise:?} must be HOST:PORT, without a scheme (e.g. 10.0.0.7:7070)"));
+        }
+        let secret = std::fs::read(secret_file)
+            .map_err(|e| format!("cannot read --cluster-secret-file {}: {e}", secret_file.display()))?;
+        let secret = secret.trim_ascii_end().to_vec();
+        if secret.len() < MIN_SECRET_BYTES {
+            return Err(format!(
+                "--cluster-secret-file {} holds {} bytes; the cluster secret must be at least {MIN_SECRET_BYTES}",
+                secret_file.display(),
+                secret.len()
+            ));
+        }
+        Ok(Settings {
+            redis: redis.to_string(),
+            node: node.to_string(),
+            advertise: advertise.to_string(),
+            scheme: if tls { "https" } else { "http" },
+            secret,
+        })
+    }
+}
+
+/// A node's lease, as its peers read it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub node: String,
+    /// HOST:PORT.
+    pub advertise: String,
+    /// `http` or `https`.
+    pub scheme: String,
+    /// The names of the Docker hosts it serves.
+    pub hosts: Vec<String>,
+}
+
+impl NodeRecord {
+    pub fn base_url(&self) -> String {
+        format!("{}://{}", self.scheme, self.advertise)
+    }
+}
+
+/// A running terminal in the directory: its REST view (with `node` set) and what the policy decides on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteTerminal {
+    pub info: TerminalInfo,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A node's part of the directory, rewritten whole by each heartbeat.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub terminals: Vec<RemoteTerminal>,
+    /// Open or opening terminals per user.
+    pub users: BTreeMap<String, usize>,
+}
+
+/// Checks the cluster-wide per-user quota and records this node's new count for the user, atomically.
+/// KEYS[1]: the nodes set. ARGV: prefix, this node, user, this node's count for the user with the new terminal,
+/// the quota, the TTL in seconds. Returns -1 when admitted, else how many the user already has.
+const RESERVE: &str = r"
+local others = 0
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if id ~= ARGV[2] and redis.call('EXISTS', ARGV[1] .. 'node:' .. id) == 1 then
+    others = others + tonumber(redis.call('HGET', ARGV[1] .. 'node:' .. id .. ':users', ARGV[3]) or '0')
+  end
+end
+local mine = tonumber(ARGV[4])
+if others + mine > tonumber(ARGV[5]) then
+  return others + mine - 1
+end
+local users = ARGV[1] .. 'node:' .. ARGV[2] .. ':users'
+redis.call('HSET', users, ARGV[3], mine)
+redis.call('EXPIRE', users, ARGV[6])
+return -1
+";
+
+/// This node's handle on the cluster directory.
+pub struct Cluster {
+    settings: Settings,
+    hosts: Vec<String>,
+    redis: redis::aio::ConnectionManager,
+    reserve: redis::Script,
+    /// Whether the last command reached Redis (for the log: one line per change).
+    up: AtomicBool,
+    http: reqwest::Client,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster").field("node", &self.settings.node).finish_non_exhaustive()
+    }
+}
+
+/// The error for a directory that does not answer.
+pub fn unavailable(what: &str) -> ServiceError {
+    ServiceError::new(
+        ErrorCode::ClusterUnavailable,
+        format!("the cluster directory (Redis) does not answer, so {what} cannot be done now; retry in a moment"),
+    )
+}
+
+impl Cluster {
+    /// Connects lazily: a node starts while Redis is down, and refuses what needs the directory until it is up.
+    pub fn new(settings: Settings, hosts: Vec<String>) -> Result<Cluster, String> {
+        let client = redis::Client::open(settings.redis.as_str()).map_err(|_| "--cluster-redis is not a valid URL")?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(REDIS_TIMEOUT))
+            .set_response_timeout(Some(REDIS_TIMEOUT))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let redis = client.get_connection_manager_lazy(config).map_err(|e| format!("cluster directory: {e}"))?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(peer::CONNECT_TIMEOUT)
+            .timeout(peer::REQUEST_TIMEOUT)
+            // Peers are reached at --advertise; with TLS their certificates name the cluster's hostnames.
+            .build()
+            .map_err(|e| format!("cannot set up the peer client: {e}"))?;
+        Ok(Cluster { settings, hosts, redis, reserve: redis::Script::new(RESERVE), up: AtomicBool::new(true), http })
+    }
+
+    pub fn node(&self) -> &str {
+        &self.settings.node
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    fn conn(&self) -> redis::aio::ConnectionManager {
+        self.redis.clone()
+    }
+
+    /// Notes whether Redis answered, logging changes.
+    fn saw<T>(&self, r: redis::RedisResult<T>) -> redis::RedisResult<T> {
+        let ok = r.is_ok();
+        if self.up.swap(ok, Ordering::SeqCst) != ok {
+            match &r {
+                Ok(_) => tracing::info!(node = %self.node(), "the cluster directory answers again"),
+                Err(e) => tracing::warn!(node = %self.node(), error = %e, "the cluster directory does not answer"),
+            }
+        }
+        r
+    }
+
+    /// Whether the last command reached Redis.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::SeqCst)
+    }
+
+    /// Renews the lease and rewrites this node's terminals and user counts, in one transaction.
+    pub async fn publish(&self, snapshot: &Snapshot) -> Result<(), ServiceError> {
+        let me = self.node();
+        let ttl = LEASE_TTL.as_secs() as i64;
+        let record = NodeRecord {
+            node: me.to_string(),
+            advertise: self.settings.advertise.clone(),
+            scheme: self.settings.scheme.to_string(),
+            hosts: self.hosts.clone(),
+        };
+        let lease =
+            serde_json::to_string(&record).map_err(|e| ServiceError::new(ErrorCode::Internal, e.to_string()))?;
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        pipe.set_ex(lease_key(me), lease, ttl as u64).ignore();
+        pipe.sadd(nodes_key(), me).ignore();
+        pipe.del(terminals_key(me)).ignore();
+        let terminals: Vec<(String, String)> = snapshot
+            .terminals
+            .iter()
+            .filter_map(|t| Some((t.info.terminal_id.0.clone(), serde_json::to_string(t).ok()?)))
+            .collect();
+        if !terminals.is_empty() {
+            pipe.hset_multiple(terminals_key(me), &terminals).ignore();
+            pipe.expire(terminals_key(me), ttl).ignore();
+        }
+        pipe.del(users_key(me)).ignore();
+        let users: Vec<(&str, usize)> = snapshot.users.iter().map(|(u, n)| (u.as_str(), *n)).collect();
+        if !users.is_empty() {
+            pipe.hset_multiple(users_key(me), &users).ignore();
+            pipe.expire(users_key(me), ttl).ignore();
+        }
+        let r: redis::RedisResult<()> = pipe.query_async(&mut self.conn()).await;
+        self.saw(r).map_err(|_| unavailable("renewing this node's lease"))
+    }
+
+    /// Takes this node out of the directory (at shutdown).
+    pub async fn leave(&self) {
+        let me = self.node();
+        let mut pipe = redis::pipe();
+        pipe.atomic().del(lease_key(me)).del(terminals_key(me)).del(users_key(me)).srem(nodes_key(), me);
+        let r: redis::RedisResult<()> = pipe.query_async(&mut self.conn()).await;
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "could not take this node out of the cluster directory");
+        }
+    }
+
+    /// Admits one more terminal for `user`, who would then have `mine` on this node, if the user's terminals
+    /// on every live node stay within `quota`. Errors: `quota_exceeded`, `cluster_unavailable`.
+    pub async fn reserve(&self, user: &str, mine: usize, quota: usize) -> Result<(), ServiceError> {
+        let ttl = LEASE_TTL.as_secs();
+        let r: redis::RedisResult<i64> = self
+            .reserve
+            .key(nodes_key())
+            .arg(PREFIX)
+            .arg(self.node())
+            .arg(user)
+            .arg(mine)
+            .arg(quota)
+            .arg(ttl)
+            .invoke_async(&mut self.conn())
+            .await;
+        match self.saw(r) {
+            Ok(-1) => Ok(()),
+            Ok(has) => Err(ServiceError::new(
+                ErrorCode::QuotaExceeded,
+                format!("user {user} already has {has} terminals open in the cluster (quota {quota})"),
+            )),
+            Err(_) => Err(unavailable("opening a terminal")),
+        }
+    }
+
+    /// Records that `user` has `n` terminals open or opening on this node.
+    pub async fn set_user_count(&self, user: &str, n: usize) {
+        let key = users_key(self.node());
+        let r: redis::RedisResult<()> =
+            if n == 0 { self.conn().hdel(key, user).await } else { self.conn().hset(key, user, n).await };
+        let _ = self.saw(r);
+    }
+
+    /// Lists (or updates) one of this node's terminals.
+    pub async fn put_terminal(&self, t: &RemoteTerminal) {
+        let Ok(json) = serde_json::to_string(t) else { return };
+        let key = terminals_key(self.node());
+        let mut pipe = redis::pipe();
+        pipe.hset(&key, &t.info.terminal_id.0, json).ignore().expire(&key, LEASE_TTL.as_secs() as i64).ignore();
+        let r: redis::RedisResult<()> = pipe.query_async(&mut self.conn()).await;
+        let _ = self.saw(r);
+    }
+
+    /// Takes one of this node's terminals off the directory.
+    pub async fn remove_terminal(&self, id: &str) {
+        let r: redis::RedisResult<()> = self.conn().hdel(terminals_key(self.node()), id).await;
+        let _ = self.saw(r);
+    }
+
+    /// The other nodes whose lease is current.
+    pub async fn peers(&self) -> Result<Vec<NodeRecord>, ServiceError> {
+        let mut conn = self.conn();
+        let ids: redis::RedisResult<Vec<String>> = conn.smembers(nodes_key()).await;
+        let mut ids = self.saw(ids).map_err(|_| unavailable("finding the other nodes"))?;
+        ids.retain(|id| id != self.node() && valid_node_id(id));
+        ids.truncate(MAX_NODES);
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = ids.iter().map(|id| lease_key(id)).collect();
+        let leases: redis::RedisResult<Vec<Option<String>>> =
+            redis::cmd("MGET").arg(&keys).query_async(&mut conn).await;
+        let leases = self.saw(leases).map_err(|_| unavailable("finding the other nodes"))?;
+        Ok(leases.into_iter().flatten().filter_map(|l| serde_json::from_str::<NodeRecord>(&l).ok()).collect())
+    }
+
+    /// Every running terminal the other live nodes own, with its owner.
+    pub async fn remote_terminals(&self) -> Result<Vec<(NodeRecord, RemoteTerminal)>, ServiceError> {
+        let peers = self.peers().await?;
+        let mut conn = self.conn();
+        let mut out = Vec::new();
+        for node in peers {
+            let all: redis::RedisResult<Vec<String>> = conn.hvals(terminals_key(&node.node)).await;
+            let all = self.saw(all).map_err(|_| unavailable("listing the cluster's terminals"))?;
+            for t in all.iter().filter_map(|j| serde_json::from_str::<RemoteTerminal>(j).ok()) {
+                out.push((node.clone(), t));
+            }
+        }
+        Ok(out)
+    }
+
+    /// A running terminal another live node owns, with its owner.
+    pub async fn find_remote(&self, id: &str) -> Result<Option<(NodeRecord, RemoteTerminal)>, ServiceError> {
+        let peers = self.peers().await?;
+        let mut conn = self.conn();
+        for node in peers {
+            let t: redis::RedisResult<Option<String>> = conn.hget(terminals_key(&node.node), id).await;
+            let t = self.saw(t).map_err(|_| unavailable("finding the terminal"))?;
+            if let Some(t) = t.and_then(|j| serde_json::from_str::<RemoteTerminal>(&j).ok()) {
+                return Ok(Some((node, t)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The client for signed requests to peers.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+}

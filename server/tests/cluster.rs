@@ -1,0 +1,314 @@
+//! Cluster mode (`--cluster-redis`): nodes sharing a directory in a real Redis (Debian's `redis-server`, one
+//! instance per test on a free port). The per-user quota holds across nodes; REST on any node lists, shows and
+//! closes every node's terminals, the decision and audit record made by the node asked; peers act only on
+//! requests signed with the cluster secret; with Redis gone a node keeps its terminals, refuses new ones with
+//! `cluster_unavailable`, and recovers by itself when Redis is back (empty).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use app::protocol::{ErrorCode, ErrorReply, ExitReason, TerminalInfo, TerminalStarted};
+use common::*;
+use porthole_server::RunningServer;
+
+/// A port nothing listens on now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A `redis-server` of our own, without persistence.
+struct Redis {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Redis {
+    async fn start() -> Redis {
+        let mut r = Redis { port: free_port(), child: None };
+        r.restart().await;
+        r
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    async fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (scripts/testbed.sh installs it)");
+        self.child = Some(child);
+        let client = redis::Client::open(self.url()).unwrap();
+        eventually("redis-server answers", || {
+            let client = client.clone();
+            async move {
+                match client.get_multiplexed_async_connection().await {
+                    Ok(mut c) => redis::cmd("PING").query_async::<String>(&mut c).await.is_ok(),
+                    Err(_) => false,
+                }
+            }
+        })
+        .await;
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+const SECRET: &str = "cluster-secret-for-the-tests-0123456789abcdef";
+
+fn secret_file() -> std::path::PathBuf {
+    let path = tempdir("cluster-secret").join("secret");
+    std::fs::write(&path, format!("{SECRET}\n")).unwrap();
+    path
+}
+
+/// A node of the cluster on `redis`, with its audit log at the returned path.
+async fn node(
+    id: &str,
+    redis: &Redis,
+    tweak: impl FnOnce(&mut porthole_server::config::Config),
+) -> (RunningServer, std::path::PathBuf) {
+    let mut c = test_config();
+    let port = free_port();
+    c.listen = format!("127.0.0.1:{port}").parse().unwrap();
+    c.cluster_redis = Some(redis.url());
+    c.node_id = Some(id.into());
+    c.advertise = Some(format!("127.0.0.1:{port}"));
+    c.cluster_secret_file = Some(secret_file());
+    let audit = tempdir("cluster-audit").join("audit.log");
+    c.audit_log = audit.display().to_string();
+    tweak(&mut c);
+    (start_server(c).await, audit)
+}
+
+async fn terminals(server: &RunningServer) -> Vec<TerminalInfo> {
+    let res = get(format!("{}/api/v1/terminals", base_url(server))).await;
+    assert!(res.status().is_success(), "{}", res.status());
+    res.json().await.unwrap()
+}
+
+/// Waits until `server` lists `id` (the directory is written in the background).
+async fn until_listed(server: &RunningServer, id: &app::protocol::TerminalId) -> TerminalInfo {
+    let mut found = None;
+    for _ in 0..200 {
+        if let Some(t) = terminals(server).await.into_iter().find(|t| &t.terminal_id == id) {
+            found = Some(t);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    found.unwrap_or_else(|| panic!("{id} listed on {}", server.addr()))
+}
+
+/// Opens a shell in `container`, retrying (for up to 10 s) while it is refused with `meanwhile`, the refusal
+/// expected until the directory has caught up; any other refusal fails the test.
+async fn open_once_allowed(client: &TestClient, container: &str, meanwhile: ErrorCode) -> TerminalStarted {
+    for _ in 0..100 {
+        match client.start(shell_request(container)).await {
+            Ok(t) => return t,
+            Err(e) => assert_eq!(e.code, meanwhile, "{e:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("still refused with {meanwhile} after 10 s");
+}
+
+fn audit_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path).unwrap_or_default().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
+
+#[tokio::test]
+async fn a_users_quota_holds_across_nodes_and_a_slot_freed_on_one_is_free_on_all() {
+    let c = TestContainer::start("cluster-quota", &bash_image()).await;
+    let redis = Redis::start().await;
+    let quota = |c: &mut porthole_server::config::Config| c.max_terminals_per_user = 2;
+    let (a, _) = node("a", &redis, quota).await;
+    let (b, _) = node("b", &redis, quota).await;
+    let (on_a, on_b) = (TestClient::connect(&a).await, TestClient::connect(&b).await);
+
+    let first = on_a.shell(&c.id).await;
+    let second = on_b.shell(&c.id).await;
+    for (client, on) in [(&on_a, "a"), (&on_b, "b")] {
+        let err = client.shell_err(&c.id).await;
+        assert_eq!(err.code, ErrorCode::QuotaExceeded, "on {on}: {err:?}");
+        assert!(err.message.contains("already has 2 terminals open in the cluster (quota 2)"), "{}", err.message);
+    }
+    // One ends on b: a may open one again (the count is b's, in Redis, not a's guess).
+    on_b.close(&second.terminal_id).await.unwrap();
+    let third = open_once_allowed(&on_a, &c.id, ErrorCode::QuotaExceeded).await;
+    on_a.run(&third.terminal_id, "echo q-$((6*7))", "q-42").await;
+    assert_eq!(on_b.shell_err(&c.id).await.code, ErrorCode::QuotaExceeded);
+    on_a.close(&first.terminal_id).await.unwrap();
+    on_a.close(&third.terminal_id).await.unwrap();
+    assert!(c.wait_no_strays(Duration::from_secs(10)).await.is_empty());
+    a.shutdown(Duration::from_secs(10)).await.unwrap();
+    b.shutdown(Duration::from_secs(10)).await.unwrap();
+}
+
+#[tokio::test]
+async fn rest_on_any_node_lists_shows_and_closes_every_nodes_terminals() {
+    let c = TestContainer::start("cluster-rest", &bash_image()).await;
+    let redis = Redis::start().await;
+    let (a, audit_a) = node("a", &redis, |_| {}).await;
+    let (b, audit_b) = node("b", &redis, |_| {}).await;
+    let on_a = TestClient::connect(&a).await;
+    let t = on_a.shell(&c.id).await;
+    on_a.run(&t.terminal_id, "echo rest-$((2+3))", "rest-5").await;
+
+    // Listed on b, owned by a, with its host; a lists it as its own.
+    let there = until_listed(&b, &t.terminal_id).await;
+    assert_eq!((there.node.as_str(), there.host.as_str(), there.user.as_str()), ("a", "local", "local"));
+    assert_eq!(there.container_id, c.id);
+    let here = until_listed(&a, &t.terminal_id).await;
+    assert_eq!(here.node, "a");
+    let one = get(format!("{}/api/v1/terminals/{}", base_url(&b), t.terminal_id)).await;
+    assert_eq!(one.status(), 200);
+    assert_eq!(one.json::<TerminalInfo>().await.unwrap().terminal_id, t.terminal_id);
+    let unknown = get(format!("{}/api/v1/terminals/t-0000", base_url(&b))).await;
+    assert_eq!(unknown.status(), 404);
+    assert_eq!(unknown.json::<ErrorReply>().await.unwrap().error.code, ErrorCode::UnknownTerminal);
+
+    // Closed through b: a's viewer sees it end as closed, and no process is left.
+    let res = http().delete(format!("{}/api/v1/terminals/{}", base_url(&b), t.terminal_id)).send().await.unwrap();
+    assert_eq!(res.status(), 204, "{:?}", res.text().await);
+    assert_eq!(on_a.wait_exit(&t.terminal_id).await.reason, ExitReason::Closed);
+    assert!(c.wait_no_strays(Duration::from_secs(10)).await.is_empty());
+    let mut gone = false;
+    for _ in 0..100 {
+        if !terminals(&b).await.iter().any(|x| x.terminal_id == t.terminal_id) {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(gone, "b stops listing the closed terminal");
+
+    // The decision was b's, and its record names both nodes; a wrote none for the close.
+    let id = t.terminal_id.0.as_str();
+    let closes = |path| {
+        audit_lines(path)
+            .into_iter()
+            .filter(|r| r["action"] == "terminal.close" && r["terminal_id"] == id)
+            .collect::<Vec<_>>()
+    };
+    let on_b_records = closes(&audit_b);
+    assert_eq!(on_b_records.len(), 1, "{on_b_records:?}");
+    assert_eq!(on_b_records[0]["outcome"], "allowed");
+    assert_eq!((on_b_records[0]["node"].as_str(), on_b_records[0]["owner_node"].as_str()), (Some("b"), Some("a")));
+    assert!(closes(&audit_a).is_empty());
+    a.shutdown(Duration::from_secs(10)).await.unwrap();
+    b.shutdown(Duration::from_secs(10)).await.unwrap();
+}
+
+#[tokio::test]
+async fn peers_act_only_on_requests_signed_with_the_cluster_secret() {
+    let c = TestContainer::start("cluster-peer", &bash_image()).await;
+    let redis = Redis::start().await;
+    let (a, _) = node("a", &redis, |_| {}).await;
+    let on_a = TestClient::connect(&a).await;
+    let t = on_a.shell(&c.id).await;
+    let path = format!("/api/v1/peer/terminals/{}", t.terminal_id);
+    let url = format!("{}{path}", base_url(&a));
+    let raw = reqwest::Client::new();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let sign = |secret: &[u8], node: &str, ts: u64, path: &str| {
+        porthole_server::cluster::peer::sign(secret, node, ts, &axum::http::Method::DELETE, path)
+    };
+    let refused = [
+        None,
+        Some(sign(b"not-the-cluster-secret-0123456789abcdef", "b", now, &path)),
+        Some(sign(SECRET.as_bytes(), "b", now - 120, &path)),
+        Some(sign(SECRET.as_bytes(), "a", now, &path)),
+        Some(sign(SECRET.as_bytes(), "b", now, "/api/v1/peer/terminals/t-other")),
+        Some("node=b, ts=1, sig=!!".into()),
+    ];
+    for header in refused {
+        let mut req = raw.delete(&url);
+        if let Some(h) = &header {
+            req = req.header("porthole-peer", h);
+        }
+        let res = req.send().await.unwrap();
+        assert_eq!(res.status(), 401, "{header:?}");
+        assert_eq!(res.json::<ErrorReply>().await.unwrap().error.code, ErrorCode::Unauthenticated);
+    }
+    // A user's own credential does not open the peer routes either.
+    assert_eq!(http().delete(&url).send().await.unwrap().status(), 401);
+    on_a.run(&t.terminal_id, "echo still-$((1+1))", "still-2").await;
+
+    // Signed: done. An unknown id: unknown_terminal.
+    let ok = raw.delete(&url).header("porthole-peer", sign(SECRET.as_bytes(), "b", now, &path)).send().await.unwrap();
+    assert_eq!(ok.status(), 204);
+    assert_eq!(on_a.wait_exit(&t.terminal_id).await.reason, ExitReason::Closed);
+    let other = "/api/v1/peer/terminals/t-nope";
+    let res = raw
+        .delete(format!("{}{other}", base_url(&a)))
+        .header("porthole-peer", sign(SECRET.as_bytes(), "b", now, other))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    assert_eq!(res.json::<ErrorReply>().await.unwrap().error.code, ErrorCode::UnknownTerminal);
+
+    // A server alone has no peer routes.
+    let alone = start_server(test_config()).await;
+    let res = raw
+        .delete(format!("{}{other}", base_url(&alone)))
+        .header("porthole-peer", sign(SECRET.as_bytes(), "b", now, other))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    assert_eq!(res.json::<ErrorReply>().await.unwrap().error.code, ErrorCode::NotFound);
+    a.shutdown(Duration::from_secs(10)).await.unwrap();
+    alone.shutdown(Duration::from_secs(10)).await.unwrap();
+}
+
+#[tokio::test]
+async fn with_redis_gone_a_node_keeps_its_terminals_refuses_new_ones_and_recovers_when_it_is_back() {
+    let c = TestContainer::start("cluster-redis-down", &bash_image()).await;
+    let mut redis = Redis::start().await;
+    let (a, _) = node("a", &redis, |_| {}).await;
+    let (b, _) = node("b", &redis, |_| {}).await;
+    let on_a = TestClient::connect(&a).await;
+    let t = on_a.shell(&c.id).await;
+    until_listed(&b, &t.terminal_id).await;
+
+    redis.stop();
+    // The open terminal goes on; a new one is refused, saying why; lists show the node's own.
+    on_a.run(&t.terminal_id, "echo alive-$((3*3))", "alive-9").await;
+    let err = on_a.shell_err(&c.id).await;
+    assert_eq!(err.code, ErrorCode::ClusterUnavailable, "{err:?}");
+    assert!(err.message.contains("Redis"), "{}", err.message);
+    assert!(terminals(&a).await.iter().any(|x| x.terminal_id == t.terminal_id));
+    let res = http().delete(format!("{}/api/v1/terminals/t-elsewhere", base_url(&b))).send().await.unwrap();
+    assert_eq!(res.status(), 503);
+    assert_eq!(res.json::<ErrorReply>().await.unwrap().error.code, ErrorCode::ClusterUnavailable);
+
+    // Back, empty: within a heartbeat the directory is whole again and new terminals open.
+    redis.restart().await;
+    let again = until_listed(&b, &t.terminal_id).await;
+    assert_eq!(again.node, "a");
+    let second = open_once_allowed(&on_a, &c.id, ErrorCode::ClusterUnavailable).await;
+    on_a.run(&second.terminal_id, "echo back", "back").await;
+    on_a.run(&t.terminal_id, "echo first-still", "first-still").await;
+    a.shutdown(Duration::from_secs(10)).await.unwrap();
+    b.shutdown(Duration::from_secs(10)).await.unwrap();
+    assert!(c.wait_no_strays(Duration::from_secs(10)).await.is_empty());
+}
