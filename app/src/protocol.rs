@@ -520,6 +520,8 @@ pub enum ExitReason {
     SandboxExpired,
     /// Its container was killed for running out of memory (Docker's `State.OOMKilled`).
     Oom,
+    /// Cluster mode: the node that held it is gone (its directory lease expired and its peers cannot reach it).
+    NodeLost,
 }
 
 impl ExitReason {
@@ -536,6 +538,7 @@ impl ExitReason {
             ExitReason::SandboxRemoved => "sandbox_removed",
             ExitReason::SandboxExpired => "sandbox_expired",
             ExitReason::Oom => "oom",
+            ExitReason::NodeLost => "node_lost",
         }
     }
 }

@@ -697,6 +697,7 @@ fn describe(reason: ExitReason) -> &'static str {
         ExitReason::SandboxRemoved => "its sandbox was removed",
         ExitReason::SandboxExpired => "its sandbox expired",
         ExitReason::Oom => "its container ran out of memory",
+        ExitReason::NodeLost => "the cluster node that held it is gone",
     }
 }
 

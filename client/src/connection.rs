@@ -473,6 +473,34 @@ impl Connection {
         })
     }
 
+    /// Sends `name` now, with binary `attachments` standing in for `{"_placeholder": true, "num": i}` in
+    /// `payload` (the native transport only), and with `ack` returns the wait for the server's answer. Unlike
+    /// [`Connection::request_raw`], requests are not serialised: on the native transport acks are matched by id,
+    /// so any number may be in flight. Events sent after this returns arrive after this one.
+    pub async fn send(
+        &self,
+        name: &str,
+        payload: Value,
+        attachments: Vec<Bytes>,
+        ack: bool,
+    ) -> Result<Option<impl std::future::Future<Output = Result<Value, Error>> + Send + 'static>, Error> {
+        if !matches!(self.link, Link::Native(_)) {
+            return Err(Error::Protocol("Connection::send needs the native transport".into()));
+        }
+        if ack {
+            return Ok(Some(self.send_request_with(name, payload, attachments).await?));
+        }
+        if let Link::Native(n) = &self.link {
+            n.send(name, payload, attachments, false).await?;
+        }
+        Ok(None)
+    }
+
+    /// Closes the connection, as [`Connection::disconnect`] does, through a shared reference.
+    pub async fn close(&self) {
+        self.link.disconnect().await;
+    }
+
     /// Sends request `E` and returns its answer: the ack's value, or the server's refusal.
     pub async fn request<E: ClientEvent>(&self, payload: &E::Payload) -> Result<Result<E::Ack, ErrorBody>, Error> {
         let v = serde_json::to_value(payload).map_err(|e| Error::Protocol(e.to_string()))?;

@@ -31,6 +31,7 @@ pub fn exit_text(exit: &Exit) -> (String, String) {
             ("sandbox expired".into(), "Its sandbox reached its time limit and was removed.".into())
         }
         ExitReason::Oom => ("out of memory".into(), "The container ran out of memory and was killed.".into()),
+        ExitReason::NodeLost => ("node lost".into(), "The Porthole node that held this terminal is gone.".into()),
     }
 }
 

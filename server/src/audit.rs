@@ -46,6 +46,9 @@ pub struct Record {
     /// The recording of the terminal concerned, when it is recorded.
     #[serde(rename = "recordingId", skip_serializing_if = "Option::is_none")]
     pub recording_id: Option<String>,
+    /// About a caller another node relays: that node writes the record, not this one.
+    #[serde(skip)]
+    pub relayed: bool,
     /// Cluster mode: the node that decided (the one the user is on).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,

@@ -211,6 +211,11 @@ pub struct Config {
     /// A file holding the secret (at least 32 bytes) with which nodes sign their requests to each other.
     #[arg(long, env = "PORTHOLE_CLUSTER_SECRET_FILE")]
     pub cluster_secret_file: Option<PathBuf>,
+
+    /// Cluster mode: seconds a node's directory lease lasts unless renewed (it is renewed every third of
+    /// that). A node is declared lost only once its lease expired and its peers cannot reach it.
+    #[arg(long, env = "PORTHOLE_CLUSTER_LEASE_TTL", default_value_t = 15, value_parser = clap::value_parser!(u64).range(3..=300))]
+    pub cluster_lease_ttl: u64,
 }
 
 /// An address or a network: a bare address is its own /32 (IPv4) or /128 (IPv6).
@@ -297,6 +302,7 @@ impl Config {
             node_id: None,
             advertise: None,
             cluster_secret_file: None,
+            cluster_lease_ttl: 15,
         }
     }
 
@@ -368,7 +374,9 @@ impl Config {
         else {
             return Err("cluster mode (--cluster-redis) needs --node-id, --advertise and --cluster-secret-file".into());
         };
-        crate::cluster::Settings::new(redis, node, advertise, secret_file, self.tls()).map(Some)
+        let mut settings = crate::cluster::Settings::new(redis, node, advertise, secret_file, self.tls())?;
+        settings.lease_ttl = std::time::Duration::from_secs(self.cluster_lease_ttl);
+        Ok(Some(settings))
     }
 
     /// The Docker hosts, named, in order (see [`crate::docker::hosts`]).

@@ -312,3 +312,238 @@ async fn with_redis_gone_a_node_keeps_its_terminals_refuses_new_ones_and_recover
     b.shutdown(Duration::from_secs(10)).await.unwrap();
     assert!(c.wait_no_strays(Duration::from_secs(10)).await.is_empty());
 }
+
+#[tokio::test]
+async fn a_socket_on_another_node_attaches_types_resizes_and_closes_through_a_relay() {
+    let c = TestContainer::start("cluster-relay", &bash_image()).await;
+    let redis = Redis::start().await;
+    let (a, audit_a) = node("a", &redis, |_| {}).await;
+    let (b, audit_b) = node("b", &redis, |_| {}).await;
+    let on_a = TestClient::connect(&a).await;
+    let t = on_a.shell(&c.id).await;
+    let id = &t.terminal_id;
+    on_a.run(id, "echo before-$((40+2))", "before-42").await;
+    until_listed(&b, id).await;
+
+    // b relays: the replay from 0, then live output, both ways; the viewer on b counts on a.
+    let on_b = TestClient::connect(&b).await;
+    let req = app::protocol::AttachTerminal { terminal_id: id.clone(), since: Some(0), flow_control: false };
+    let attached = on_b.attach(&req).await.unwrap();
+    assert_eq!((attached.offset, attached.container_id.as_str()), (0, c.id.as_str()));
+    assert!(!attached.flow_control);
+    on_b.wait_for(id, "before-42").await;
+    on_a.wait_viewers(id, 2).await;
+    on_b.wait_viewers(id, 2).await;
+    on_b.run(id, "echo relayed-$((6*7))", "relayed-42").await;
+    on_a.wait_for(id, "relayed-42").await;
+    on_b.resize(id, 111, 33).await;
+    on_b.run(id, "stty size", "33 111").await;
+    on_a.run(id, "echo done-$((1+1))", "done-2").await;
+    on_b.wait_for(id, "done-2").await;
+    // The same bytes at the same offsets on both nodes.
+    assert_eq!(on_b.first_offset(id), Some(0));
+    assert!(on_b.discontinuities().is_empty(), "{:?}", on_b.discontinuities());
+    assert_eq!(on_b.bytes(id), on_a.bytes(id));
+
+    // Unknown terminals are refused as on one node.
+    let unknown =
+        app::protocol::AttachTerminal { terminal_id: app::protocol::TerminalId("t-0000".into()), ..req.clone() };
+    assert_eq!(on_b.attach(&unknown).await.unwrap_err().code, ErrorCode::UnknownTerminal);
+
+    // Closed through b: it ends for both, and no process is left.
+    on_b.close(id).await.unwrap();
+    assert_eq!(on_b.wait_exit(id).await.reason, ExitReason::Closed);
+    assert_eq!(on_a.wait_exit(id).await.reason, ExitReason::Closed);
+    assert!(c.wait_no_strays(Duration::from_secs(10)).await.is_empty());
+
+    // b decided and audited the attach and the close, naming both nodes; a wrote nothing for the relay.
+    let of = |path, action: &str| {
+        audit_lines(path)
+            .into_iter()
+            .filter(|r| r["action"] == action && r["terminal_id"] == id.0.as_str())
+            .collect::<Vec<_>>()
+    };
+    for action in ["terminal.attach", "terminal.close"] {
+        let on_b_records = of(&audit_b, action);
+        assert_eq!(on_b_records.len(), 1, "{action}: {on_b_records:?}");
+        assert_eq!(on_b_records[0]["outcome"], "allowed");
+        assert_eq!((on_b_records[0]["node"].as_str(), on_b_records[0]["owner_node"].as_str()), (Some("b"), Some("a")));
+        assert!(of(&audit_a, action).is_empty(), "{action} on a: {:?}", of(&audit_a, action));
+    }
+    a.shutdown(Duration::from_secs(10)).await.unwrap();
+    b.shutdown(Duration::from_secs(10)).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_client_that_was_on_one_node_resumes_through_another_byte_exact() {
+    let c = TestContainer::start("cluster-resume", &bash_image()).await;
+    let redis = Redis::start().await;
+    let (a, _) = node("a", &redis, |_| {}).await;
+    let (b, _) = node("b", &redis, |_| {}).await;
+    const LINES: u32 = 3000;
+    let script = format!(
+        "i=0; while [ $i -lt {LINES} ]; do i=$((i+1)); echo line-$i; [ $((i % 100)) -eq 0 ] && sleep 0.1; done; true"
+    );
+    let first = TestClient::connect_v2(&base_url(&a), "resumer").await;
+    let started = first
+        .start(app::protocol::StartTerminal {
+            command: Some(vec!["sh".into(), "-c".into(), script]),
+            ..shell_request(&c.id)
+        })
+        .await
+        .unwrap();
+    let id = started.terminal_id.clone();
+    first.wait_for(&id, "line-500\r\n").await;
+    until_listed(&b, &id).await;
+    let had = first.bytes(&id);
+    first.disconnect().await;
+
+    // The same client comes back through b, from the offset it had.
+    let again = TestClient::connect_v2(&base_url(&b), "resumer").await;
+    let since = had.len() as u64;
+    let req = app::protocol::AttachTerminal { terminal_id: id.clone(), since: Some(since), flow_control: false };
+    let attached = again.attach(&req).await.unwrap();
+    assert_eq!((attached.offset, attached.truncated), (since, false));
+    let exit = again.wait_exit(&id).await;
+    assert_eq!((exit.reason, exit.exit_code), (ExitReason::Exited, Some(0)));
+    assert_eq!(again.first_offset(&id), Some(since));
+    assert!(again.discontinuities().is_empty(), "{:?}", again.discontinuities());
+    let mut all = had;
+    all.extend(again.bytes(&id));
+    let expected: String = (1..=LINES).map(|i| format!("line-{i}\r\n")).collect();
+    assert_eq!(String::from_utf8_lossy(&all), expected, "nothing lost or repeated");
+    a.shutdown(Duration::from_secs(10)).await.unwrap();
+    b.shutdown(Duration::from_secs(10)).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_node_killed_ends_the_terminals_relayed_from_it_with_node_lost_and_the_others_do_not_notice() {
+    const TTL: u64 = 3;
+    let c = TestContainer::start("cluster-lost", &bash_image()).await;
+    let redis = Redis::start().await;
+    let listen = format!("127.0.0.1:{}", free_port());
+    let secret = secret_file();
+    let ttl = TTL.to_string();
+    let mut a = common::process::ServerProcess::start(&[
+        "--listen",
+        &listen,
+        "--cluster-redis",
+        &redis.url(),
+        "--node-id",
+        "a",
+        "--advertise",
+        &listen,
+        "--cluster-secret-file",
+        secret.to_str().unwrap(),
+        "--cluster-lease-ttl",
+        &ttl,
+    ]);
+    let (b, _) = node("b", &redis, |c| c.cluster_lease_ttl = TTL).await;
+    let on_a = TestClient::connect_url(&a.base_url(), rust_socketio::TransportType::Websocket).await;
+    let theirs = on_a.shell(&c.id).await;
+    let id = &theirs.terminal_id;
+    on_a.run(id, "echo on-a-$((1+1))", "on-a-2").await;
+    until_listed(&b, id).await;
+    let on_b = TestClient::connect(&b).await;
+    let req = app::protocol::AttachTerminal { terminal_id: id.clone(), since: Some(0), flow_control: false };
+    on_b.attach(&req).await.unwrap();
+    on_b.wait_for(id, "on-a-2").await;
+    let mine = on_b.shell(&c.id).await;
+    on_b.run(&mine.terminal_id, "echo mine-$((3+4))", "mine-7").await;
+
+    // Killed: no goodbye, its lease runs out by itself.
+    let killed = std::time::Instant::now();
+    a.stop_with("KILL");
+    let exit = on_b.wait_exit(id).await;
+    assert_eq!((exit.reason, exit.exit_code), (ExitReason::NodeLost, None));
+    let took = killed.elapsed();
+    assert!(took < Duration::from_secs(TTL + 10), "node_lost after {took:?}");
+    // Its last renewal was at most a third of the lease before the kill.
+    assert!(took >= Duration::from_secs(TTL * 2 / 3), "declared lost before its lease expired ({took:?})");
+
+    // b's own terminal goes on; a's is no longer listed anywhere.
+    on_b.run(&mine.terminal_id, "echo still-$((4+4))", "still-8").await;
+    assert!(on_b.exit_of(&mine.terminal_id).is_none());
+    let listed: Vec<_> = terminals(&b).await.into_iter().map(|t| t.terminal_id).collect();
+    assert_eq!(listed, vec![mine.terminal_id.clone()]);
+    b.shutdown(Duration::from_secs(10)).await.unwrap();
+}
+
+#[tokio::test]
+async fn relays_are_accepted_only_when_signed_with_the_cluster_secret_for_their_claims() {
+    let c = TestContainer::start("cluster-relay-auth", &bash_image()).await;
+    let redis = Redis::start().await;
+    let (a, audit_a) = node("a", &redis, |_| {}).await;
+    let on_a = TestClient::connect(&a).await;
+    let t = on_a.shell(&c.id).await;
+    on_a.run(&t.terminal_id, "echo signed-$((5+5))", "signed-10").await;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let claims = r#"{"user":"local","groups":[],"clientId":"relayed-client","protocolVersion":2}"#;
+    let sig = |secret: &[u8], node: &str, ts: u64, text: &str| {
+        porthole_server::cluster::peer::signature(secret, node, ts, "RELAY", text)
+    };
+    let auth = |node: &str, ts: u64, sig: String, claims: &str| serde_json::json!({"peer": {"node": node, "ts": ts, "sig": sig, "claims": claims}});
+    let ws = || rust_socketio::TransportType::Websocket;
+    let refused = [
+        auth("b", now, sig(b"not-the-cluster-secret-0123456789abcdef", "b", now, claims), claims),
+        auth("b", now, sig(SECRET.as_bytes(), "b", now, claims), &claims.replace("local", "root")),
+        auth("b", now - 120, sig(SECRET.as_bytes(), "b", now - 120, claims), claims),
+        auth("a", now, sig(SECRET.as_bytes(), "a", now, claims), claims),
+        serde_json::json!({"peer": {"node": "b"}}),
+        serde_json::json!({"peer": "b"}),
+    ];
+    for bad in refused {
+        let e = TestClient::try_connect(&base_url(&a), ws(), bad.clone(), &[]).await.err().expect("refused");
+        assert!(e.contains("unauthenticated: relay refused"), "{bad}: {e}");
+    }
+    on_a.run(&t.terminal_id, "echo still-$((5+6))", "still-11").await;
+
+    // Signed: the socket is the claimed user's, and works the terminal like theirs; a writes no record of it.
+    let good = auth("b", now, sig(SECRET.as_bytes(), "b", now, claims), claims);
+    let relay = TestClient::try_connect(&base_url(&a), ws(), good.clone(), &[]).await.unwrap();
+    assert_eq!(relay.hello().user, "local");
+    let req = app::protocol::AttachTerminal { terminal_id: t.terminal_id.clone(), since: Some(0), flow_control: false };
+    relay.attach(&req).await.unwrap();
+    relay.run(&t.terminal_id, "echo via-relay-$((7+7))", "via-relay-14").await;
+    let attaches = audit_lines(&audit_a)
+        .into_iter()
+        .filter(|r| r["action"] == "terminal.attach" || (r["action"] == "connect" && r["outcome"] == "allowed"))
+        .count();
+    assert_eq!(attaches, 1, "only on_a's own connect is audited on a");
+
+    // A server alone takes no relay, signed or not.
+    let alone = start_server(test_config()).await;
+    let e = TestClient::try_connect(&base_url(&alone), ws(), good, &[]).await.err().expect("refused");
+    assert!(e.contains("unauthenticated: relays from other nodes are accepted only in cluster mode"), "{e}");
+    a.shutdown(Duration::from_secs(10)).await.unwrap();
+    alone.shutdown(Duration::from_secs(10)).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_relayed_terminal_goes_on_while_redis_is_down() {
+    const TTL: u64 = 3;
+    let c = TestContainer::start("cluster-relay-redis", &bash_image()).await;
+    let mut redis = Redis::start().await;
+    let (a, _) = node("a", &redis, |c| c.cluster_lease_ttl = TTL).await;
+    let (b, _) = node("b", &redis, |c| c.cluster_lease_ttl = TTL).await;
+    let on_a = TestClient::connect(&a).await;
+    let t = on_a.shell(&c.id).await;
+    let id = &t.terminal_id;
+    until_listed(&b, id).await;
+    let on_b = TestClient::connect(&b).await;
+    let req = app::protocol::AttachTerminal { terminal_id: id.clone(), since: Some(0), flow_control: false };
+    on_b.attach(&req).await.unwrap();
+    on_b.run(id, "echo up-$((2*3))", "up-6").await;
+
+    // Every lease expires while Redis is away; nothing is declared lost for it.
+    redis.stop();
+    tokio::time::sleep(Duration::from_secs(2 * TTL)).await;
+    on_b.run(id, "echo down-$((2*4))", "down-8").await;
+    assert!(on_b.exit_of(id).is_none() && on_a.exit_of(id).is_none());
+    redis.restart().await;
+    tokio::time::sleep(Duration::from_secs(TTL)).await;
+    on_b.run(id, "echo back-$((2*5))", "back-10").await;
+    assert!(on_b.exit_of(id).is_none());
+    a.shutdown(Duration::from_secs(10)).await.unwrap();
+    b.shutdown(Duration::from_secs(10)).await.unwrap();
+}

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use app::protocol::TerminalId;
 use tokio_util::sync::CancellationToken;
 
-use super::{Cluster, HEARTBEAT, RemoteTerminal, Snapshot};
+use super::{Cluster, RemoteTerminal, Snapshot};
 
 /// Directory changes waiting to be written to Redis, at most (beyond, they are dropped: the next heartbeat
 /// writes this node's part whole).
@@ -71,9 +71,9 @@ impl ClusterDirectory {
         }
     }
 
-    /// Renews this node's lease every [`HEARTBEAT`] until `stop`, then takes the node out of the directory.
+    /// Renews this node's lease every [`Cluster::heartbeat`] until `stop`, then leaves the directory.
     pub async fn heartbeat(self: Arc<Self>, stop: CancellationToken) {
-        let mut tick = tokio::time::interval(HEARTBEAT);
+        let mut tick = tokio::time::interval(self.cluster.heartbeat());
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {

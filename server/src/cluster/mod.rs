@@ -1,7 +1,7 @@
 //! Cluster mode (`--cluster-redis`): several Porthole nodes share one directory in Redis.
 //!
 //! What lives in Redis, all under the `porthole:` prefix and all rewritten by each node's heartbeat (so a Redis
-//! that restarted empty is whole again within one [`HEARTBEAT`]):
+//! that restarted empty is whole again within one heartbeat, a third of the lease):
 //! - `porthole:nodes`: the set of node ids that ever joined;
 //! - `porthole:node:ID`: the node's lease ([`NodeRecord`]: where its peers reach it, its Docker hosts), expiring
 //!   after [`LEASE_TTL`] unless renewed;
@@ -15,6 +15,7 @@
 
 pub mod directory;
 pub mod peer;
+pub mod relay;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -27,10 +28,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ServiceError;
 
-/// A node's lease lasts this long unless renewed.
+/// A node's lease lasts this long unless renewed (`--cluster-lease-ttl`, default).
 pub const LEASE_TTL: Duration = Duration::from_secs(15);
-/// How often a node renews its lease and rewrites its part of the directory.
-pub const HEARTBEAT: Duration = Duration::from_secs(5);
+/// A node renews its lease and rewrites its part of the directory this many times per lease.
+pub const HEARTBEATS_PER_LEASE: u32 = 3;
 /// How long one Redis command may take before the directory counts as unavailable.
 pub const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 /// The shortest cluster secret accepted, in bytes.
@@ -67,6 +68,8 @@ pub struct Settings {
     /// `https` when this server serves TLS, else `http`: how peers reach it.
     pub scheme: &'static str,
     pub secret: Vec<u8>,
+    /// How long the lease lasts unless renewed ([`LEASE_TTL`] by default).
+    pub lease_ttl: Duration,
 }
 
 impl std::fmt::Debug for Settings {
@@ -120,6 +123,7 @@ impl Settings {
             advertise: advertise.to_string(),
             scheme: if tls { "https" } else { "http" },
             secret,
+            lease_ttl: LEASE_TTL,
         })
     }
 }
@@ -230,6 +234,11 @@ impl Cluster {
         &self.settings
     }
 
+    /// How often this node renews its lease.
+    pub fn heartbeat(&self) -> Duration {
+        self.settings.lease_ttl / HEARTBEATS_PER_LEASE
+    }
+
     fn conn(&self) -> redis::aio::ConnectionManager {
         self.redis.clone()
     }
@@ -254,7 +263,7 @@ impl Cluster {
     /// Renews the lease and rewrites this node's terminals and user counts, in one transaction.
     pub async fn publish(&self, snapshot: &Snapshot) -> Result<(), ServiceError> {
         let me = self.node();
-        let ttl = LEASE_TTL.as_secs() as i64;
+        let ttl = self.settings.lease_ttl.as_secs() as i64;
         let record = NodeRecord {
             node: me.to_string(),
             advertise: self.settings.advertise.clone(),
@@ -301,7 +310,7 @@ impl Cluster {
     /// Admits one more terminal for `user`, who would then have `mine` on this node, if the user's terminals
     /// on every live node stay within `quota`. Errors: `quota_exceeded`, `cluster_unavailable`.
     pub async fn reserve(&self, user: &str, mine: usize, quota: usize) -> Result<(), ServiceError> {
-        let ttl = LEASE_TTL.as_secs();
+        let ttl = self.settings.lease_ttl.as_secs();
         let r: redis::RedisResult<i64> = self
             .reserve
             .key(nodes_key())
@@ -336,7 +345,10 @@ impl Cluster {
         let Ok(json) = serde_json::to_string(t) else { return };
         let key = terminals_key(self.node());
         let mut pipe = redis::pipe();
-        pipe.hset(&key, &t.info.terminal_id.0, json).ignore().expire(&key, LEASE_TTL.as_secs() as i64).ignore();
+        pipe.hset(&key, &t.info.terminal_id.0, json)
+            .ignore()
+            .expire(&key, self.settings.lease_ttl.as_secs() as i64)
+            .ignore();
         let r: redis::RedisResult<()> = pipe.query_async(&mut self.conn()).await;
         let _ = self.saw(r);
     }

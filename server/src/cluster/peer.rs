@@ -35,21 +35,38 @@ const MAX_HEADER_BYTES: usize = 256;
 
 type HmacSha256 = Hmac<Sha256>;
 
-fn unix_now() -> u64 {
+pub(super) fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-fn mac(secret: &[u8], node: &str, ts: u64, method: &Method, path: &str) -> HmacSha256 {
+fn mac(secret: &[u8], node: &str, ts: u64, method: &str, path: &str) -> HmacSha256 {
     // HMAC takes keys of any length.
     let mut m = HmacSha256::new_from_slice(secret).unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
     m.update(format!("porthole-peer-v1\n{node}\n{ts}\n{method}\n{path}").as_bytes());
     m
 }
 
+/// The signature (base64url) of `method path` by `node` at `ts`.
+pub fn signature(secret: &[u8], node: &str, ts: u64, method: &str, path: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac(secret, node, ts, method, path).finalize().into_bytes())
+}
+
 /// The header value signing `method path` as `node` at `ts`.
 pub fn sign(secret: &[u8], node: &str, ts: u64, method: &Method, path: &str) -> String {
-    let sig = mac(secret, node, ts, method, path).finalize().into_bytes();
-    format!("node={node}, ts={ts}, sig={}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sig))
+    format!("node={node}, ts={ts}, sig={}", signature(secret, node, ts, method.as_str(), path))
+}
+
+/// Checks one signature: by another valid node, recent, and made with the secret over `method path`.
+pub fn check(secret: &[u8], me: &str, node: &str, ts: u64, sig: &str, method: &str, path: &str) -> Result<(), String> {
+    if !super::valid_node_id(node) || node == me {
+        return Err(format!("{:?} is not another node's id", crate::refusals::clip(node)));
+    }
+    if unix_now().abs_diff(ts) > MAX_CLOCK_SKEW.as_secs() {
+        return Err(format!("the signature's time is more than {}s from this node's clock", MAX_CLOCK_SKEW.as_secs()));
+    }
+    let sig =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(sig).map_err(|_| "the signature is not base64url")?;
+    mac(secret, node, ts, method, path).verify_slice(&sig).map_err(|_| "the signature does not verify".to_string())
 }
 
 /// Checks a request's signature; returns the signing node's id.
@@ -64,20 +81,14 @@ pub fn verify(secret: &[u8], me: &str, headers: &HeaderMap, method: &Method, pat
         match part.trim().split_once('=') {
             Some(("node", v)) => node = Some(v),
             Some(("ts", v)) => ts = v.parse::<u64>().ok(),
-            Some(("sig", v)) => sig = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(v).ok(),
+            Some(("sig", v)) => sig = Some(v),
             _ => return Err("the Porthole-Peer header is malformed".into()),
         }
     }
     let (Some(node), Some(ts), Some(sig)) = (node, ts, sig) else {
         return Err("the Porthole-Peer header needs node, ts and sig".into());
     };
-    if !super::valid_node_id(node) || node == me {
-        return Err(format!("{node:?} is not another node's id"));
-    }
-    if unix_now().abs_diff(ts) > MAX_CLOCK_SKEW.as_secs() {
-        return Err(format!("the signature's time is more than {}s from this node's clock", MAX_CLOCK_SKEW.as_secs()));
-    }
-    mac(secret, node, ts, method, path).verify_slice(&sig).map_err(|_| "the signature does not verify")?;
+    check(secret, me, node, ts, sig, method.as_str(), path)?;
     Ok(node.to_string())
 }
 

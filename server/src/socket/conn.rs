@@ -87,6 +87,10 @@ pub(super) struct Conn {
     pub outbox: Arc<Outbox>,
     /// How `data` travels on this socket (`auth.encoding`).
     pub encoding: DataEncoding,
+    /// The protocol version negotiated.
+    pub version: u32,
+    /// Cluster mode: the terminals of other nodes this socket follows, and the relays to them.
+    pub relays: super::relay::Relays,
 }
 
 impl Conn {

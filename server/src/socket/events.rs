@@ -14,6 +14,7 @@ use socketioxide::socket::{DisconnectReason, Socket};
 use tracing::Instrument;
 
 use super::conn::{Ack, Conn, Sock, SocketSink};
+use super::relay;
 use crate::error::ServiceError;
 use crate::session::viewer::Attachment;
 use crate::state::{Action, AppState};
@@ -54,7 +55,7 @@ pub(super) fn register(socket: &Arc<Socket>, state: &AppState, conn: &Arc<Conn>,
         span,
         Admit::RateLimited,
         |r| &r.terminal_id,
-        |s, c, r| s.resize(&c.caller, &c.seat, r),
+        |s, c, r| if c.relays.has(&r.terminal_id) { relay::resize(s, c, r) } else { s.resize(&c.caller, &c.seat, r) },
     );
     // Not rate-limited: acks are cumulative and cheap, and dropping the last one would leave a flow-controlled
     // terminal paused for good.
@@ -65,16 +66,42 @@ pub(super) fn register(socket: &Arc<Socket>, state: &AppState, conn: &Arc<Conn>,
         span,
         Admit::Always,
         |r| &r.terminal_id,
-        |s, c, r| s.ack(&c.caller, &c.seat, r),
+        |s, c, r| if c.relays.has(&r.terminal_id) { relay::ack(s, c, r) } else { s.ack(&c.caller, &c.seat, r) },
     );
     on_request::<event::CloseTerminal, _, _>(socket, state, conn, span, |state, conn, req| async move {
-        state.close(&conn.caller, &conn.seat, req).await
+        if conn.relays.has(&req.terminal_id) {
+            relay::close(&state, &conn, req).await
+        } else {
+            state.close(&conn.caller, &conn.seat, req).await
+        }
     });
     {
         let (state, conn, span) = (state.clone(), conn.clone(), span.clone());
         on::<event::AttachTerminal, _>(socket, move |ack, req| {
-            let attached = admitted::<event::AttachTerminal>(conn.admit(&state), req)
-                .and_then(|req| state.attach(&conn.caller, &conn.seat, req));
+            let req = match admitted::<event::AttachTerminal>(conn.admit(&state), req) {
+                Ok(req) => req,
+                Err(e) => return refuse(&conn, &state, &span, ack, e),
+            };
+            if state.elsewhere(&req.terminal_id) {
+                // Another node's terminal (or nobody's): through a relay, answered once the owner answers.
+                let (state, conn, span) = (state.clone(), conn.clone(), span.clone());
+                let task = async move {
+                    let socket = ack.socket.clone();
+                    match relay::attach(&state, &conn, &socket, req).await {
+                        Ok((relayed, reply)) => {
+                            ack.send(&conn, &state, Ok(reply));
+                            relayed.go_live();
+                        }
+                        Err(e) => {
+                            conn.refused(&state, event::ATTACH_TERMINAL, &e, None);
+                            ack.send(&conn, &state, Err(e));
+                        }
+                    }
+                };
+                tokio::spawn(task.instrument(span));
+                return;
+            }
+            let attached = state.attach(&conn.caller, &conn.seat, req);
             match attached {
                 Ok((attachment, reply)) => {
                     let socket = ack.socket.clone();
@@ -199,7 +226,11 @@ fn on_input(socket: &Arc<Socket>, state: &AppState, conn: &Arc<Conn>, span: &tra
         let bulk = req.as_ref().is_ok_and(|r| r.data.0.len() >= app::protocol::BULK_INPUT_BYTES);
         let queued = admitted::<event::Input>(conn.admit_metered(&state, !bulk), req).and_then(|r| {
             let data = conn.input_bytes(r.data.clone())?;
-            state.input(&conn.caller, &conn.seat, &r, data, tx)
+            if conn.relays.has(&r.terminal_id) {
+                relay::input(&state, &conn, &r, data, tx)
+            } else {
+                state.input(&conn.caller, &conn.seat, &r, data, tx)
+            }
         });
         match (queued, rx, id) {
             (Ok(()), Some(rx), Some(terminal_id)) => {

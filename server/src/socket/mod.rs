@@ -17,6 +17,7 @@
 mod conn;
 mod events;
 pub mod outbox;
+mod relay;
 
 use std::future::{Ready, ready};
 use std::sync::Arc;
@@ -46,10 +47,13 @@ pub fn register(io: &socketioxide::SocketIo, state: AppState) {
             let state = state.clone();
             async move {
                 let ip = socket.req_parts().extensions.get::<RequestContext>().and_then(|c| c.ip);
-                let result = auth
-                    .map_err(|e| ServiceError::invalid(format!("auth: {e}")))
-                    .and_then(client_auth)
-                    .and_then(|auth| Ok((authenticate(&socket, auth.token.clone(), &state)?, auth)));
+                let result = auth.map_err(|e| ServiceError::invalid(format!("auth: {e}"))).and_then(|auth| match auth
+                    .get("peer")
+                {
+                    Some(peer) => relayed(&socket, peer, &state),
+                    None => client_auth(auth)
+                        .and_then(|auth| Ok((authenticate(&socket, auth.token.clone(), &state)?, auth))),
+                });
                 match result {
                     Ok((caller, auth)) => {
                         on_connect(socket, auth, state, caller);
@@ -109,6 +113,38 @@ fn authenticate(socket: &Arc<Socket>, token: Option<String>, state: &AppState) -
         ..caller.record("connect", "allowed")
     });
     Ok(caller)
+}
+
+/// Connect middleware for a relay from another node ([`crate::cluster::relay`]): the socket is the user's the
+/// relaying node vouches for, with their client id and protocol version. Refused outside cluster mode and
+/// unless signed with the cluster secret.
+fn relayed(
+    socket: &Arc<Socket>,
+    peer: &serde_json::Value,
+    state: &AppState,
+) -> Result<(Caller, ClientAuth), ServiceError> {
+    let Some(cluster) = state.cluster() else {
+        return Err(crate::auth::unauthenticated("relays from other nodes are accepted only in cluster mode"));
+    };
+    let (node, claims) = crate::cluster::relay::verify(cluster, peer).map_err(|why| {
+        tracing::warn!(why = %why, "refused an unsigned or badly signed relay");
+        crate::auth::unauthenticated(format!("relay refused: {why}"))
+    })?;
+    let caller = Caller { principal: claims.principal(), ip: claims.ip, relayed_by: Some(node) };
+    state.still_valid(&caller)?;
+    let parts = socket.req_parts();
+    if let Some(slot) = parts.extensions.get::<Arc<PendingSlot>>() {
+        slot.release();
+    }
+    state.edge().signed_in(socket.id.as_str(), parts.extensions.get::<Arc<ConnShared>>());
+    // No `Caller` extension: container events reach the user on their own node, not through relays.
+    let auth = ClientAuth {
+        protocol_version: Some(claims.protocol_version),
+        client_id: claims.client_id,
+        token: None,
+        encoding: None,
+    };
+    Ok((caller, auth))
 }
 
 /// The handshake's `auth` payload, field by field, so a mistyped field is refused with its name instead of
@@ -220,6 +256,8 @@ fn on_connect(socket: Arc<Socket>, auth: ClientAuth, state: AppState, caller: Ca
         rate: governor::RateLimiter::direct(governor::Quota::per_second(per_sec).allow_burst(burst)),
         outbox: Default::default(),
         encoding: auth.encoding.unwrap_or_default(),
+        version,
+        relays: Default::default(),
     });
     {
         // Weak handles: the socket holds its handlers, which hold the connection, which holds the outbox.

@@ -10,7 +10,7 @@ mod sandboxes;
 mod terminals;
 
 pub use sandboxes::Action;
-pub use terminals::Seat;
+pub use terminals::{Need, Seat};
 
 use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
@@ -34,12 +34,22 @@ pub const NOTICE_QUEUE: usize = 64;
 pub struct Caller {
     pub principal: Principal,
     pub ip: Option<IpAddr>,
+    /// Cluster mode: the node that relays this caller's socket (see [`crate::cluster::relay`]). That node
+    /// audits; records of this caller are not written here.
+    pub relayed_by: Option<String>,
 }
 
 impl Caller {
     /// An audit record of `action` by this caller.
     pub fn record(&self, action: &'static str, outcome: &'static str) -> Record {
-        Record { action, outcome, user: Some(self.principal.subject.clone()), ip: self.ip, ..Record::default() }
+        Record {
+            action,
+            outcome,
+            user: Some(self.principal.subject.clone()),
+            ip: self.ip,
+            relayed: self.relayed_by.is_some(),
+            ..Record::default()
+        }
     }
 }
 
@@ -242,6 +252,9 @@ impl AppState {
 
     /// Writes an audit record; one about a recorded terminal is also listed with its recording.
     pub fn audit(&self, record: Record) {
+        if record.relayed {
+            return;
+        }
         let recording = record.recording_id.clone();
         let id = self.security.audit.record(record);
         if let Some(r) = recording {
@@ -302,7 +315,7 @@ impl AppState {
                 return Err(refuse(e));
             }
         };
-        let caller = Caller { principal, ip };
+        let caller = Caller { principal, ip, relayed_by: None };
         if let Err(e) = self.still_valid(&caller) {
             // The credential verified, so the record can say whose it was.
             self.audit_refusal(&e, denied(&caller, "auth", &e));

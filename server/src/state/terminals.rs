@@ -38,9 +38,9 @@ pub struct Seat {
     pub gone: CancellationToken,
 }
 
-/// What a write needs.
+/// What an event on a terminal needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Need {
+pub enum Need {
     See,
     Write,
 }
@@ -409,31 +409,68 @@ impl AppState {
         if self.sessions.find(id).is_ok() {
             return self.close_terminal_id(caller, id).await;
         }
-        let policy = self.policy();
-        AppState::revoked_under(&policy, caller)?;
         let Some((owner, t)) = cluster.find_remote(&id.0).await? else {
             return Err(ServiceError::unknown_terminal(id));
         };
+        self.decide_remote(caller, &owner.node, &t, "terminal.close", Need::Write, true)?;
+        crate::cluster::peer::close(&cluster, &owner, id).await
+    }
+
+    /// Cluster mode: whether `id` is not one of this node's terminals (another node's, or nobody's).
+    pub fn elsewhere(&self, id: &TerminalId) -> bool {
+        self.cluster().is_some() && self.sessions.find(id).is_err()
+    }
+
+    /// Cluster mode: the policy decision on `action` for terminal `t`, which node `owner` holds, made here; the
+    /// refusal audited here with both nodes named, and with `audit_allowed` the permission too. Returns whether
+    /// the caller may only watch.
+    pub fn decide_remote(
+        &self,
+        caller: &Caller,
+        owner: &str,
+        t: &RemoteTerminal,
+        action: &'static str,
+        need: Need,
+        audit_allowed: bool,
+    ) -> Result<bool, ServiceError> {
+        let policy = self.policy();
         let record = |outcome| Record {
-            terminal_id: Some(id.0.clone()),
+            terminal_id: Some(t.info.terminal_id.0.clone()),
             container_id: Some(t.info.container_id.clone()),
             container: Some(t.info.container_name.clone()),
             command: Some(t.info.command.clone()),
-            node: Some(cluster.node().to_string()),
-            owner_node: Some(owner.node.clone()),
-            ..caller.record("terminal.close", outcome)
+            node: self.cluster().map(|c| c.node().to_string()),
+            owner_node: Some(owner.to_string()),
+            ..caller.record(action, outcome)
         };
-        match self.remote_grant(&policy, caller, &t) {
-            None => return Err(ServiceError::unknown_terminal(id)),
-            Some(g) if g.level != Level::Interact => {
-                let e = ServiceError::new(ErrorCode::ViewOnly, "you may only watch this terminal");
-                self.audit_refusal(&e, Record { code: Some(e.code.to_string()), ..record("denied") });
-                return Err(e.audited());
+        let decided = AppState::revoked_under(&policy, caller).and_then(|()| {
+            match (self.remote_grant(&policy, caller, t), need) {
+                (None, _) => Err(ServiceError::unknown_terminal(&t.info.terminal_id)),
+                (Some(g), Need::See) => Ok(g.level == Level::View),
+                (Some(g), Need::Write) if g.level == Level::Interact => Ok(false),
+                (Some(_), Need::Write) => Err(ServiceError::new(
+                    ErrorCode::ViewOnly,
+                    format!("you may only watch terminals in {}", t.info.container_name),
+                )),
             }
-            Some(_) => {}
+        });
+        match decided {
+            Ok(read_only) => {
+                if audit_allowed {
+                    self.audit(Record { reason: read_only.then(|| "read-only".into()), ..record("allowed") });
+                }
+                Ok(read_only)
+            }
+            Err(e) => {
+                let r = Record {
+                    code: Some(e.code.to_string()),
+                    reason: Some(crate::refusals::clip(&e.message)),
+                    ..record("denied")
+                };
+                self.audit_refusal(&e, r);
+                Err(e.audited())
+            }
         }
-        self.audit(record("allowed"));
-        crate::cluster::peer::close(&cluster, &owner, id).await
     }
 
     /// A peer node asks to end one of this node's terminals (it decided and audited).

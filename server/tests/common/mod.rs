@@ -270,6 +270,8 @@ struct Inbox {
     /// Per terminal: the offset where its received bytes start, and gaps or overlaps seen between events.
     first_offset: HashMap<TerminalId, u64>,
     discontinuities: Vec<String>,
+    /// The last `terminal-viewers` count of each terminal.
+    viewers: HashMap<TerminalId, usize>,
 }
 
 /// `start-terminal` for `container`'s default shell at the default size.
@@ -320,7 +322,10 @@ fn file(inbox: &mut Inbox, incoming: Incoming) {
         Incoming::AuthError(e) => inbox.auth_errors.push(e),
         Incoming::ContainersChanged(c) => inbox.changes.push(c),
         Incoming::Closed => inbox.closed = true,
-        Incoming::Viewers(_) | Incoming::Unknown(_) => {}
+        Incoming::Viewers(v) => {
+            inbox.viewers.insert(v.terminal_id, v.attached);
+        }
+        Incoming::Unknown(_) => {}
     }
 }
 
@@ -497,6 +502,12 @@ impl TestClient {
         req: &app::protocol::AttachTerminal,
     ) -> Result<app::protocol::TerminalAttached, ErrorBody> {
         self.request(event::ATTACH_TERMINAL, req).await
+    }
+
+    /// Waits until the last `terminal-viewers` count of `id` is `n`.
+    pub async fn wait_viewers(&self, id: &TerminalId, n: usize) {
+        let id2 = id.clone();
+        self.wait_until(&format!("{n} viewers of {id}"), move |i| (i.viewers.get(&id2) == Some(&n)).then_some(())).await
     }
 
     pub fn errors(&self) -> Vec<ErrorEvent> {

@@ -28,8 +28,8 @@ pub struct ServerProcess {
 }
 
 impl ServerProcess {
-    /// Starts the binary with `args` after the standard `--listen`, `--token` and `--audit-log`, and waits for
-    /// it to listen. `RUST_LOG` is unset, so it logs at its default level (`info`).
+    /// Starts the binary with `args` after the standard `--listen` (unless `args` has one), `--token` and
+    /// `--audit-log`, and waits for it to listen. `RUST_LOG` is unset, so it logs at its default level (`info`).
     pub fn start(args: &[&str]) -> ServerProcess {
         ServerProcess::launch(None, args)
     }
@@ -56,7 +56,10 @@ impl ServerProcess {
             }
             None => Command::new(bin),
         };
-        cmd.args(["--listen", "127.0.0.1:0", "--token", TEST_TOKEN, "--audit-log"]).arg(&audit).args(args);
+        if !args.contains(&"--listen") {
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
+        cmd.args(["--token", TEST_TOKEN, "--audit-log"]).arg(&audit).args(args);
         if !args.contains(&"--state-dir") {
             // Its own state (its own instance id), unless the test restarts a server on the same state.
             cmd.arg("--state-dir").arg(dir.join("state"));
