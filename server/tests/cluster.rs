@@ -547,3 +547,49 @@ async fn a_relayed_terminal_goes_on_while_redis_is_down() {
     a.shutdown(Duration::from_secs(10)).await.unwrap();
     b.shutdown(Duration::from_secs(10)).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_relay_cut_under_load_reopens_and_its_viewer_loses_and_repeats_nothing() {
+    let c = TestContainer::start("cluster-relay-cut", &bash_image()).await;
+    let redis = Redis::start().await;
+    // b reaches a through a relay that the test cuts; clients reach a directly.
+    let port = free_port();
+    let listen: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let cutter = common::proxy::TcpCutter::to(listen).await;
+    let advertise = cutter.url().trim_start_matches("http://").to_string();
+    let (a, _) = node("a", &redis, |c| {
+        c.listen = listen;
+        c.advertise = Some(advertise);
+    })
+    .await;
+    let (b, _) = node("b", &redis, |_| {}).await;
+    const LINES: u32 = 4000;
+    let script = format!(
+        "sleep 1; i=0; while [ $i -lt {LINES} ]; do i=$((i+1)); echo line-$i; [ $((i % 100)) -eq 0 ] && sleep 0.1; done"
+    );
+    let on_a = TestClient::connect(&a).await;
+    let started = on_a
+        .start(app::protocol::StartTerminal {
+            command: Some(vec!["sh".into(), "-c".into(), script]),
+            ..shell_request(&c.id)
+        })
+        .await
+        .unwrap();
+    let id = &started.terminal_id;
+    until_listed(&b, id).await;
+    let on_b = TestClient::connect(&b).await;
+    let req = app::protocol::AttachTerminal { terminal_id: id.clone(), since: Some(0), flow_control: false };
+    on_b.attach(&req).await.unwrap();
+    on_b.wait_for(id, "line-1000\r\n").await;
+    cutter.cut();
+    on_b.wait_for(id, "line-2000\r\n").await;
+    cutter.cut();
+    let exit = on_b.wait_exit(id).await;
+    assert_eq!((exit.reason, exit.exit_code), (ExitReason::Exited, Some(0)));
+    assert!(on_b.discontinuities().is_empty(), "{:?}", on_b.discontinuities());
+    let expected: String = (1..=LINES).map(|i| format!("line-{i}\r\n")).collect();
+    assert_eq!(String::from_utf8_lossy(&on_b.bytes(id)), expected);
+    assert_eq!(on_b.bytes(id), on_a.bytes(id));
+    a.shutdown(Duration::from_secs(10)).await.unwrap();
+    b.shutdown(Duration::from_secs(10)).await.unwrap();
+}

@@ -246,7 +246,8 @@ fn on_connect(socket: Arc<Socket>, auth: ClientAuth, state: AppState, caller: Ca
     let seat = Seat {
         viewer: ViewerId(socket.id.to_string()),
         client: client.clone(),
-        ends_on_leave: version < 2,
+        // A relay that drops is a blip between nodes, not the user leaving: the grace period applies.
+        ends_on_leave: version < 2 && caller.relayed_by.is_none(),
         gone: Default::default(),
     };
     let conn = Arc::new(Conn {
