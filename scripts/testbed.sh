@@ -2,8 +2,8 @@
 # Brings up Porthole's test bed on a Debian machine, idempotently:
 #   - Debian packages: docker.io (the engine), runsc (gVisor, for sandbox profiles with runtime = "runsc"),
 #     busybox-static and bash-static (image contents), procps, curl and util-linux (prlimit) for the tests,
-#     python3-venv (for the reference asciicast parser's venv, scripts/asciinema-venv.sh), redis-server (the
-#     cluster tests start their own instances on free ports)
+#     python3-venv (for the reference asciicast parser's venv, scripts/asciinema-venv.sh), redis-server and
+#     nginx-light (the cluster tests start their own instances on free ports; nothing here starts the system's)
 #   - a running dockerd (started here when none answers) with runsc registered as a runtime (restarted once
 #     when a running one lacks it)
 #   - the local test images, built with `docker import` because no registry is reachable:
@@ -35,7 +35,7 @@ as_root() {
 
 install_packages() {
   local missing=()
-  for pkg in docker.io runsc busybox-static bash-static procps curl util-linux python3-venv iproute2 redis-server; do
+  for pkg in docker.io runsc busybox-static bash-static procps curl util-linux python3-venv iproute2 redis-server nginx-light; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
   done
   if [ ${#missing[@]} -gt 0 ]; then

@@ -12,6 +12,7 @@
 //! Client and server CPU are reported with each, so a slow client is not mistaken for a slow server.
 
 mod cli;
+mod cluster;
 mod recording;
 mod sandbox;
 
@@ -113,6 +114,8 @@ enum Part {
     Recording,
     /// `porthole-cli` beside the `docker` CLI: tty throughput and echo on a pty, pipe throughput.
     Cli,
+    /// Two cluster nodes: echo and throughput of a terminal reached on its owner and through another node.
+    Cluster,
 }
 
 impl Args {
@@ -270,8 +273,11 @@ impl Server {
             cmd.arg("--state-dir")
                 .arg(std::env::temp_dir().join(format!("porthole-bench-state-{}", std::process::id())));
         }
+        if !extra.contains(&"--listen") {
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
         let mut child = cmd
-            .args(["--listen", "127.0.0.1:0", "--token", token, "--audit-log", "/dev/null"])
+            .args(["--token", token, "--audit-log", "/dev/null"])
             .args(extra)
             .args(["--max-terminals-per-socket", "4000", "--max-terminals", "4000", "--max-terminals-per-user", "4000"])
             .args(["--max-events-per-sec", "1000000"])
@@ -514,13 +520,24 @@ async fn porthole_echo(server: &Server, container: &str, samples: usize) -> anyh
     let (client, _rx) = server.client().await?;
     let id = start_terminal(&client, container, &["cat"], false).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
+    echo_on(server, &client, &id, samples).await
+}
+
+/// Echo of `samples` keystrokes (after 20 unmeasured) typed by `client` into terminal `id`, which runs `cat`;
+/// the CPU `server` used meanwhile.
+async fn echo_on(
+    server: &Server,
+    client: &Connection,
+    id: &TerminalId,
+    samples: usize,
+) -> anyhow::Result<(Vec<f64>, (f64, f64))> {
     let cpu = CpuMeter::start(server.pid());
     let mut out = Vec::new();
     for i in 0..samples + 20 {
         let key = KEYS[i % KEYS.len()] as char;
-        let next = client.next_output(&id);
+        let next = client.next_output(id);
         let t0 = Instant::now();
-        client.input(&id, &key.to_string()).await?;
+        client.input(id, &key.to_string()).await?;
         let (at, data) = tokio::time::timeout(WAIT, next).await??;
         if !data.contains(&(key as u8)) {
             bail!("echo of {key:?} came back as {data:?}");
@@ -758,6 +775,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if args.runs(Part::Cli) {
         report += &cli::report(&args, &docker).await?;
+    }
+    if args.runs(Part::Cluster) {
+        report += &cluster::report(&args, &docker).await?;
     }
     println!("{report}");
     if let Some(out) = &args.out {

@@ -7,96 +7,12 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use app::protocol::{ErrorCode, ErrorReply, ExitReason, TerminalInfo, TerminalStarted};
+use common::cluster::*;
 use common::*;
 use porthole_server::RunningServer;
-
-/// A port nothing listens on now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// A `redis-server` of our own, without persistence.
-struct Redis {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl Redis {
-    async fn start() -> Redis {
-        let mut r = Redis { port: free_port(), child: None };
-        r.restart().await;
-        r
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    async fn restart(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server (scripts/testbed.sh installs it)");
-        self.child = Some(child);
-        let client = redis::Client::open(self.url()).unwrap();
-        eventually("redis-server answers", || {
-            let client = client.clone();
-            async move {
-                match client.get_multiplexed_async_connection().await {
-                    Ok(mut c) => redis::cmd("PING").query_async::<String>(&mut c).await.is_ok(),
-                    Err(_) => false,
-                }
-            }
-        })
-        .await;
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-const SECRET: &str = "cluster-secret-for-the-tests-0123456789abcdef";
-
-fn secret_file() -> std::path::PathBuf {
-    let path = tempdir("cluster-secret").join("secret");
-    std::fs::write(&path, format!("{SECRET}\n")).unwrap();
-    path
-}
-
-/// A node of the cluster on `redis`, with its audit log at the returned path.
-async fn node(
-    id: &str,
-    redis: &Redis,
-    tweak: impl FnOnce(&mut porthole_server::config::Config),
-) -> (RunningServer, std::path::PathBuf) {
-    let mut c = test_config();
-    let port = free_port();
-    c.listen = format!("127.0.0.1:{port}").parse().unwrap();
-    c.cluster_redis = Some(redis.url());
-    c.node_id = Some(id.into());
-    c.advertise = Some(format!("127.0.0.1:{port}"));
-    c.cluster_secret_file = Some(secret_file());
-    let audit = tempdir("cluster-audit").join("audit.log");
-    c.audit_log = audit.display().to_string();
-    tweak(&mut c);
-    (start_server(c).await, audit)
-}
 
 async fn terminals(server: &RunningServer) -> Vec<TerminalInfo> {
     let res = get(format!("{}/api/v1/terminals", base_url(server))).await;
@@ -417,7 +333,7 @@ async fn a_client_that_was_on_one_node_resumes_through_another_byte_exact() {
 }
 
 #[tokio::test]
-async fn a_node_killed_ends_the_terminals_relayed_from_it_with_node_lost_and_the_others_do_not_notice() {
+async fn a_node_killed_ends_its_relayed_terminals_with_node_lost_its_processes_reaped_and_the_others_do_not_notice() {
     const TTL: u64 = 3;
     let c = TestContainer::start("cluster-lost", &bash_image()).await;
     let redis = Redis::start().await;
@@ -442,7 +358,8 @@ async fn a_node_killed_ends_the_terminals_relayed_from_it_with_node_lost_and_the
     let on_a = TestClient::connect_url(&a.base_url(), rust_socketio::TransportType::Websocket).await;
     let theirs = on_a.shell(&c.id).await;
     let id = &theirs.terminal_id;
-    on_a.run(id, "echo on-a-$((1+1))", "on-a-2").await;
+    // A job that outlives its shell: only the reaper ends it.
+    on_a.run(id, "sleep 600 & echo on-a-$((1+1))", "on-a-2").await;
     until_listed(&b, id).await;
     let on_b = TestClient::connect(&b).await;
     let req = app::protocol::AttachTerminal { terminal_id: id.clone(), since: Some(0), flow_control: false };
@@ -451,9 +368,15 @@ async fn a_node_killed_ends_the_terminals_relayed_from_it_with_node_lost_and_the
     let mine = on_b.shell(&c.id).await;
     on_b.run(&mine.terminal_id, "echo mine-$((3+4))", "mine-7").await;
 
-    // Killed: no goodbye, its lease runs out by itself.
+    // Killed: no goodbye, its lease runs out by itself. Its shell is still in the container.
+    let marked = |id: &app::protocol::TerminalId| {
+        let script = format!("grep -l 'PORTHOLE_TERMINAL={id}' /proc/[0-9]*/environ 2>/dev/null | wc -l");
+        let c = &c;
+        async move { c.exec(&["sh", "-c", &script]).await.1.trim().parse::<usize>().unwrap_or(0) }
+    };
     let killed = std::time::Instant::now();
     a.stop_with("KILL");
+    assert!(marked(id).await > 0, "the killed node's shell is left in the container");
     let exit = on_b.wait_exit(id).await;
     assert_eq!((exit.reason, exit.exit_code), (ExitReason::NodeLost, None));
     let took = killed.elapsed();
@@ -466,6 +389,10 @@ async fn a_node_killed_ends_the_terminals_relayed_from_it_with_node_lost_and_the
     assert!(on_b.exit_of(&mine.terminal_id).is_none());
     let listed: Vec<_> = terminals(&b).await.into_iter().map(|t| t.terminal_id).collect();
     assert_eq!(listed, vec![mine.terminal_id.clone()]);
+    // b serves the same Docker host, so it reaps the lost node's shell, and only that.
+    eventually("the lost node's shell is reaped", || async { marked(id).await == 0 }).await;
+    assert!(marked(&mine.terminal_id).await > 0);
+    on_b.run(&mine.terminal_id, "echo after-$((5+5))", "after-10").await;
     b.shutdown(Duration::from_secs(10)).await.unwrap();
 }
 
@@ -592,4 +519,52 @@ async fn a_relay_cut_under_load_reopens_and_its_viewer_loses_and_repeats_nothing
     assert_eq!(on_b.bytes(id), on_a.bytes(id));
     a.shutdown(Duration::from_secs(10)).await.unwrap();
     b.shutdown(Duration::from_secs(10)).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_killed_node_reaps_the_processes_it_left_when_it_comes_back() {
+    let c = TestContainer::start("cluster-back", &bash_image()).await;
+    let redis = Redis::start().await;
+    let listen = format!("127.0.0.1:{}", free_port());
+    let secret = secret_file();
+    let secret = secret.to_str().unwrap();
+    let flags = [
+        "--listen",
+        &listen,
+        "--cluster-redis",
+        &redis.url(),
+        "--node-id",
+        "alone",
+        "--advertise",
+        &listen,
+        "--cluster-secret-file",
+        secret,
+    ];
+    let mut a = common::process::ServerProcess::start(&flags);
+    let client = TestClient::connect_url(&a.base_url(), rust_socketio::TransportType::Websocket).await;
+    let t = client.shell(&c.id).await;
+    client.run(&t.terminal_id, "sleep 600 & echo left-$((3*3))", "left-9").await;
+    // Listed in the directory before the kill.
+    let key = "porthole:node:alone:terminals";
+    let redis_client = redis::Client::open(redis.url()).unwrap();
+    let conn = redis_client.get_multiplexed_async_connection().await.unwrap();
+    eventually("the terminal is in the directory", || {
+        let mut conn = conn.clone();
+        async move { redis::cmd("HLEN").arg(key).query_async::<usize>(&mut conn).await.unwrap_or(0) == 1 }
+    })
+    .await;
+    a.stop_with("KILL");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let script = format!("grep -l 'PORTHOLE_TERMINAL={}' /proc/[0-9]*/environ 2>/dev/null | wc -l", t.terminal_id);
+    let marked = || async { c.exec(&["sh", "-c", &script]).await.1.trim().parse::<usize>().unwrap_or(0) };
+    assert!(marked().await > 0, "the job outlives its node");
+
+    // Back under the same id: it reaps what it left, and lists nothing of it.
+    let _back = common::process::ServerProcess::start(&flags);
+    eventually("the job the node left is reaped", || async { marked().await == 0 }).await;
+    eventually("the node lists none of it", || {
+        let mut conn = conn.clone();
+        async move { redis::cmd("HLEN").arg(key).query_async::<usize>(&mut conn).await.unwrap_or(1) == 0 }
+    })
+    .await;
 }

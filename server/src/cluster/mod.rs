@@ -32,6 +32,11 @@ use crate::error::ServiceError;
 pub const LEASE_TTL: Duration = Duration::from_secs(15);
 /// A node renews its lease and rewrites its part of the directory this many times per lease.
 pub const HEARTBEATS_PER_LEASE: u32 = 3;
+/// A node's list of terminals outlives its lease by this much: so that, once the node is lost, a node serving
+/// the same Docker host (or the node itself, back) can still read which processes to reap.
+pub const ORPHANS_TTL: Duration = Duration::from_secs(24 * 3600);
+/// How long one node holds the right to reap a lost node's terminals.
+pub const REAP_CLAIM: Duration = Duration::from_secs(30);
 /// How long one Redis command may take before the directory counts as unavailable.
 pub const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 /// The shortest cluster secret accepted, in bytes.
@@ -284,7 +289,7 @@ impl Cluster {
             .collect();
         if !terminals.is_empty() {
             pipe.hset_multiple(terminals_key(me), &terminals).ignore();
-            pipe.expire(terminals_key(me), ttl).ignore();
+            pipe.expire(terminals_key(me), ORPHANS_TTL.as_secs() as i64).ignore();
         }
         pipe.del(users_key(me)).ignore();
         let users: Vec<(&str, usize)> = snapshot.users.iter().map(|(u, n)| (u.as_str(), *n)).collect();
@@ -345,10 +350,7 @@ impl Cluster {
         let Ok(json) = serde_json::to_string(t) else { return };
         let key = terminals_key(self.node());
         let mut pipe = redis::pipe();
-        pipe.hset(&key, &t.info.terminal_id.0, json)
-            .ignore()
-            .expire(&key, self.settings.lease_ttl.as_secs() as i64)
-            .ignore();
+        pipe.hset(&key, &t.info.terminal_id.0, json).ignore().expire(&key, ORPHANS_TTL.as_secs() as i64).ignore();
         let r: redis::RedisResult<()> = pipe.query_async(&mut self.conn()).await;
         let _ = self.saw(r);
     }
@@ -357,6 +359,68 @@ impl Cluster {
     pub async fn remove_terminal(&self, id: &str) {
         let r: redis::RedisResult<()> = self.conn().hdel(terminals_key(self.node()), id).await;
         let _ = self.saw(r);
+    }
+
+    /// The nodes that joined and whose lease has expired (killed, or cut off), this one aside.
+    pub async fn lost_nodes(&self) -> Result<Vec<String>, ServiceError> {
+        let mut conn = self.conn();
+        let ids: redis::RedisResult<Vec<String>> = conn.smembers(nodes_key()).await;
+        let mut ids = self.saw(ids).map_err(|_| unavailable("finding lost nodes"))?;
+        ids.retain(|id| id != self.node() && valid_node_id(id));
+        ids.truncate(MAX_NODES);
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = ids.iter().map(|id| lease_key(id)).collect();
+        let leases: redis::RedisResult<Vec<Option<String>>> =
+            redis::cmd("MGET").arg(&keys).query_async(&mut conn).await;
+        let leases = self.saw(leases).map_err(|_| unavailable("finding lost nodes"))?;
+        Ok(ids.into_iter().zip(leases).filter(|(_, l)| l.is_none()).map(|(id, _)| id).collect())
+    }
+
+    /// The terminals `node` last listed (for a lost node, or this one just started: orphans).
+    pub async fn orphans(&self, node: &str) -> Result<Vec<RemoteTerminal>, ServiceError> {
+        let all: redis::RedisResult<Vec<String>> = self.conn().hvals(terminals_key(node)).await;
+        let all = self.saw(all).map_err(|_| unavailable("reading a lost node's terminals"))?;
+        Ok(all.iter().filter_map(|j| serde_json::from_str::<RemoteTerminal>(j).ok()).collect())
+    }
+
+    /// Takes the right to reap `node`'s orphans for [`REAP_CLAIM`]; false when another node has it.
+    pub async fn claim_reap(&self, node: &str) -> bool {
+        let r: redis::RedisResult<Option<String>> = redis::cmd("SET")
+            .arg(format!("{PREFIX}node:{node}:reaper"))
+            .arg(self.node())
+            .arg("NX")
+            .arg("EX")
+            .arg(REAP_CLAIM.as_secs())
+            .query_async(&mut self.conn())
+            .await;
+        matches!(self.saw(r), Ok(Some(_)))
+    }
+
+    /// Takes reaped orphans of `node` off its list; a lost node whose list is empty leaves the directory.
+    pub async fn forget_orphans(&self, node: &str, ids: &[String]) {
+        let mut conn = self.conn();
+        if !ids.is_empty() {
+            let r: redis::RedisResult<()> = conn.hdel(terminals_key(node), ids).await;
+            let _ = self.saw(r);
+        }
+        if node == self.node() {
+            return;
+        }
+        let left: redis::RedisResult<usize> = conn.hlen(terminals_key(node)).await;
+        let lease: redis::RedisResult<bool> = conn.exists(lease_key(node)).await;
+        if let (Ok(0), Ok(false)) = (self.saw(left), self.saw(lease)) {
+            let mut pipe = redis::pipe();
+            pipe.atomic().srem(nodes_key(), node).ignore().del(users_key(node)).ignore();
+            let r: redis::RedisResult<()> = pipe.query_async(&mut conn).await;
+            let _ = self.saw(r);
+        }
+    }
+
+    /// The Docker hosts this node serves.
+    pub fn hosts(&self) -> &[String] {
+        &self.hosts
     }
 
     /// The other nodes whose lease is current.

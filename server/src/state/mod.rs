@@ -161,11 +161,69 @@ impl AppState {
         self.cluster.as_ref().map(|(c, _)| c)
     }
 
-    /// In cluster mode, renews this node's lease until `stop`, then leaves the directory.
+    /// In cluster mode, renews this node's lease until `stop`, then leaves the directory. Meanwhile it reaps
+    /// the processes of lost nodes' terminals on the Docker hosts it serves: first those this node itself left
+    /// when it last stopped without leaving (killed), then every heartbeat those of nodes whose lease expired.
     pub async fn run_cluster(&self, stop: tokio_util::sync::CancellationToken) {
-        if let Some((_, directory)) = &self.cluster {
-            directory.clone().heartbeat(stop).await;
+        let Some((cluster, directory)) = &self.cluster else { return };
+        self.reap_orphans_of(cluster, cluster.node()).await;
+        let reaping = async {
+            let mut tick = tokio::time::interval(cluster.heartbeat());
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let Ok(lost) = cluster.lost_nodes().await else { continue };
+                for node in lost {
+                    if cluster.claim_reap(&node).await {
+                        self.reap_orphans_of(cluster, &node).await;
+                    }
+                }
+            }
+        };
+        tokio::join!(directory.clone().heartbeat(stop.clone()), reaping);
+    }
+
+    /// Ends the processes of `node`'s listed terminals that are on a Docker host this node serves (and, for
+    /// this node's own list, not running here), and takes them off the list.
+    async fn reap_orphans_of(&self, cluster: &crate::cluster::Cluster, node: &str) {
+        use crate::docker::RuntimeError;
+        let Ok(orphans) = cluster.orphans(node).await else { return };
+        let mut done = Vec::new();
+        for t in orphans {
+            let id = &t.info.terminal_id;
+            if !cluster.hosts().contains(&t.info.host) || (node == cluster.node() && self.sessions.find(id).is_ok()) {
+                continue;
+            }
+            let container = if t.info.container_id.contains('/') {
+                t.info.container_id.clone()
+            } else {
+                format!("{}/{}", t.info.host, t.info.container_id)
+            };
+            let runtime = self.sessions.runtime();
+            let reaped = match runtime.resolve(&container).await {
+                Ok(target) => {
+                    crate::session::reaper::reap(runtime.as_ref(), &target.id, &target.reaper_user(), id).await
+                }
+                Err(e) => Err(e),
+            };
+            match reaped {
+                // Next round: the daemon may answer then.
+                Err(RuntimeError::Unavailable(e)) => {
+                    tracing::warn!(lost = %node, terminal = %id, error = %e, "cannot reap a lost node's terminal yet");
+                    continue;
+                }
+                Err(RuntimeError::NotFound(_)) => {}
+                Err(e) => {
+                    tracing::warn!(lost = %node, terminal = %id, error = %e, "could not reap a lost node's terminal")
+                }
+                Ok(()) => tracing::info!(lost = %node, terminal = %id, "reaped a lost node's terminal"),
+            }
+            done.push(id.0.clone());
         }
+        cluster.forget_orphans(node, &done).await;
     }
 
     /// Runs the recordings' retention until `stop`.

@@ -2,6 +2,7 @@
 //! `app::protocol`), and throwaway containers on the real Docker daemon, removed even when a test fails.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod cluster;
 pub mod jwt;
 pub mod process;
 pub mod proxy;

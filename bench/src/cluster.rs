@@ -1,0 +1,166 @@
+//! The `cluster` part: two nodes in cluster mode (a `redis-server` of the benchmark's own, on loopback), one
+//! terminal owned by node a, reached directly on a and through node b's relay, in one run:
+//! - echo: one keystroke to `cat` until its echo is back, p50 and p99, direct and relayed;
+//! - throughput: `cat` of the text file, first byte to last, seen by a socket on a and by one on b (the
+//!   terminal's starter having left, so each run has exactly one viewer).
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use app::protocol::{AttachTerminal, ErrorCode, TerminalId, event};
+use porthole_client::{Connection, Incoming, Options};
+
+use super::{Args, Container, MIB, Server, WAIT, echo_on, median, percentiles, ratio, start_terminal};
+
+/// A `redis-server` without persistence on a free port, killed when dropped.
+struct Redis {
+    child: Child,
+    url: String,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl Redis {
+    fn start() -> anyhow::Result<Redis> {
+        let port = free_port()?;
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting redis-server (scripts/testbed.sh installs it)")?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                bail!("redis-server does not listen on {port}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Redis { child, url: format!("redis://127.0.0.1:{port}/") })
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A cluster node on `redis`.
+fn node(args: &Args, id: &str, redis: &Redis, secret: &std::path::Path) -> anyhow::Result<Server> {
+    let listen = format!("127.0.0.1:{}", free_port()?);
+    let secret = secret.display().to_string();
+    let flags = ["--listen", &listen, "--advertise", &listen, "--node-id", id, "--cluster-redis", &redis.url];
+    Server::start_with(&args.bin, &[&flags[..], &["--cluster-secret-file", &secret]].concat())
+}
+
+/// Attaches `client` to `id` from `since`, retrying while `id` is not in the directory yet.
+async fn attach(client: &Connection, id: &TerminalId, since: Option<u64>) -> anyhow::Result<()> {
+    let req = AttachTerminal { terminal_id: id.clone(), since, flow_control: false };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match client.request::<event::AttachTerminal>(&req).await? {
+            Ok(_) => return Ok(()),
+            Err(e) if e.code == ErrorCode::UnknownTerminal && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => bail!("attach: {}: {}", e.code, e.message),
+        }
+    }
+}
+
+/// Bytes of `id` received on `rx` until its exit, and the seconds from the first to the last.
+async fn drain(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Incoming>, id: &TerminalId) -> anyhow::Result<(u64, f64)> {
+    let (mut total, mut first, mut last) = (0u64, None, Instant::now());
+    while let Some(m) = tokio::time::timeout(WAIT, rx.recv()).await? {
+        match m {
+            Incoming::Output(o) if &o.terminal_id == id => {
+                first.get_or_insert_with(Instant::now);
+                last = Instant::now();
+                total += o.data.0.len() as u64;
+            }
+            Incoming::Exit(e) if &e.terminal_id == id => break,
+            Incoming::Closed => bail!("the connection closed"),
+            _ => {}
+        }
+    }
+    Ok((total, first.map_or(0.0, |t: Instant| last.duration_since(t).as_secs_f64())))
+}
+
+/// `cat` of the text file in a terminal a client on `owner` starts and leaves at once, watched from `viewer`:
+/// MiB/s and bytes.
+async fn cat_seen_from(owner: &Server, viewer: &Server, container: &str) -> anyhow::Result<(f64, u64)> {
+    let options = Options {
+        timeout: WAIT,
+        client_id: Some("bench-starter".into()),
+        ..Options::new(owner.base.as_str(), owner.token.as_str())
+    };
+    let (starter, _) = Connection::connect(&options).await?;
+    let id = start_terminal(&starter, container, &["sh", "-c", "sleep 2; cat /tmp/big.txt"], false).await?;
+    starter.disconnect().await;
+    let (client, mut rx) = viewer.client().await?;
+    attach(&client, &id, Some(0)).await?;
+    let (bytes, secs) = drain(&mut rx, &id).await?;
+    Ok((bytes as f64 / MIB / secs.max(1e-9), bytes))
+}
+
+pub(crate) async fn report(args: &Args, docker: &bollard::Docker) -> anyhow::Result<String> {
+    let redis = Redis::start()?;
+    let secret = std::env::temp_dir().join(format!("porthole-bench-cluster-secret-{}", std::process::id()));
+    std::fs::write(&secret, "porthole-benchmark-cluster-secret-0123456789abcdef\n")?;
+    let a = node(args, "a", &redis, &secret)?;
+    let b = node(args, "b", &redis, &secret)?;
+    let c = Container::start(docker, &args.image, "cluster").await?;
+    c.write_big_file(args.mib).await?;
+
+    eprintln!("[bench] cluster: echo");
+    let (on_a, _rx_a) = a.client().await?;
+    let id = start_terminal(&on_a, &c.name, &["cat"], false).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (direct, _) = echo_on(&a, &on_a, &id, args.samples).await?;
+    let (on_b, _rx_b) = b.client().await?;
+    attach(&on_b, &id, None).await?;
+    let (relayed, _) = echo_on(&b, &on_b, &id, args.samples).await?;
+    let (direct, relayed) = (percentiles(direct), percentiles(relayed));
+
+    let (mut dt, mut rt, mut bytes) = (Vec::new(), Vec::new(), [0u64; 2]);
+    for round in 0..args.rounds {
+        eprintln!("[bench] cluster: throughput, round {}", round + 1);
+        let (rate, n) = cat_seen_from(&a, &a, &c.name).await?;
+        dt.push(rate);
+        bytes[0] = n;
+        let (rate, n) = cat_seen_from(&a, &b, &c.name).await?;
+        rt.push(rate);
+        bytes[1] = n;
+    }
+    drop((a, b));
+    c.remove().await;
+    let _ = std::fs::remove_file(&secret);
+    let (dt, rt) = (median(dt), median(rt));
+    Ok(format!(
+        "## Two nodes (`--only cluster`)\n\n\
+         A terminal owned by node a, reached by a socket on a (direct) and by one on b (relayed: b's relay to a), \
+         both nodes and Redis on this machine's loopback; throughput medians of {} rounds.\n\n\
+         | | direct | relayed | relayed / direct | target |\n\
+         |---|---|---|---|---|\n\
+         | keystroke echo p50 to `cat`, ms ({} samples) | {:.3} | {:.3} | {} | |\n\
+         | keystroke echo p99, ms | {:.3} | {:.3} | {} | ≤ 2x |\n\
+         | throughput, `cat` of {} MiB of text ({:.1} / {:.1} MiB read), MiB/s | {dt:.1} | {rt:.1} | {} | ≥ 0.8x |\n\n",
+        args.rounds,
+        args.samples,
+        direct.p50,
+        relayed.p50,
+        ratio(relayed.p50, direct.p50),
+        direct.p99,
+        relayed.p99,
+        ratio(relayed.p99, direct.p99),
+        args.mib,
+        bytes[0] as f64 / MIB,
+        bytes[1] as f64 / MIB,
+        ratio(rt, dt),
+    ))
+}
