@@ -361,11 +361,11 @@ impl Cluster {
         let _ = self.saw(r);
     }
 
-    /// The nodes that joined and whose lease has expired (killed, or cut off), this one aside.
-    pub async fn lost_nodes(&self) -> Result<Vec<String>, ServiceError> {
+    /// Every other node that joined (at most [`MAX_NODES`]), with its lease if it is current.
+    async fn leases(&self, what: &str) -> Result<Vec<(String, Option<String>)>, ServiceError> {
         let mut conn = self.conn();
         let ids: redis::RedisResult<Vec<String>> = conn.smembers(nodes_key()).await;
-        let mut ids = self.saw(ids).map_err(|_| unavailable("finding lost nodes"))?;
+        let mut ids = self.saw(ids).map_err(|_| unavailable(what))?;
         ids.retain(|id| id != self.node() && valid_node_id(id));
         ids.truncate(MAX_NODES);
         if ids.is_empty() {
@@ -374,8 +374,14 @@ impl Cluster {
         let keys: Vec<String> = ids.iter().map(|id| lease_key(id)).collect();
         let leases: redis::RedisResult<Vec<Option<String>>> =
             redis::cmd("MGET").arg(&keys).query_async(&mut conn).await;
-        let leases = self.saw(leases).map_err(|_| unavailable("finding lost nodes"))?;
-        Ok(ids.into_iter().zip(leases).filter(|(_, l)| l.is_none()).map(|(id, _)| id).collect())
+        let leases = self.saw(leases).map_err(|_| unavailable(what))?;
+        Ok(ids.into_iter().zip(leases).collect())
+    }
+
+    /// The nodes that joined and whose lease has expired (killed, or cut off), this one aside.
+    pub async fn lost_nodes(&self) -> Result<Vec<String>, ServiceError> {
+        let leases = self.leases("finding lost nodes").await?;
+        Ok(leases.into_iter().filter(|(_, l)| l.is_none()).map(|(id, _)| id).collect())
     }
 
     /// The terminals `node` last listed (for a lost node, or this one just started: orphans).
@@ -425,19 +431,8 @@ impl Cluster {
 
     /// The other nodes whose lease is current.
     pub async fn peers(&self) -> Result<Vec<NodeRecord>, ServiceError> {
-        let mut conn = self.conn();
-        let ids: redis::RedisResult<Vec<String>> = conn.smembers(nodes_key()).await;
-        let mut ids = self.saw(ids).map_err(|_| unavailable("finding the other nodes"))?;
-        ids.retain(|id| id != self.node() && valid_node_id(id));
-        ids.truncate(MAX_NODES);
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let keys: Vec<String> = ids.iter().map(|id| lease_key(id)).collect();
-        let leases: redis::RedisResult<Vec<Option<String>>> =
-            redis::cmd("MGET").arg(&keys).query_async(&mut conn).await;
-        let leases = self.saw(leases).map_err(|_| unavailable("finding the other nodes"))?;
-        Ok(leases.into_iter().flatten().filter_map(|l| serde_json::from_str::<NodeRecord>(&l).ok()).collect())
+        let leases = self.leases("finding the other nodes").await?;
+        Ok(leases.into_iter().filter_map(|(_, l)| serde_json::from_str::<NodeRecord>(&l?).ok()).collect())
     }
 
     /// Every running terminal the other live nodes own, with its owner.
