@@ -568,3 +568,59 @@ async fn a_killed_node_reaps_the_processes_it_left_when_it_comes_back() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_sign_out_on_one_node_ends_the_session_on_every_node_and_cookie_sign_ins_need_redis() {
+    const TTL: u64 = 3;
+    let c = TestContainer::start("cluster-signout", &bash_image()).await;
+    let mut redis = Redis::start().await;
+    let (a, _) = node("a", &redis, |c| c.cluster_lease_ttl = TTL).await;
+    let (b, _) = node("b", &redis, |c| c.cluster_lease_ttl = TTL).await;
+    let login = |server: &RunningServer| {
+        reqwest::Client::new()
+            .post(format!("{}/api/v1/login", base_url(server)))
+            .json(&serde_json::json!({ "token": TEST_TOKEN }))
+            .send()
+    };
+    let res = login(&a).await.unwrap();
+    assert_eq!(res.status(), 204);
+    let cookie = res.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
+    let whoami = |server: &RunningServer| {
+        reqwest::Client::new().get(format!("{}/api/v1/whoami", base_url(server))).header("cookie", &cookie).send()
+    };
+
+    // The session signed in on a works on b, for REST and for a socket.
+    assert_eq!(whoami(&b).await.unwrap().status(), 200);
+    let ws = rust_socketio::TransportType::Websocket;
+    let on_b = TestClient::try_connect(&base_url(&b), ws, serde_json::json!({}), &[("cookie", &cookie)]).await.unwrap();
+    let t = on_b.shell(&c.id).await;
+    on_b.run(&t.terminal_id, "echo cookie-$((4*4))", "cookie-16").await;
+    let by_token = TestClient::connect(&b).await;
+
+    // Signed out on a: b drops that session's socket within a heartbeat, not the token's.
+    let out = reqwest::Client::new()
+        .post(format!("{}/api/v1/logout", base_url(&a)))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 204);
+    assert_eq!(on_b.wait_auth_error().await.code, ErrorCode::TokenRevoked);
+    on_b.wait_closed().await;
+    let after = whoami(&b).await.unwrap();
+    assert_eq!(after.status(), 401);
+    assert_eq!(after.json::<ErrorReply>().await.unwrap().error.code, ErrorCode::TokenRevoked);
+    let t2 = by_token.shell(&c.id).await;
+    by_token.run(&t2.terminal_id, "echo token-$((5*5))", "token-25").await;
+
+    // Redis down: a cookie sign-in is refused with cluster_unavailable; the token itself still serves.
+    redis.stop();
+    let refused = login(&a).await.unwrap();
+    assert_eq!(refused.status(), 503);
+    assert!(!refused.headers().contains_key("set-cookie"));
+    assert_eq!(refused.json::<ErrorReply>().await.unwrap().error.code, ErrorCode::ClusterUnavailable);
+    assert_eq!(get(format!("{}/api/v1/whoami", base_url(&a))).await.status(), 200);
+    by_token.run(&t2.terminal_id, "echo still-$((6*6))", "still-36").await;
+    a.shutdown(Duration::from_secs(10)).await.unwrap();
+    b.shutdown(Duration::from_secs(10)).await.unwrap();
+}

@@ -278,6 +278,15 @@ impl Authenticator {
 
     /// Exchanges a verified credential for a session cookie value and its lifetime in seconds.
     pub fn session_for(&self, principal: &Principal, presented: &str) -> Result<(String, u64), ServiceError> {
+        self.session_with_id(principal, presented).map(|(value, age, _)| (value, age))
+    }
+
+    /// [`Authenticator::session_for`], with the session's token id (what a logout revokes), if it has one.
+    pub fn session_with_id(
+        &self,
+        principal: &Principal,
+        presented: &str,
+    ) -> Result<(String, u64, Option<String>), ServiceError> {
         let now = now_secs();
         match &self.mode {
             Mode::Local { session_encode, .. } => {
@@ -290,12 +299,12 @@ impl Authenticator {
                 };
                 let value = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, session_encode)
                     .map_err(|e| ServiceError::new(ErrorCode::Internal, format!("could not sign a session: {e}")))?;
-                Ok((value, LOCAL_SESSION_SECS))
+                Ok((value, LOCAL_SESSION_SECS, Some(claims.jti)))
             }
             // The JWT is the session: it lives as long as the token does.
             Mode::Jwt { .. } => {
                 let left = principal.expires_at.map_or(3600, |exp| exp.saturating_sub(now).max(1));
-                Ok((presented.to_string(), left))
+                Ok((presented.to_string(), left, principal.token_id.clone()))
             }
         }
     }
@@ -310,17 +319,25 @@ impl Authenticator {
 
     /// Ends a session (logout): its token id is refused from now on.
     pub fn sign_out(&self, principal: &Principal) {
-        let Some(jti) = &principal.token_id else { return };
+        if let Some(jti) = &principal.token_id {
+            self.sign_out_id(jti);
+        }
+    }
+
+    /// Refuses the session with token id `jti` from now on; false if it was already.
+    pub fn sign_out_id(&self, jti: &str) -> bool {
         let mut guard = self.logged_out.lock().unwrap_or_else(|e| e.into_inner());
         let (order, set) = &mut *guard;
-        if set.insert(jti.clone()) {
-            order.push_back(jti.clone());
-            while order.len() > MAX_REVOKED_SESSIONS {
-                if let Some(old) = order.pop_front() {
-                    set.remove(&old);
-                }
+        if !set.insert(jti.to_string()) {
+            return false;
+        }
+        order.push_back(jti.to_string());
+        while order.len() > MAX_REVOKED_SESSIONS {
+            if let Some(old) = order.pop_front() {
+                set.remove(&old);
             }
         }
+        true
     }
 }
 

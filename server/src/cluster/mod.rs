@@ -35,6 +35,8 @@ pub const HEARTBEATS_PER_LEASE: u32 = 3;
 /// A node's list of terminals outlives its lease by this much: so that, once the node is lost, a node serving
 /// the same Docker host (or the node itself, back) can still read which processes to reap.
 pub const ORPHANS_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Most signed-out sessions a node reads back per heartbeat (as many as it keeps).
+pub const MAX_SIGNED_OUT: usize = crate::auth::MAX_REVOKED_SESSIONS;
 /// How long one node holds the right to reap a lost node's terminals.
 pub const REAP_CLAIM: Duration = Duration::from_secs(30);
 /// How long one Redis command may take before the directory counts as unavailable.
@@ -56,6 +58,16 @@ fn lease_key(node: &str) -> String {
 
 fn terminals_key(node: &str) -> String {
     format!("{PREFIX}node:{node}:terminals")
+}
+
+/// Cookie sessions signed in on any node (member: the session's token id, score: when it expires).
+fn sessions_key() -> String {
+    format!("{PREFIX}sessions")
+}
+
+/// Sessions signed out on any node (member: token id, score: when it would have expired).
+fn signed_out_key() -> String {
+    format!("{PREFIX}signed-out")
 }
 
 fn users_key(node: &str) -> String {
@@ -422,6 +434,53 @@ impl Cluster {
             let r: redis::RedisResult<()> = pipe.query_async(&mut conn).await;
             let _ = self.saw(r);
         }
+    }
+
+    /// Records a cookie session signed in here, valid until `expires_at` (Unix seconds): refused (the caller
+    /// then refuses the sign-in) while Redis does not answer.
+    pub async fn record_session(&self, id: &str, expires_at: u64) -> Result<(), ServiceError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("ZREMRANGEBYSCORE")
+            .arg(sessions_key())
+            .arg("-inf")
+            .arg(peer::unix_now())
+            .ignore()
+            .zadd(sessions_key(), id, expires_at)
+            .ignore();
+        let r: redis::RedisResult<()> = pipe.query_async(&mut self.conn()).await;
+        self.saw(r).map_err(|_| unavailable("a cookie sign-in"))
+    }
+
+    /// Signs session `id` out on every node: listed as signed out until it would have expired anyway.
+    pub async fn sign_out(&self, id: &str, expires_at: u64) -> Result<(), ServiceError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .zrem(sessions_key(), id)
+            .ignore()
+            .zadd(signed_out_key(), id, expires_at)
+            .ignore()
+            .cmd("ZREMRANGEBYSCORE")
+            .arg(signed_out_key())
+            .arg("-inf")
+            .arg(peer::unix_now())
+            .ignore();
+        let r: redis::RedisResult<()> = pipe.query_async(&mut self.conn()).await;
+        self.saw(r).map_err(|_| unavailable("signing out on every node"))
+    }
+
+    /// The sessions signed out on any node and not expired yet, at most [`MAX_SIGNED_OUT`].
+    pub async fn signed_out(&self) -> Result<Vec<String>, ServiceError> {
+        let r: redis::RedisResult<Vec<String>> = redis::cmd("ZRANGEBYSCORE")
+            .arg(signed_out_key())
+            .arg(peer::unix_now())
+            .arg("+inf")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(MAX_SIGNED_OUT)
+            .query_async(&mut self.conn())
+            .await;
+        self.saw(r).map_err(|_| unavailable("reading signed-out sessions"))
     }
 
     /// The Docker hosts this node serves.

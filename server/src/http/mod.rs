@@ -139,7 +139,7 @@ pub async fn guard(State(g): State<Guard>, mut req: Request, next: Next) -> Resp
     }
     let res = match token_in_query(&req) {
         Some(token) if req.method() == Method::GET && !is_socket && !path.starts_with("/api/") => {
-            sign_in_by_link(&g.state, &token, &path, &ctx)
+            sign_in_by_link(&g.state, &token, &path, &ctx).await
         }
         _ => next.run(req).await,
     };
@@ -262,8 +262,8 @@ fn socket_edge(state: &AppState, mut req: Request, ctx: &RequestContext) -> Resu
 
 /// `GET /any/page?token=...`: sets the session cookie and redirects to the page without the token, so it
 /// leaves the address bar and the history.
-fn sign_in_by_link(state: &AppState, token: &str, path: &str, ctx: &RequestContext) -> Response {
-    match state.login(token, ctx.ip) {
+async fn sign_in_by_link(state: &AppState, token: &str, path: &str, ctx: &RequestContext) -> Response {
+    match state.login(token, ctx.ip).await {
         Ok((_, value, max_age)) => {
             let cookie = crate::auth::session_set_cookie(&value, max_age, ctx.secure);
             let mut res = Response::new(axum::body::Body::empty());
@@ -392,7 +392,7 @@ async fn login(
         Ok(b) => b,
         Err(e) => return ServiceError::invalid(format!("login body: {}", e.body_text())).into_response(),
     };
-    match state.login(&token, ctx.ip) {
+    match state.login(&token, ctx.ip).await {
         Ok((_, value, max_age)) => {
             let cookie = crate::auth::session_set_cookie(&value, max_age, ctx.secure);
             (StatusCode::NO_CONTENT, [(header::SET_COOKIE, cookie)]).into_response()
@@ -406,9 +406,19 @@ async fn logout(
     Extension(ctx): Extension<RequestContext>,
     Extension(caller): Extension<Caller>,
 ) -> Response {
-    state.logout(&caller);
+    let signed_out = state.logout(&caller).await;
     let cookie = crate::auth::session_set_cookie("", 0, ctx.secure);
-    (StatusCode::NO_CONTENT, [(header::SET_COOKIE, cookie)]).into_response()
+    match signed_out {
+        Ok(()) => (StatusCode::NO_CONTENT, [(header::SET_COOKIE, cookie)]).into_response(),
+        // Signed out here; the other nodes could not be told.
+        Err(e) => {
+            let mut res = e.into_response();
+            if let Ok(v) = HeaderValue::from_str(&cookie) {
+                res.headers_mut().insert(header::SET_COOKIE, v);
+            }
+            res
+        }
+    }
 }
 
 async fn whoami(Extension(caller): Extension<Caller>) -> Response {

@@ -175,6 +175,7 @@ impl AppState {
                     _ = stop.cancelled() => return,
                     _ = tick.tick() => {}
                 }
+                self.learn_sign_outs(cluster).await;
                 let Ok(lost) = cluster.lost_nodes().await else { continue };
                 for node in lost {
                     if cluster.claim_reap(&node).await {
@@ -417,19 +418,48 @@ impl AppState {
         }
     }
 
-    /// Exchanges a token for a session cookie value and lifetime.
-    pub fn login(&self, token: &str, ip: Option<IpAddr>) -> Result<(Caller, String, u64), ServiceError> {
+    /// Exchanges a token for a session cookie value and lifetime. In cluster mode the session is recorded in
+    /// the directory, so a cookie sign-in is refused (`cluster_unavailable`) while Redis does not answer.
+    pub async fn login(&self, token: &str, ip: Option<IpAddr>) -> Result<(Caller, String, u64), ServiceError> {
         let caller = self.authenticate(Some(token), ip)?;
-        let (value, max_age) = self.security.auth.session_for(&caller.principal, token)?;
+        let (value, max_age, id) = self.security.auth.session_with_id(&caller.principal, token)?;
+        if let Some(cluster) = self.cluster() {
+            use sha2::Digest;
+            let id = id.unwrap_or_else(|| format!("{:x}", sha2::Sha256::digest(value.as_bytes())));
+            if let Err(e) = cluster.record_session(&id, now_secs().saturating_add(max_age)).await {
+                self.audit_refusal(&e, denied(&caller, "login", &e));
+                return Err(e.audited());
+            }
+        }
         self.audit(caller.record("login", "allowed"));
         Ok((caller, value, max_age))
     }
 
-    /// Ends `caller`'s session; sockets using it are disconnected.
-    pub fn logout(&self, caller: &Caller) {
+    /// Ends `caller`'s session; sockets using it are disconnected, in cluster mode on every node (each learns
+    /// of it within a heartbeat). Signed out here even when Redis does not answer (then the error says so).
+    pub async fn logout(&self, caller: &Caller) -> Result<(), ServiceError> {
         self.security.auth.sign_out(&caller.principal);
         self.audit(caller.record("logout", "allowed"));
         self.security.epoch.send_modify(|e| *e += 1);
+        match (self.cluster(), &caller.principal.token_id) {
+            (Some(cluster), Some(id)) => {
+                let until = caller.principal.expires_at.unwrap_or_else(|| now_secs().saturating_add(24 * 3600));
+                cluster.sign_out(id, until).await
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Cluster mode: takes in the sessions other nodes signed out; their sockets here are disconnected.
+    async fn learn_sign_outs(&self, cluster: &crate::cluster::Cluster) {
+        let Ok(ids) = cluster.signed_out().await else { return };
+        let mut new = false;
+        for id in ids {
+            new |= self.security.auth.sign_out_id(&id);
+        }
+        if new {
+            self.security.epoch.send_modify(|e| *e += 1);
+        }
     }
 
     /// Re-reads the policy file. On error the old policy stays and the error is returned.
