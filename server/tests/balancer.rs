@@ -122,6 +122,10 @@ async fn cluster(redis: &Redis) -> ([RunningServer; 3], [PathBuf; 3], Nginx) {
 }
 
 async fn shutdown(nodes: [RunningServer; 3]) {
+    shutdown_all(nodes).await;
+}
+
+async fn shutdown_all<const N: usize>(nodes: [RunningServer; N]) {
     for n in nodes {
         n.shutdown(Duration::from_secs(10)).await.unwrap();
     }
@@ -144,15 +148,18 @@ struct Refused(u16, String);
 
 impl Polling {
     async fn open(base: &str, from: IpAddr, cookies: bool) -> Result<Polling, Refused> {
+        Polling::start(base, from, cookies, None).await
+    }
+
+    /// A session whose first request carries `porthole_node=<node>`, as a browser pinned to it would.
+    async fn pinned(base: &str, node: &str) -> Result<Polling, Refused> {
+        Polling::start(base, "127.0.0.1".parse().unwrap(), true, Some(node.to_string())).await
+    }
+
+    async fn start(base: &str, from: IpAddr, cookies: bool, cookie: Option<String>) -> Result<Polling, Refused> {
         let http = reqwest::Client::builder().local_address(from).timeout(Duration::from_secs(20)).build().unwrap();
-        let mut p = Polling {
-            http,
-            url: format!("{base}/socket.io/?EIO=4&transport=polling"),
-            sid: String::new(),
-            cookie: None,
-            cookies,
-            next_ack: 0,
-        };
+        let url = format!("{base}/socket.io/?EIO=4&transport=polling");
+        let mut p = Polling { http, url, sid: String::new(), cookie, cookies, next_ack: 0 };
         let open = p.get().await?;
         let handshake: Value = serde_json::from_str(open.strip_prefix('0').expect("an Engine.IO open packet")).unwrap();
         p.sid = handshake["sid"].as_str().unwrap().to_string();
@@ -340,7 +347,18 @@ async fn polling_sessions_keep_their_node_by_cookie_or_by_address_and_break_with
         }
     }
     assert!(broke, "round robin without stickiness should break polling sessions");
-    shutdown(nodes).await;
+
+    // A cookie naming a node that is gone: nginx falls back to another, and the cookie then names that one.
+    let [n1, n2, n3] = nodes;
+    let gone = n1.addr().to_string();
+    n1.shutdown(Duration::from_secs(10)).await.unwrap();
+    let mut p = Polling::pinned(&Nginx::url(nginx.cookie), &gone).await.unwrap();
+    assert!(p.cookie.as_deref().is_some_and(|c| c != gone && !c.is_empty()), "{:?}", p.cookie);
+    for _ in 0..3 {
+        let v = p.request("attach-terminal", unknown.clone()).await.unwrap();
+        assert_eq!(v["error"]["code"], "unknown_terminal", "{v}");
+    }
+    shutdown_all([n2, n3]).await;
 }
 
 #[tokio::test]
