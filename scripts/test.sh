@@ -66,6 +66,8 @@ cargo build --release --locked --bin porthole
 # day), each run indexing another flood while the suite runs. The state dir keeps porthole.db: the instance id
 # by which the next run cleans up sandboxes a killed run left.
 pkill -f -- 'porthole --listen 127\.0\.0\.1:718[0-9] ' || true
+pkill -f -- 'redis-server 127\.0\.0\.1:7179' || true
+pkill -f -- 'nginx -p /tmp/porthole-e2e-cluster-' || true
 e2e_state=${PORTHOLE_E2E_STATE:-$(node -e 'console.log(require("os").tmpdir())')/porthole-e2e-state}
 rm -rf "$e2e_state/recordings" "$e2e_state"/recordings.db*
 (
