@@ -587,6 +587,16 @@ mod tests {
             let err = full(args.0, args.1, args.2, args.3).unwrap_err();
             assert!(err.contains(says), "{args:?}: {err}");
         }
+        // The lease: 15 s unless given, 3 to 300.
+        assert_eq!(s.lease_ttl, std::time::Duration::from_secs(15));
+        let with_ttl = |ttl: &str| {
+            let cluster = ["--cluster-redis", "redis://h/", "--node-id", "a", "--advertise", "h:1"];
+            parse(&[&cluster[..], &["--cluster-secret-file", &good, "--cluster-lease-ttl", ttl]].concat())
+        };
+        assert_eq!(with_ttl("3").unwrap().unwrap().lease_ttl, std::time::Duration::from_secs(3));
+        for bad in ["2", "301", "x"] {
+            assert!(with_ttl(bad).unwrap_err().contains("--cluster-lease-ttl"), "{bad}");
+        }
         let _ = std::fs::remove_dir_all(dir);
     }
 }
