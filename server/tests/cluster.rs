@@ -624,3 +624,86 @@ async fn a_sign_out_on_one_node_ends_the_session_on_every_node_and_cookie_sign_i
     a.shutdown(Duration::from_secs(10)).await.unwrap();
     b.shutdown(Duration::from_secs(10)).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_container_on_a_host_another_node_serves_is_listed_and_opened_through_that_node() {
+    let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    let (here_name, there_name, same) = (
+        format!("porthole-it-ch-a-{suffix}"),
+        format!("porthole-it-ch-b-{suffix}"),
+        format!("porthole-it-ch-s-{suffix}"),
+    );
+    let here = TestContainer::start_named(docker().await, &here_name, "cluster-hosts", &bash_image(), &[]).await;
+    let there =
+        TestContainer::start_named(second_docker().await, &there_name, "cluster-hosts", &bash_image(), &[]).await;
+    let _same_here = TestContainer::start_named(docker().await, &same, "cluster-hosts", &bash_image(), &[]).await;
+    let _same_there =
+        TestContainer::start_named(second_docker().await, &same, "cluster-hosts", &bash_image(), &[]).await;
+    let redis = Redis::start().await;
+    // a serves the usual daemon as `local`, b the second one as `edge`.
+    let (a, audit_a) = node("a", &redis, |_| {}).await;
+    let (b, _) = node("b", &redis, |c| c.docker_hosts = vec![format!("edge=unix://{SECOND_DOCKER_SOCKET}")]).await;
+
+    // a's list has both hosts' containers, b's with their host and ids `edge/ID`; only a's can be managed.
+    let mut list = Vec::new();
+    for _ in 0..100 {
+        let res = get(format!("{}/api/v1/containers", base_url(&a))).await;
+        list = res.json::<Vec<app::protocol::ContainerSummary>>().await.unwrap();
+        if list.iter().any(|c| c.name == there_name) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let on = |name: &str, host: &str| list.iter().find(|c| c.name == name && c.host == host).cloned();
+    let remote = on(&there_name, "edge").unwrap_or_else(|| panic!("{there_name} on edge in {list:?}"));
+    assert_eq!(remote.id, format!("edge/{}", there.id));
+    assert!(!remote.rights.manage);
+    assert!(on(&here_name, "local").is_some() && on(&same, "local").is_some() && on(&same, "edge").is_some());
+
+    // Opened from a socket on a, by bare name (unique in the cluster) and as HOST/NAME: b owns it, a relays.
+    let client = TestClient::connect(&a).await;
+    for reference in [there_name.clone(), format!("edge/{there_name}")] {
+        let t = client.shell(&reference).await;
+        assert_eq!(t.container_id, format!("edge/{}", there.id));
+        client.run(&t.terminal_id, "hostname; echo edge-$((8*8))", "edge-64").await;
+        assert!(client.screen(&t.terminal_id).contains(&there.id[..12]), "{}", client.screen(&t.terminal_id));
+        client.resize(&t.terminal_id, 101, 31).await;
+        client.run(&t.terminal_id, "stty size", "31 101").await;
+        let info = get(format!("{}/api/v1/terminals/{}", base_url(&b), t.terminal_id)).await;
+        assert_eq!(info.json::<TerminalInfo>().await.unwrap().node, "b");
+        client.close(&t.terminal_id).await.unwrap();
+        assert_eq!(client.wait_exit(&t.terminal_id).await.reason, ExitReason::Closed);
+    }
+    assert!(there.wait_no_strays(Duration::from_secs(10)).await.is_empty());
+    // The open was decided and audited on a, naming both nodes.
+    let opens: Vec<_> = audit_lines(&audit_a)
+        .into_iter()
+        .filter(|r| r["action"] == "terminal.open" && r["container"] == there_name.as_str())
+        .collect();
+    assert_eq!(opens.len(), 2, "{opens:?}");
+    assert!(opens.iter().all(|r| r["outcome"] == "allowed" && r["node"] == "a" && r["owner_node"] == "b"));
+
+    // A pipe exec relays too: stdin to EOF, stdout and stderr apart.
+    let pipe = app::protocol::StartTerminal {
+        command: Some(vec!["sh".into(), "-c".into(), "cat; echo to-stderr >&2".into()]),
+        tty: false,
+        ..shell_request(&format!("edge/{there_name}"))
+    };
+    let p = client.start(pipe).await.unwrap();
+    let payload = serde_json::json!({ "terminalId": p.terminal_id, "data": "piped-through-a\n", "eof": true });
+    client.emit_raw("input", payload).await;
+    let exit = client.wait_exit(&p.terminal_id).await;
+    assert_eq!((exit.reason, exit.exit_code), (ExitReason::Exited, Some(0)));
+    assert_eq!(client.stdout(&p.terminal_id), b"piped-through-a\n");
+    assert_eq!(client.stderr(&p.terminal_id), b"to-stderr\n");
+
+    // A name on both hosts is ambiguous in the cluster; a container on a's own host still opens here.
+    let e = client.shell_err(&same).await;
+    assert_eq!(e.code, ErrorCode::AmbiguousContainer, "{e:?}");
+    assert!(e.message.contains("HOST/"), "{}", e.message);
+    let mine = client.shell(&here_name).await;
+    client.run(&mine.terminal_id, "echo local-$((2*2))", "local-4").await;
+    drop(here);
+    a.shutdown(Duration::from_secs(10)).await.unwrap();
+    b.shutdown(Duration::from_secs(10)).await.unwrap();
+}

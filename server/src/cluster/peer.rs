@@ -119,9 +119,19 @@ pub async fn close_terminal(State(state): State<AppState>, Path(id): Path<String
     }
 }
 
+/// `GET /api/v1/peer/containers`: every container on this node's Docker hosts, unfiltered (the asking node
+/// applies the policy for its user), ids as this node names them.
+pub async fn containers(State(state): State<AppState>) -> Response {
+    match state.containers_here().await {
+        Ok(list) => axum::Json(list).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
 /// The peer routes.
 pub fn routes(state: AppState) -> axum::Router<AppState> {
     axum::Router::new()
+        .route(&format!("{PREFIX}containers"), axum::routing::get(containers))
         .route(&format!("{PREFIX}terminals/{{id}}"), axum::routing::delete(close_terminal))
         .route_layer(axum::middleware::from_fn_with_state(state, require_peer))
 }
@@ -154,6 +164,39 @@ pub async fn close(cluster: &Cluster, node: &NodeRecord, id: &TerminalId) -> Res
         Ok(reply) => Err(ServiceError::new(reply.error.code, reply.error.message)),
         Err(_) => Err(ServiceError::new(ErrorCode::Internal, format!("node {} answered {status}", node.node))),
     }
+}
+
+/// How long a node waits for a peer's container list.
+pub const LIST_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// `node`'s containers, ids qualified `HOST/ID`.
+pub async fn containers_of(
+    cluster: &Cluster,
+    node: &NodeRecord,
+) -> Result<Vec<app::protocol::ContainerSummary>, ServiceError> {
+    let path = format!("{PREFIX}containers");
+    let header = sign(&cluster.settings().secret, cluster.node(), unix_now(), &Method::GET, &path);
+    let res = cluster
+        .http()
+        .get(format!("{}{path}", node.base_url()))
+        .header(HEADER, header)
+        .timeout(LIST_TIMEOUT)
+        .send()
+        .await
+        .map_err(|e| peer_unreachable(node, &e))?;
+    if !res.status().is_success() {
+        return Err(ServiceError::new(
+            ErrorCode::DockerUnavailable,
+            format!("node {} answered {}", node.node, res.status()),
+        ));
+    }
+    let mut list: Vec<app::protocol::ContainerSummary> = res.json().await.map_err(|e| peer_unreachable(node, &e))?;
+    for c in &mut list {
+        if !c.id.contains('/') {
+            c.id = format!("{}/{}", c.host, c.id);
+        }
+    }
+    Ok(list)
 }
 
 #[cfg(test)]

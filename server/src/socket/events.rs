@@ -44,9 +44,7 @@ where
 /// Registers the socket's event handlers (from the connect middleware, before anything awaits: events that
 /// arrive before their handler exists would be dropped).
 pub(super) fn register(socket: &Arc<Socket>, state: &AppState, conn: &Arc<Conn>, span: &tracing::Span) {
-    on_open::<event::StartTerminal, _, _>(socket, state, conn, span, |state, conn, req| async move {
-        state.start(&conn.caller, &conn.seat, req).await
-    });
+    on_start(socket, state, conn, span);
     on_input(socket, state, conn, span);
     on_stream::<event::Resize>(
         socket,
@@ -149,8 +147,77 @@ pub(super) fn register(socket: &Arc<Socket>, state: &AppState, conn: &Arc<Conn>,
     }
 }
 
-/// Registers a request that opens a terminal (`start-terminal`, `create-sandbox`): the service call runs as a
-/// spawned future; once the client has the answer the attachment starts, else the terminal is abandoned.
+/// Registers `start-terminal`: opened here, or (cluster mode) through a relay on the node serving the
+/// container's Docker host ([`relay::placed`]).
+fn on_start(socket: &Arc<Socket>, state: &AppState, conn: &Arc<Conn>, span: &tracing::Span) {
+    let (state, conn, span) = (state.clone(), conn.clone(), span.clone());
+    on::<event::StartTerminal, _>(socket, move |ack, req| {
+        let req = match admitted::<event::StartTerminal>(conn.admit(&state), req) {
+            Ok(req) => req,
+            Err(e) => return refuse(&conn, &state, &span, ack, e),
+        };
+        let (state, conn) = (state.clone(), conn.clone());
+        let task = async move {
+            let placed = match state.cluster() {
+                Some(_) => relay::placed(&state, &conn.caller, &req.container_id).await,
+                None => Ok(None),
+            };
+            match placed {
+                Ok(None) => {
+                    let opened = state.start(&conn.caller, &conn.seat, req).await;
+                    opened_answer(state, conn, ack, opened).await;
+                }
+                Ok(Some((owner, container))) => {
+                    let socket = ack.socket.clone();
+                    match relay::start(&state, &conn, &socket, owner, container, req).await {
+                        Ok((relayed, reply)) => {
+                            ack.send(&conn, &state, Ok(reply));
+                            relayed.go_live();
+                        }
+                        Err(e) => {
+                            conn.refused(&state, event::START_TERMINAL, &e, None);
+                            ack.send(&conn, &state, Err(e));
+                        }
+                    }
+                }
+                Err(e) => {
+                    conn.refused(&state, event::START_TERMINAL, &e, None);
+                    ack.send(&conn, &state, Err(e));
+                }
+            }
+        };
+        tokio::spawn(task.instrument(span.clone()));
+    });
+}
+
+/// Answers a request that opened a terminal: once the client has the answer the attachment starts, else the
+/// terminal is abandoned.
+async fn opened_answer<E: ClientEvent>(
+    state: AppState,
+    conn: Arc<Conn>,
+    ack: Ack<E>,
+    opened: Result<(Attachment, E::Ack), ServiceError>,
+) {
+    match opened {
+        Ok((attachment, reply)) => {
+            let socket = ack.socket.clone();
+            // The socket may have left while Docker started the process, before its disconnect handler could
+            // see this terminal.
+            if ack.send(&conn, &state, Ok(reply)) && socket.connected() {
+                attachment.start(Arc::new(SocketSink { socket, conn, state }));
+            } else {
+                state.abandon(&conn.caller, attachment).await;
+            }
+        }
+        Err(e) => {
+            conn.refused(&state, E::NAME, &e, None);
+            ack.send(&conn, &state, Err(e));
+        }
+    }
+}
+
+/// Registers a request that opens a terminal (`create-sandbox`): the service call runs as a spawned future;
+/// once the client has the answer the attachment starts, else the terminal is abandoned.
 fn on_open<E, F, Fut>(socket: &Arc<Socket>, state: &AppState, conn: &Arc<Conn>, span: &tracing::Span, call: F)
 where
     E: ClientEvent + 'static,
@@ -165,22 +232,8 @@ where
         };
         let (state, conn, call) = (state.clone(), conn.clone(), call.clone());
         let task = async move {
-            match call(state.clone(), conn.clone(), req).await {
-                Ok((attachment, reply)) => {
-                    let socket = ack.socket.clone();
-                    // The socket may have left while Docker started the process, before its disconnect
-                    // handler could see this terminal.
-                    if ack.send(&conn, &state, Ok(reply)) && socket.connected() {
-                        attachment.start(Arc::new(SocketSink { socket, conn, state }));
-                    } else {
-                        state.abandon(&conn.caller, attachment).await;
-                    }
-                }
-                Err(e) => {
-                    conn.refused(&state, E::NAME, &e, None);
-                    ack.send(&conn, &state, Err(e));
-                }
-            }
+            let opened = call(state.clone(), conn.clone(), req).await;
+            opened_answer(state, conn, ack, opened).await;
         };
         tokio::spawn(task.instrument(span.clone()));
     });

@@ -148,6 +148,10 @@ pub(super) struct Relays {
     /// Held while a relay is being opened, so that one socket opens one per owner.
     opening: tokio::sync::Mutex<()>,
     terminals: Mutex<HashMap<TerminalId, Arc<Relayed>>>,
+    /// Starts relayed and not answered yet: output for a terminal not known yet may be theirs.
+    starting: AtomicU64,
+    /// Told when a terminal is filed.
+    filed: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Relays {
@@ -172,6 +176,28 @@ impl Relays {
 
     fn forget(&self, id: &TerminalId) {
         self.lock().remove(id);
+    }
+
+    fn file(&self, id: TerminalId, t: Arc<Relayed>) {
+        self.lock().insert(id, t);
+        self.filed.notify_waiters();
+    }
+
+    /// The terminal `id`, waiting (up to [`ATTACH_WAIT`]) while a relayed start may be about to file it.
+    async fn get_or_wait(&self, id: &TerminalId) -> Option<Arc<Relayed>> {
+        let waited = tokio::time::timeout(ATTACH_WAIT, async {
+            loop {
+                let filed = self.filed.notified();
+                if let Some(t) = self.get(id) {
+                    return Some(t);
+                }
+                if self.starting.load(Ordering::SeqCst) == 0 {
+                    return None;
+                }
+                filed.await;
+            }
+        });
+        waited.await.ok().flatten()
     }
 
     fn on_node(&self, node: &str) -> Vec<(TerminalId, Arc<Relayed>)> {
@@ -309,7 +335,7 @@ async fn forward(ctx: &Ctx, link: &Link, incoming: Incoming) -> bool {
     let relays = &ctx.conn.relays;
     match incoming {
         Incoming::Output(o) => {
-            let Some(t) = relays.get(&o.terminal_id) else { return true };
+            let Some(t) = relays.get_or_wait(&o.terminal_id).await else { return true };
             if !t.wait_live().await {
                 return true;
             }
@@ -336,7 +362,7 @@ async fn forward(ctx: &Ctx, link: &Link, incoming: Incoming) -> bool {
             }
         }
         Incoming::Exit(e) => {
-            if let Some(t) = relays.get(&e.terminal_id) {
+            if let Some(t) = relays.get_or_wait(&e.terminal_id).await {
                 t.wait_live().await;
                 ctx.sink().exit(&e);
                 relays.forget(&e.terminal_id);
@@ -451,7 +477,7 @@ pub(super) async fn attach(
         ready: Default::default(),
         next: AtomicU64::new(req.since.unwrap_or(0)),
     });
-    conn.relays.lock().insert(req.terminal_id.clone(), relayed.clone());
+    conn.relays.file(req.terminal_id.clone(), relayed.clone());
     let asked = AttachTerminal { flow_control: true, ..req.clone() };
     match link.request::<event::AttachTerminal>(&asked).await {
         Ok(mut attached) => {
@@ -464,6 +490,134 @@ pub(super) async fn attach(
             Err(e)
         }
     }
+}
+
+/// Where `start-terminal` for `container_ref` goes in cluster mode: `None` for this node (its own hosts, or
+/// nothing that matches elsewhere: the local lookup then answers), else the live node serving the container's
+/// host and the container as it lists it. A bare id or name must be unique in the cluster
+/// (`ambiguous_container`). Containers the caller may not see do not count.
+pub(super) async fn placed(
+    state: &AppState,
+    caller: &crate::state::Caller,
+    container_ref: &str,
+) -> Result<Option<(NodeRecord, app::protocol::ContainerSummary)>, ServiceError> {
+    let Some(cluster) = state.cluster().cloned() else { return Ok(None) };
+    let named_host = container_ref.split_once('/').map(|(h, r)| (h.to_string(), r.to_string()));
+    if let Some((host, _)) = &named_host
+        && cluster.hosts().contains(host)
+    {
+        return Ok(None);
+    }
+    let here = named_host.is_none() && state.resolves_here(caller, container_ref).await;
+    let bare = named_host.as_ref().map_or(container_ref, |(_, r)| r.as_str());
+    let elsewhere = state.containers_elsewhere(&cluster).await;
+    let mut found: Vec<_> = elsewhere
+        .into_iter()
+        .filter(|c| named_host.as_ref().is_none_or(|(h, _)| &c.host == h))
+        .filter(|c| {
+            let id = c.id.split_once('/').map_or(c.id.as_str(), |(_, id)| id);
+            c.name == bare || id == bare || (bare.len() >= 4 && id.starts_with(bare))
+        })
+        .filter(|c| state.may_see_container(caller, &c.id, &c.name, &c.labels))
+        .collect();
+    match (here, found.len()) {
+        (_, 0) => Ok(None),
+        (false, 1) => {
+            let c = found.remove(0);
+            let peers = cluster.peers().await?;
+            let owner = peers.into_iter().find(|p| p.hosts.contains(&c.host));
+            Ok(owner.map(|o| (o, c)))
+        }
+        (_, n) => {
+            let hosts: Vec<&str> = found.iter().map(|c| c.host.as_str()).collect();
+            Err(ServiceError::new(
+                ErrorCode::AmbiguousContainer,
+                format!(
+                    "{container_ref:?} names containers on {} Docker hosts of the cluster ({}): name one as HOST/{container_ref}",
+                    n + usize::from(here),
+                    hosts.join(", ")
+                ),
+            ))
+        }
+    }
+}
+
+/// `start-terminal` for a container on a Docker host another node serves: opened there through the relay, the
+/// relay's socket its viewer from the first byte. The owner makes the start decision (the same policy file)
+/// without auditing; this node audits, naming both nodes. The caller sends the answer, then calls
+/// [`Relayed::go_live`].
+pub(super) async fn start(
+    state: &AppState,
+    conn: &Arc<Conn>,
+    socket: &Arc<Socket>,
+    owner: NodeRecord,
+    container: app::protocol::ContainerSummary,
+    req: app::protocol::StartTerminal,
+) -> Result<(Arc<Relayed>, app::protocol::TerminalStarted), ServiceError> {
+    let ctx = Ctx { state: state.clone(), conn: conn.clone(), socket: socket.clone() };
+    let record = |outcome, id: Option<&TerminalId>, command: Option<Vec<String>>| crate::audit::Record {
+        terminal_id: id.map(|t| t.0.clone()),
+        container_id: Some(container.id.clone()),
+        container: Some(container.name.clone()),
+        command,
+        node: state.cluster().map(|c| c.node().to_string()),
+        owner_node: Some(owner.node.clone()),
+        ..conn.caller.record("terminal.open", outcome)
+    };
+    let asked = app::protocol::StartTerminal { container_id: container.id.clone(), flow_control: true, ..req.clone() };
+    conn.relays.starting.fetch_add(1, Ordering::SeqCst);
+    let started = match link(&ctx, &owner).await {
+        Ok(link) => link.request::<event::StartTerminal>(&asked).await,
+        Err(e) => Err(e),
+    };
+    let result = match started {
+        Ok(mut started) => {
+            let info = app::protocol::TerminalInfo {
+                terminal_id: started.terminal_id.clone(),
+                owner: String::new(),
+                user: conn.caller.principal.subject.clone(),
+                container_id: container.id.clone(),
+                container_name: container.name.clone(),
+                host: container.host.clone(),
+                node: owner.node.clone(),
+                command: started.command.clone(),
+                cols: started.cols,
+                rows: started.rows,
+                started_at_ms: 0,
+                bytes_out: 0,
+                state: app::protocol::TerminalState::Running,
+                attached: 1,
+                grace_left_ms: None,
+                exit: None,
+            };
+            let relayed = Arc::new(Relayed {
+                node: owner.node.clone(),
+                remote: RemoteTerminal { info, labels: container.labels.clone() },
+                client_flow: req.flow_control,
+                live: AtomicBool::new(false),
+                ready: Default::default(),
+                next: AtomicU64::new(0),
+            });
+            conn.relays.file(started.terminal_id.clone(), relayed.clone());
+            state.audit(record("allowed", Some(&started.terminal_id), Some(started.command.clone())));
+            // As this node names it: `HOST/ID`.
+            started.container_id = container.id.clone();
+            started.flow_control = req.flow_control;
+            Ok((relayed, started))
+        }
+        Err(e) => {
+            let r = crate::audit::Record {
+                code: Some(e.code.to_string()),
+                reason: Some(crate::refusals::clip(&e.message)),
+                ..record("denied", None, req.command.clone())
+            };
+            state.audit_refusal(&e, r);
+            Err(e.audited())
+        }
+    };
+    conn.relays.starting.fetch_sub(1, Ordering::SeqCst);
+    conn.relays.filed.notify_waiters();
+    result
 }
 
 /// The relay and the terminal for an event on `id`, decided here for `action`.

@@ -496,22 +496,66 @@ impl AppState {
 
     /// The containers `caller` may see, running ones first, then by name.
     pub async fn containers(&self, caller: &Caller) -> Result<Vec<ContainerSummary>, ServiceError> {
-        let list = self.sessions.runtime().list_containers().await.map_err(ServiceError::from_runtime)?;
+        let mut list = self.containers_here().await?;
+        let here = list.len();
+        if let Some(cluster) = self.cluster() {
+            list.extend(self.containers_elsewhere(cluster).await);
+        }
         let policy = self.policy();
         let mut list: Vec<ContainerSummary> = list
             .into_iter()
-            .filter_map(|mut c| {
+            .enumerate()
+            .filter_map(|(i, mut c)| {
                 let grant = self.container_grant(&policy, caller, &c.id, &c.name, &c.labels)?;
                 c.sandbox = self.sandbox_of(&c.id).map(|row| crate::sandbox::Sandboxes::describe(&row, &c.state));
-                c.rights = app::protocol::ContainerRights {
-                    manage: grant.manage,
-                    remove: c.sandbox.is_some() && grant.manage,
-                };
+                // Start, stop and restart act on this node's hosts only.
+                let manage = grant.manage && i < here;
+                c.rights = app::protocol::ContainerRights { manage, remove: c.sandbox.is_some() && manage };
                 Some(c)
             })
             .collect();
         list.sort_by(|a, b| (a.state != "running").cmp(&(b.state != "running")).then_with(|| a.name.cmp(&b.name)));
         Ok(list)
+    }
+
+    /// Every container on this node's Docker hosts, unfiltered.
+    pub async fn containers_here(&self) -> Result<Vec<ContainerSummary>, ServiceError> {
+        self.sessions.runtime().list_containers().await.map_err(ServiceError::from_runtime)
+    }
+
+    /// Cluster mode: the containers of the Docker hosts this node does not serve, each host listed by one live
+    /// node that serves it (ids `HOST/ID`). Nodes that do not answer within [`crate::cluster::peer::LIST_TIMEOUT`]
+    /// are left out; so is everything while the directory does not answer.
+    pub async fn containers_elsewhere(&self, cluster: &crate::cluster::Cluster) -> Vec<ContainerSummary> {
+        let Ok(peers) = cluster.peers().await else { return Vec::new() };
+        let mut covered: std::collections::BTreeSet<String> = cluster.hosts().iter().cloned().collect();
+        let mut asked = Vec::new();
+        for p in peers {
+            let new: Vec<String> = p.hosts.iter().filter(|h| !covered.contains(*h)).cloned().collect();
+            if !new.is_empty() {
+                covered.extend(new.iter().cloned());
+                asked.push((p, new));
+            }
+        }
+        let lists =
+            futures_util::future::join_all(asked.iter().map(|(p, _)| crate::cluster::peer::containers_of(cluster, p)))
+                .await;
+        let mut out = Vec::new();
+        for ((p, hosts), list) in asked.iter().zip(lists) {
+            match list {
+                Ok(list) => out.extend(list.into_iter().filter(|c| hosts.contains(&c.host))),
+                Err(e) => tracing::warn!(peer = %p.node, error = %e.message, "a peer did not list its containers"),
+            }
+        }
+        out
+    }
+
+    /// Whether `container_ref` names a container on this node's hosts that `caller` may see.
+    pub async fn resolves_here(&self, caller: &Caller, container_ref: &str) -> bool {
+        match self.sessions.runtime().resolve(container_ref).await {
+            Ok(t) => self.may_see_container(caller, &t.id, &t.name, &t.labels),
+            Err(_) => false,
+        }
     }
 
     /// Whether `caller` may see the container `id` (`name`, with `labels`).

@@ -273,6 +273,8 @@ struct Inbox {
     discontinuities: Vec<String>,
     /// The last `terminal-viewers` count of each terminal.
     viewers: HashMap<TerminalId, usize>,
+    /// Each terminal's output by stream (pipe terminals): stdout, stderr.
+    streams: HashMap<TerminalId, (Vec<u8>, Vec<u8>)>,
 }
 
 /// `start-terminal` for `container`'s default shell at the default size.
@@ -314,6 +316,11 @@ fn file(inbox: &mut Inbox, incoming: Incoming) {
                 inbox.discontinuities.push(msg);
             }
             inbox.output.entry(id.clone()).or_default().extend_from_slice(&o.data.0);
+            let streams = inbox.streams.entry(id.clone()).or_default();
+            match o.stream {
+                Some(app::protocol::OutputStream::Stderr) => streams.1.extend_from_slice(&o.data.0),
+                _ => streams.0.extend_from_slice(&o.data.0),
+            }
             inbox.order.push(id);
         }
         Incoming::Exit(exit) => {
@@ -503,6 +510,16 @@ impl TestClient {
         req: &app::protocol::AttachTerminal,
     ) -> Result<app::protocol::TerminalAttached, ErrorBody> {
         self.request(event::ATTACH_TERMINAL, req).await
+    }
+
+    /// What `id` wrote to its stdout (all of a tty's output).
+    pub fn stdout(&self, id: &TerminalId) -> Vec<u8> {
+        self.inbox.lock().unwrap().streams.get(id).map(|s| s.0.clone()).unwrap_or_default()
+    }
+
+    /// What pipe terminal `id` wrote to its stderr.
+    pub fn stderr(&self, id: &TerminalId) -> Vec<u8> {
+        self.inbox.lock().unwrap().streams.get(id).map(|s| s.1.clone()).unwrap_or_default()
     }
 
     /// Waits until the last `terminal-viewers` count of `id` is `n`.
