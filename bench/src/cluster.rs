@@ -11,7 +11,9 @@ use anyhow::{Context, bail};
 use app::protocol::{AttachTerminal, ErrorCode, TerminalId, event};
 use porthole_client::{Connection, Incoming, Options};
 
-use super::{Args, Container, MIB, Server, WAIT, echo_on, median, percentiles, ratio, start_terminal};
+use super::{
+    Args, Container, MIB, Server, WAIT, answering, echo_on, median, open_cats, percentiles, ratio, start_terminal,
+};
 
 /// A `redis-server` without persistence on a free port, killed when dropped.
 struct Redis {
@@ -137,7 +139,49 @@ pub(crate) async fn report(args: &Args, docker: &bollard::Docker) -> anyhow::Res
         rt.push(rate);
         bytes[1] = n;
     }
-    drop((a, b));
+    // Idle terminals spread over three nodes, each opened by a socket on its node: RSS per terminal per node,
+    // and every one answering a keystroke typed from another node (through its relay).
+    eprintln!("[bench] cluster: {} idle terminals over three nodes", args.cluster_idle);
+    let third = node(args, "c", &redis, &secret)?;
+    let nodes = [&a, &b, &third];
+    let mut spread = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        let (client, _rx) = n.client().await?;
+        let warm = start_terminal(&client, &c.name, &["cat"], false).await?;
+        let _ = client.request::<event::CloseTerminal>(&app::protocol::CloseTerminal { terminal_id: warm }).await?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let before = n.rss_kib();
+        let share = args.cluster_idle / 3 + usize::from(i < args.cluster_idle % 3);
+        let (ids, failed, first) = open_cats(&client, &c.name, share).await;
+        if let Some(e) = first {
+            eprintln!("[bench] cluster: {failed} of {share} did not open on node {i}: {e}");
+        }
+        spread.push((client, ids, before));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut rows = String::new();
+    // The owners' sockets stay (their terminals end when they leave) until the end.
+    for (i, (_owner, ids, before)) in spread.iter().enumerate() {
+        let after = nodes[i].rss_kib();
+        // From the next node: attach to every one, then type into every one.
+        let (from, mut rx) = nodes[(i + 1) % 3].client().await?;
+        for id in ids {
+            attach(&from, id, None).await?;
+        }
+        while rx.try_recv().is_ok() {}
+        let answered = answering(&from, &mut rx, ids).await?;
+        let per = after.saturating_sub(*before) as f64 / ids.len().max(1) as f64;
+        rows += &format!(
+            "| {} | {} | {:.1} | {:.1} | {per:.1} | {answered} of {} |\n",
+            ["a", "b", "c"][i],
+            ids.len(),
+            *before as f64 / 1024.0,
+            after as f64 / 1024.0,
+            ids.len()
+        );
+    }
+    drop(spread);
+    drop((a, b, third));
     c.remove().await;
     let _ = std::fs::remove_file(&secret);
     let (dt, rt) = (median(dt), median(rt));
@@ -149,7 +193,11 @@ pub(crate) async fn report(args: &Args, docker: &bollard::Docker) -> anyhow::Res
          |---|---|---|---|---|\n\
          | keystroke echo p50 to `cat`, ms ({} samples) | {:.3} | {:.3} | {} | |\n\
          | keystroke echo p99, ms | {:.3} | {:.3} | {} | ≤ 2x |\n\
-         | throughput, `cat` of {} MiB of text ({:.1} / {:.1} MiB read), MiB/s | {dt:.1} | {rt:.1} | {} | ≥ 0.8x |\n\n",
+         | throughput, `cat` of {} MiB of text ({:.1} / {:.1} MiB read), MiB/s | {dt:.1} | {rt:.1} | {} | ≥ 0.8x |\n\n\
+         {} idle terminals running `cat` spread over three nodes, each opened on its node; then a socket on the \
+         next node attaches to each and types a key into each (through its relay to the owner):\n\n\
+         | node | terminals | RSS before, MiB | RSS after, MiB | KiB per terminal | answered through another node |\n\
+         |---|---|---|---|---|---|\n{rows}\n",
         args.rounds,
         args.samples,
         direct.p50,
@@ -162,5 +210,6 @@ pub(crate) async fn report(args: &Args, docker: &bollard::Docker) -> anyhow::Res
         bytes[0] as f64 / MIB,
         bytes[1] as f64 / MIB,
         ratio(rt, dt),
+        args.cluster_idle,
     ))
 }

@@ -61,6 +61,9 @@ struct Args {
     /// Flooding terminals.
     #[arg(long, default_value_t = 100)]
     flood: usize,
+    /// Idle terminals spread over the three nodes of the cluster part.
+    #[arg(long, default_value_t = 1500)]
+    cluster_idle: usize,
     /// Seconds of steady flood measured.
     #[arg(long, default_value_t = 10)]
     flood_secs: u64,
@@ -563,21 +566,14 @@ struct Idle {
     cli_rss_kib: u64,
 }
 
-async fn idle_terminals(args: &Args, docker: &Docker) -> anyhow::Result<Idle> {
-    let container = Container::start(docker, &args.image, "idle").await?;
-    let server = Server::start(&args.bin)?;
-    let (client, mut rx) = server.client().await?;
-    // Warm up the server (first exec, allocator) before the baseline.
-    let warm = start_terminal(&client, &container.name, &["cat"], false).await?;
-    let _ = client.request::<event::CloseTerminal>(&CloseTerminal { terminal_id: warm }).await?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let rss_before_kib = server.rss_kib();
-    let t0 = Instant::now();
-    let mut ids = Vec::with_capacity(args.idle);
+/// Opens `n` terminals running `cat` in `container`, 32 at a time: their ids, how many failed, and the first
+/// failure.
+async fn open_cats(client: &Connection, container: &str, n: usize) -> (Vec<TerminalId>, usize, Option<String>) {
+    let mut ids = Vec::with_capacity(n);
     let (mut failed, mut first_failure) = (0, None);
-    let batches: Vec<usize> = (0..args.idle).collect();
-    for batch in batches.chunks(32) {
-        let starts = batch.iter().map(|_| start_terminal(&client, &container.name, &["cat"], false));
+    let all: Vec<usize> = (0..n).collect();
+    for batch in all.chunks(32) {
+        let starts = batch.iter().map(|_| start_terminal(client, container, &["cat"], false));
         for r in futures_util::future::join_all(starts).await {
             match r {
                 Ok(id) => ids.push(id),
@@ -588,12 +584,16 @@ async fn idle_terminals(args: &Args, docker: &Docker) -> anyhow::Result<Idle> {
             }
         }
     }
-    let open_secs = t0.elapsed().as_secs_f64();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    while rx.try_recv().is_ok() {}
-    let rss_after_kib = server.rss_kib();
-    // Every one of them answers.
-    for id in &ids {
+    (ids, failed, first_failure)
+}
+
+/// Types `e` into every terminal of `ids` (each running `cat`): how many echo it back.
+async fn answering(
+    client: &Connection,
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<Incoming>,
+    ids: &[TerminalId],
+) -> anyhow::Result<usize> {
+    for id in ids {
         client.input(id, "e").await?;
     }
     let mut answered = std::collections::HashSet::new();
@@ -605,6 +605,25 @@ async fn idle_terminals(args: &Args, docker: &Docker) -> anyhow::Result<Idle> {
             answered.insert(o.terminal_id);
         }
     }
+    Ok(answered.len())
+}
+
+async fn idle_terminals(args: &Args, docker: &Docker) -> anyhow::Result<Idle> {
+    let container = Container::start(docker, &args.image, "idle").await?;
+    let server = Server::start(&args.bin)?;
+    let (client, mut rx) = server.client().await?;
+    // Warm up the server (first exec, allocator) before the baseline.
+    let warm = start_terminal(&client, &container.name, &["cat"], false).await?;
+    let _ = client.request::<event::CloseTerminal>(&CloseTerminal { terminal_id: warm }).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_before_kib = server.rss_kib();
+    let t0 = Instant::now();
+    let (ids, failed, first_failure) = open_cats(&client, &container.name, args.idle).await;
+    let open_secs = t0.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    while rx.try_recv().is_ok() {}
+    let rss_after_kib = server.rss_kib();
+    let answered = answering(&client, &mut rx, &ids).await?;
     // One docker exec CLI process per terminal, as the CLI-based peers spend: measured on 10.
     let mut clis = Vec::new();
     for _ in 0..10 {
@@ -622,7 +641,7 @@ async fn idle_terminals(args: &Args, docker: &Docker) -> anyhow::Result<Idle> {
         opened: ids.len(),
         failed,
         first_failure,
-        answered: answered.len(),
+        answered,
         open_secs,
         rss_before_kib,
         rss_after_kib,
