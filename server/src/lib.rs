@@ -82,7 +82,9 @@ pub fn sandboxes(config: &Config, runtime: Arc<dyn ContainerRuntime>) -> anyhow:
     };
     let limits =
         sandbox::CreateLimits { per_user: config.max_sandboxes_per_user, per_sec: config.max_sandbox_creates_per_sec };
-    sandbox::Sandboxes::new(runtime, store, profiles, limits).map_err(anyhow::Error::msg)
+    // In cluster mode a node's sandboxes (and its pool) carry its node id as their instance.
+    let instance = config.cluster_redis.as_ref().and(config.node_id.as_deref());
+    sandbox::Sandboxes::new(runtime, store, profiles, limits, instance).map_err(anyhow::Error::msg)
 }
 
 /// Builds the axum router with the Socket.IO layer and the edge guard, over `runtime`.

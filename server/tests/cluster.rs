@@ -707,3 +707,30 @@ async fn a_container_on_a_host_another_node_serves_is_listed_and_opened_through_
     a.shutdown(Duration::from_secs(10)).await.unwrap();
     b.shutdown(Duration::from_secs(10)).await.unwrap();
 }
+
+#[tokio::test]
+async fn each_nodes_sandboxes_and_warm_pool_carry_its_node_id_as_their_instance() {
+    use common::sandbox::*;
+    let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    let (id_a, id_b) = (format!("sb-a-{suffix}"), format!("sb-b-{suffix}"));
+    let _guards = (InstanceGuard(id_a.clone()), InstanceGuard(id_b.clone()));
+    let redis = Redis::start().await;
+    let profiles = profiles_file("[profile.warm]\nimage = \"IMAGE\"\npids = 64\npool = 1\n");
+    let with_pool = |c: &mut porthole_server::config::Config| c.sandboxes = Some(profiles.clone());
+    let (a, _) = node(&id_a, &redis, with_pool).await;
+    let (b, _) = node(&id_b, &redis, with_pool).await;
+    assert_eq!(a.state().sandbox_manager().instance(), id_a);
+    assert_eq!(b.state().sandbox_manager().instance(), id_b);
+    // Each node fills its own pool on the shared daemon.
+    eventually("each node's warm container", || async {
+        containers_of(&id_a).len() == 1 && containers_of(&id_b).len() == 1
+    })
+    .await;
+    let pooled_b = containers_of(&id_b);
+    // A sandbox made on a comes from a's pool (its one container, then a's refill), never from b's.
+    let made = Rest { base: base_url(&a), http: http() }.sandbox("warm").await;
+    assert!(containers_of(&id_a).contains(&made.id), "{made:?}");
+    assert_eq!(containers_of(&id_b), pooled_b, "b's pool is untouched");
+    a.shutdown(Duration::from_secs(10)).await.unwrap();
+    b.shutdown(Duration::from_secs(10)).await.unwrap();
+}

@@ -186,14 +186,15 @@ fn store_error(e: store::StoreError) -> ServiceError {
 }
 
 impl Sandboxes {
-    /// The manager, over `store` (its instance id is made on first use and kept).
+    /// The manager, over `store` (its instance id is made on first use and kept: `instance` when given).
     pub fn new(
         runtime: Arc<dyn ContainerRuntime>,
         store: Store,
         profiles: Profiles,
         limits: CreateLimits,
+        instance: Option<&str>,
     ) -> Result<Arc<Sandboxes>, String> {
-        let instance = store.instance_id().map_err(|e| e.to_string())?;
+        let instance = store.instance_id_or(instance).map_err(|e| e.to_string())?;
         let rows = store.all().map_err(|e| e.to_string())?;
         let inner = Inner {
             inherited: rows.iter().map(|r| r.name.clone()).collect(),

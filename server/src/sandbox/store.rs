@@ -100,13 +100,20 @@ impl Store {
 
     /// This instance's id: made once, kept for good (its containers carry it in `porthole.sandbox.instance`).
     pub fn instance_id(&self) -> Result<String, StoreError> {
+        self.instance_id_or(None)
+    }
+
+    /// [`Store::instance_id`], made from `wanted` (cluster mode: the node id) when the store has none yet. A
+    /// store that has one keeps it, so the sandboxes it already made stay this instance's.
+    pub fn instance_id_or(&self, wanted: Option<&str>) -> Result<String, StoreError> {
         let conn = self.conn();
         let have: Option<String> =
             conn.query_row("SELECT value FROM meta WHERE key = 'instance'", [], |r| r.get(0)).optional()?;
         if let Some(id) = have {
             return Ok(id);
         }
-        let id = format!("p-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let id =
+            wanted.map_or_else(|| format!("p-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]), str::to_string);
         conn.execute("INSERT INTO meta (key, value) VALUES ('instance', ?1)", params![id])?;
         Ok(id)
     }
