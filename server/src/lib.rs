@@ -260,6 +260,11 @@ pub async fn start_with_runtime(config: &Config, runtime: Arc<dyn ContainerRunti
         let (state, stop) = (state.clone(), stop.clone());
         tokio::spawn(async move { state.run_cluster(stop).await });
     }
+    if let Some(cluster) = state.cluster().cloned() {
+        let stop2 = stop.clone();
+        tokio::spawn(async move { cluster.publish_events(stop2).await });
+        tokio::spawn(watch::cluster_events(io.clone(), state.clone(), stop.clone()));
+    }
     let shutdown = {
         let (stop, state) = (stop.clone(), state.clone());
         async move {

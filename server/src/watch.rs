@@ -44,6 +44,9 @@ pub async fn container_events(
                         Some(Ok(e)) => {
                             tracing::debug!(container = %e.change.container_id, action = %e.change.action, "container event");
                             send(&io, &state, &e.change, Some(&e));
+                            if let Some(cluster) = state.cluster() {
+                                cluster.tell(&e);
+                            }
                             if e.change.action == "die" {
                                 state.container_died(&e.change.container_id);
                             }
@@ -59,6 +62,47 @@ pub async fn container_events(
             }
             Err(e) => {
                 tracing::debug!(error = %e, "container events unavailable");
+                missed = true;
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(RECONNECT_PAUSE) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+/// Cluster mode: passes on the other nodes' container events (of the hosts this node does not serve itself:
+/// those it hears from its own daemons) until `stop`. Resubscribes after Redis went away, then has the clients
+/// refresh once.
+pub async fn cluster_events(io: SocketIo, state: AppState, stop: CancellationToken) {
+    let Some(cluster) = state.cluster().cloned() else { return };
+    let mut missed = false;
+    loop {
+        match cluster.subscribe_events().await {
+            Ok(events) => {
+                if std::mem::take(&mut missed) {
+                    let change = ContainersChanged { container_id: String::new(), action: "resync".into() };
+                    send(&io, &state, &change, None);
+                }
+                let mut events = std::pin::pin!(events);
+                loop {
+                    let next = tokio::select! {
+                        n = events.next() => n,
+                        _ = stop.cancelled() => return,
+                    };
+                    let Some(e) = next else { break };
+                    if cluster.hosts().contains(&e.host) {
+                        continue;
+                    }
+                    let change = ContainersChanged { container_id: e.container_id, action: e.action };
+                    let about = ContainerEvent { change: change.clone(), name: e.name, labels: e.labels };
+                    send(&io, &state, &change, Some(&about));
+                }
+                missed = true;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "the other nodes' container events are unavailable");
                 missed = true;
             }
         }

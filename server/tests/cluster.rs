@@ -734,3 +734,42 @@ async fn each_nodes_sandboxes_and_warm_pool_carry_its_node_id_as_their_instance(
     a.shutdown(Duration::from_secs(10)).await.unwrap();
     b.shutdown(Duration::from_secs(10)).await.unwrap();
 }
+
+#[tokio::test]
+async fn container_events_of_another_nodes_host_reach_this_nodes_sockets_once() {
+    let redis = Redis::start().await;
+    let edge_hosts =
+        |c: &mut porthole_server::config::Config| c.docker_hosts = vec![format!("edge=unix://{SECOND_DOCKER_SOCKET}")];
+    // a and c both serve the usual daemon (as `local`); b serves the second one (as `edge`).
+    let (a, _) = node("a", &redis, |_| {}).await;
+    let (b, _) = node("b", &redis, edge_hosts).await;
+    let (c, _) = node("c", &redis, |_| {}).await;
+    let on_a = TestClient::connect(&a).await;
+    // The nodes subscribe as they start; give them a moment.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    let there = TestContainer::start_named(
+        second_docker().await,
+        &format!("porthole-it-ev-{suffix}"),
+        "cluster-events",
+        &bash_image(),
+        &[],
+    )
+    .await;
+    let seen = on_a.wait_change(&format!("edge/{}", there.id), "start").await;
+    assert_eq!(seen.action, "start");
+    there.stop().await;
+    on_a.wait_change(&format!("edge/{}", there.id), "die").await;
+
+    // An event of a's own daemon comes once: from a's own watcher, not again from c, which serves it too.
+    let here = TestContainer::start("cluster-events-here", &bash_image()).await;
+    on_a.wait_change(&here.id, "start").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let starts =
+        on_a.changes().into_iter().filter(|e| e.action == "start" && e.container_id.ends_with(&here.id)).count();
+    assert_eq!(starts, 1);
+    for n in [a, b, c] {
+        n.shutdown(Duration::from_secs(10)).await.unwrap();
+    }
+}

@@ -199,15 +199,41 @@ redis.call('EXPIRE', users, ARGV[6])
 return -1
 ";
 
+/// Container events waiting to be published to the other nodes; beyond it they are dropped (the other nodes'
+/// lists are then as fresh as their next refresh).
+pub const EVENTS_QUEUE: usize = 1024;
+
+/// A container event of one node's Docker hosts, as the other nodes hear of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterEvent {
+    /// The node whose host it happened on.
+    pub node: String,
+    pub host: String,
+    /// `HOST/ID`.
+    pub container_id: String,
+    pub action: String,
+    pub name: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+fn events_channel() -> String {
+    format!("{PREFIX}events")
+}
+
 /// This node's handle on the cluster directory.
 pub struct Cluster {
     settings: Settings,
     hosts: Vec<String>,
+    client: redis::Client,
     redis: redis::aio::ConnectionManager,
     reserve: redis::Script,
     /// Whether the last command reached Redis (for the log: one line per change).
     up: AtomicBool,
     http: reqwest::Client,
+    events: tokio::sync::mpsc::Sender<ClusterEvent>,
+    /// The receiving end of `events`, taken by [`Cluster::publish_events`].
+    outbox: parking_lot::Mutex<Option<tokio::sync::mpsc::Receiver<ClusterEvent>>>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -240,7 +266,18 @@ impl Cluster {
             // Peers are reached at --advertise; with TLS their certificates name the cluster's hostnames.
             .build()
             .map_err(|e| format!("cannot set up the peer client: {e}"))?;
-        Ok(Cluster { settings, hosts, redis, reserve: redis::Script::new(RESERVE), up: AtomicBool::new(true), http })
+        let (events, outbox) = tokio::sync::mpsc::channel(EVENTS_QUEUE);
+        Ok(Cluster {
+            settings,
+            hosts,
+            client,
+            redis,
+            reserve: redis::Script::new(RESERVE),
+            up: AtomicBool::new(true),
+            http,
+            events,
+            outbox: parking_lot::Mutex::new(Some(outbox)),
+        })
     }
 
     pub fn node(&self) -> &str {
@@ -481,6 +518,60 @@ impl Cluster {
             .query_async(&mut self.conn())
             .await;
         self.saw(r).map_err(|_| unavailable("reading signed-out sessions"))
+    }
+
+    /// Queues a container event of this node's hosts for the other nodes (dropped when the queue is full).
+    pub fn tell(&self, e: &crate::docker::ContainerEvent) {
+        let id = &e.change.container_id;
+        let (host, qualified) = match id.split_once('/') {
+            Some((host, _)) => (host.to_string(), id.clone()),
+            None => {
+                let host = self.hosts.first().cloned().unwrap_or_default();
+                (host.clone(), format!("{host}/{id}"))
+            }
+        };
+        let event = ClusterEvent {
+            node: self.node().to_string(),
+            host,
+            container_id: qualified,
+            action: e.change.action.clone(),
+            name: e.name.clone(),
+            labels: e.labels.clone(),
+        };
+        if self.events.try_send(event).is_err() {
+            tracing::debug!("container event not published: the queue is full");
+        }
+    }
+
+    /// Publishes the queued container events until `stop` (once per node: the queue is taken).
+    pub async fn publish_events(&self, stop: tokio_util::sync::CancellationToken) {
+        let Some(mut outbox) = self.outbox.lock().take() else { return };
+        loop {
+            let e = tokio::select! {
+                _ = stop.cancelled() => return,
+                e = outbox.recv() => match e { Some(e) => e, None => return },
+            };
+            let Ok(json) = serde_json::to_string(&e) else { continue };
+            let r: redis::RedisResult<()> = self.conn().publish(events_channel(), json).await;
+            let _ = self.saw(r);
+        }
+    }
+
+    /// The other nodes' container events, on a connection of their own; ends when Redis goes away.
+    pub async fn subscribe_events(
+        &self,
+    ) -> redis::RedisResult<impl futures_util::Stream<Item = ClusterEvent> + Send + use<>> {
+        use futures_util::StreamExt;
+        let mut pubsub = tokio::time::timeout(REDIS_TIMEOUT, self.client.get_async_pubsub())
+            .await
+            .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "timed out connecting to Redis")))??;
+        pubsub.subscribe(events_channel()).await?;
+        let me = self.node().to_string();
+        Ok(pubsub.into_on_message().filter_map(move |m| {
+            let e = m.get_payload::<String>().ok().and_then(|j| serde_json::from_str::<ClusterEvent>(&j).ok());
+            let me = me.clone();
+            async move { e.filter(|e| e.node != me) }
+        }))
     }
 
     /// The Docker hosts this node serves.
