@@ -92,7 +92,7 @@ cargo build --release --locked -p porthole-bench -p porthole-cli --bin porthole-
 (cd bench/js && npm ci --no-audit --no-fund --loglevel=error)
 "$target_dir/release/porthole-bench" --bin "$target_dir/release/porthole" \
   --mib 4 --rounds 1 --samples 20 --idle 20 --flood 5 --flood-secs 2 --opens 5 --opens-max 10 \
-  --sandbox-samples 2 --sandbox-burst 2 --search-recordings 4 --search-mib 1 --cluster-idle 6 \
+  --sandbox-samples 2 --sandbox-burst 2 --search-recordings 4 --search-mib 1 --cluster-idle 6 --cluster-resume 6 \
   --cli-bin "$target_dir/release/porthole-cli" > /dev/null
 
 step "all tests passed"

@@ -11,6 +11,9 @@ use anyhow::{Context, bail};
 use app::protocol::{AttachTerminal, ErrorCode, TerminalId, event};
 use porthole_client::{Connection, Incoming, Options};
 
+#[path = "../../server/tests/common/nginx.rs"]
+mod nginx;
+
 use super::{
     Args, Container, MIB, Server, WAIT, answering, echo_on, median, open_cats, percentiles, ratio, start_terminal,
 };
@@ -57,7 +60,9 @@ fn node(args: &Args, id: &str, redis: &Redis, secret: &std::path::Path) -> anyho
     let listen = format!("127.0.0.1:{}", free_port()?);
     let secret = secret.display().to_string();
     let flags = ["--listen", &listen, "--advertise", &listen, "--node-id", id, "--cluster-redis", &redis.url];
-    Server::start_with(&args.bin, &[&flags[..], &["--cluster-secret-file", &secret]].concat())
+    // Behind nginx every client has nginx's address.
+    let caps = ["--max-connections", "16384", "--max-connections-per-address", "4096"];
+    Server::start_with(&args.bin, &[&flags[..], &["--cluster-secret-file", &secret], &caps[..]].concat())
 }
 
 /// Attaches `client` to `id` from `since`, retrying while `id` is not in the directory yet.
@@ -108,6 +113,85 @@ async fn cat_seen_from(owner: &Server, viewer: &Server, container: &str) -> anyh
     attach(&client, &id, Some(0)).await?;
     let (bytes, secs) = drain(&mut rx, &id).await?;
     Ok((bytes as f64 / MIB / secs.max(1e-9), bytes))
+}
+
+/// `clients` clients through nginx (the configuration of `docs/deploy.md`), each with a terminal on whichever
+/// node nginx sent it to; nginx is restarted (SIGTERM, then started again) and every client reconnects through
+/// it and re-attaches: the time until each has, and until all have.
+async fn resume_after_nginx_restart(args: &Args, nodes: [&Server; 3], container: &str) -> anyhow::Result<String> {
+    let n = args.cluster_resume;
+    eprintln!("[bench] cluster: {n} clients resuming after nginx restarts");
+    let addr =
+        |s: &Server| -> anyhow::Result<std::net::SocketAddr> { Ok(s.base.trim_start_matches("http://").parse()?) };
+    let mut proxy = nginx::Nginx::start(&[addr(nodes[0])?, addr(nodes[1])?, addr(nodes[2])?]);
+    let url = nginx::Nginx::url(proxy.cookie);
+    let options = |i: usize| Options {
+        timeout: WAIT,
+        client_id: Some(format!("bench-resume-{i}")),
+        transport: porthole_client::Transport::Native,
+        ..Options::new(url.as_str(), nodes[0].token.as_str())
+    };
+    let mut clients = Vec::with_capacity(n);
+    let all: Vec<usize> = (0..n).collect();
+    for batch in all.chunks(50) {
+        let opened = futures_util::future::join_all(batch.iter().map(|&i| async move {
+            let (client, rx) = Connection::connect(&options(i)).await?;
+            let id = start_terminal(&client, container, &["cat"], false).await?;
+            anyhow::Ok((client, rx, id))
+        }))
+        .await;
+        for o in opened {
+            clients.push(o?);
+        }
+    }
+    proxy.stop();
+    let mut ids = Vec::with_capacity(n);
+    for (client, mut rx, id) in clients {
+        // Each sees its connection end.
+        while let Some(m) = tokio::time::timeout(WAIT, rx.recv()).await? {
+            if m == Incoming::Closed {
+                break;
+            }
+        }
+        client.disconnect().await;
+        ids.push(id);
+    }
+    proxy.restart();
+    let t0 = Instant::now();
+    let resumed = futures_util::future::join_all(ids.iter().enumerate().map(|(i, id)| {
+        let options = options(i);
+        async move {
+            let (client, _rx) = Connection::connect(&options).await?;
+            let req = AttachTerminal { terminal_id: id.clone(), since: Some(0), flow_control: false };
+            client
+                .request::<event::AttachTerminal>(&req)
+                .await?
+                .map_err(|e| anyhow::anyhow!("{}: {}", e.code, e.message))?;
+            let took = t0.elapsed().as_secs_f64() * 1000.0;
+            client.disconnect().await;
+            anyhow::Ok(took)
+        }
+    }))
+    .await;
+    let all = t0.elapsed().as_secs_f64();
+    let (mut ms, mut failed) = (Vec::new(), 0);
+    for r in resumed {
+        match r {
+            Ok(t) => ms.push(t),
+            Err(e) => {
+                failed += 1;
+                eprintln!("[bench] cluster: a client did not resume: {e:#}");
+            }
+        }
+    }
+    let done = ms.len();
+    let p = percentiles(ms);
+    Ok(format!(
+        "{n} clients through nginx (`docs/deploy.md`'s configuration), each with a terminal; nginx restarted \
+         (SIGTERM, started again), then every client reconnects and re-attaches at once: {done} resumed, {failed} \
+         failed; all within {all:.2} s; per client p50 {:.0} ms, p99 {:.0} ms.\n\n",
+        p.p50, p.p99
+    ))
 }
 
 pub(crate) async fn report(args: &Args, docker: &bollard::Docker) -> anyhow::Result<String> {
@@ -181,6 +265,8 @@ pub(crate) async fn report(args: &Args, docker: &bollard::Docker) -> anyhow::Res
         );
     }
     drop(spread);
+
+    let resumed = resume_after_nginx_restart(args, [&a, &b, &third], &c.name).await?;
     drop((a, b, third));
     c.remove().await;
     let _ = std::fs::remove_file(&secret);
@@ -197,7 +283,7 @@ pub(crate) async fn report(args: &Args, docker: &bollard::Docker) -> anyhow::Res
          {} idle terminals running `cat` spread over three nodes, each opened on its node; then a socket on the \
          next node attaches to each and types a key into each (through its relay to the owner):\n\n\
          | node | terminals | RSS before, MiB | RSS after, MiB | KiB per terminal | answered through another node |\n\
-         |---|---|---|---|---|---|\n{rows}\n",
+         |---|---|---|---|---|---|\n{rows}\n{resumed}",
         args.rounds,
         args.samples,
         direct.p50,

@@ -64,6 +64,9 @@ struct Args {
     /// Idle terminals spread over the three nodes of the cluster part.
     #[arg(long, default_value_t = 1500)]
     cluster_idle: usize,
+    /// Clients resuming through nginx after it restarts, in the cluster part.
+    #[arg(long, default_value_t = 500)]
+    cluster_resume: usize,
     /// Seconds of steady flood measured.
     #[arg(long, default_value_t = 10)]
     flood_secs: u64,

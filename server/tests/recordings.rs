@@ -329,6 +329,13 @@ async fn search_finds_what_the_user_saw_and_the_api_refuses_bad_queries_clearly(
     let t = client.shell(&c.name).await;
     let id = t.terminal_id.clone();
     client.run(&id, "sleep 1.2; echo slept-$((1+1))", "slept-2").await;
+    // The prompt is back (readline has the terminal): keys typed before it would be echoed by the tty itself,
+    // on a line of their own that readline then draws again.
+    eventually("the prompt after slept-2", || async {
+        let out = String::from_utf8_lossy(&client.bytes(&id)).into_owned();
+        out.rsplit_once("slept-2\r\n").is_some_and(|(_, after)| after.contains("# "))
+    })
+    .await;
     // Typed with a mistake corrected by backspace (DEL), as a person types.
     client.input(&id, "echo porthole-hellp").await;
     client.wait_for(&id, "hellp").await;

@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod jwt;
+pub mod nginx;
 pub mod process;
 pub mod proxy;
 pub mod sandbox;
