@@ -60,8 +60,16 @@ fn node(args: &Args, id: &str, redis: &Redis, secret: &std::path::Path) -> anyho
     let listen = format!("127.0.0.1:{}", free_port()?);
     let secret = secret.display().to_string();
     let flags = ["--listen", &listen, "--advertise", &listen, "--node-id", id, "--cluster-redis", &redis.url];
-    // Behind nginx every client has nginx's address.
-    let caps = ["--max-connections", "16384", "--max-connections-per-address", "4096"];
+    // Behind nginx every client has nginx's address (with --trusted-proxy the forwarded one, here the same
+    // loopback address for all): the per-address caps would refuse the benchmark's own crowd.
+    let caps = [
+        "--max-connections",
+        "16384",
+        "--max-connections-per-address",
+        "4096",
+        "--max-unauthenticated-per-address",
+        "1024",
+    ];
     Server::start_with(&args.bin, &[&flags[..], &["--cluster-secret-file", &secret], &caps[..]].concat())
 }
 
@@ -133,7 +141,7 @@ async fn resume_after_nginx_restart(args: &Args, nodes: [&Server; 3], container:
     };
     let mut clients = Vec::with_capacity(n);
     let all: Vec<usize> = (0..n).collect();
-    for batch in all.chunks(50) {
+    for batch in all.chunks(32) {
         let opened = futures_util::future::join_all(batch.iter().map(|&i| async move {
             let (client, rx) = Connection::connect(&options(i)).await?;
             let id = start_terminal(&client, container, &["cat"], false).await?;
@@ -198,9 +206,17 @@ pub(crate) async fn report(args: &Args, docker: &bollard::Docker) -> anyhow::Res
     let redis = Redis::start()?;
     let secret = std::env::temp_dir().join(format!("porthole-bench-cluster-secret-{}", std::process::id()));
     std::fs::write(&secret, "porthole-benchmark-cluster-secret-0123456789abcdef\n")?;
-    let a = node(args, "a", &redis, &secret)?;
-    let b = node(args, "b", &redis, &secret)?;
     let c = Container::start(docker, &args.image, "cluster").await?;
+    // The container goes whatever happens: a failed run must not leave its thousands of processes behind.
+    let measured = measure(args, &redis, &secret, &c).await;
+    c.remove().await;
+    let _ = std::fs::remove_file(&secret);
+    measured
+}
+
+async fn measure(args: &Args, redis: &Redis, secret: &std::path::Path, c: &Container) -> anyhow::Result<String> {
+    let a = node(args, "a", redis, secret)?;
+    let b = node(args, "b", redis, secret)?;
     c.write_big_file(args.mib).await?;
 
     eprintln!("[bench] cluster: echo");
@@ -226,8 +242,10 @@ pub(crate) async fn report(args: &Args, docker: &bollard::Docker) -> anyhow::Res
     // Idle terminals spread over three nodes, each opened by a socket on its node: RSS per terminal per node,
     // and every one answering a keystroke typed from another node (through its relay).
     eprintln!("[bench] cluster: {} idle terminals over three nodes", args.cluster_idle);
-    let third = node(args, "c", &redis, &secret)?;
+    let third = node(args, "c", redis, secret)?;
     let nodes = [&a, &b, &third];
+    // On a quiet cluster first, then the idle crowd.
+    let resumed = resume_after_nginx_restart(args, nodes, &c.name).await?;
     let mut spread = Vec::new();
     for (i, n) in nodes.iter().enumerate() {
         let (client, _rx) = n.client().await?;
@@ -265,11 +283,7 @@ pub(crate) async fn report(args: &Args, docker: &bollard::Docker) -> anyhow::Res
         );
     }
     drop(spread);
-
-    let resumed = resume_after_nginx_restart(args, [&a, &b, &third], &c.name).await?;
     drop((a, b, third));
-    c.remove().await;
-    let _ = std::fs::remove_file(&secret);
     let (dt, rt) = (median(dt), median(rt));
     Ok(format!(
         "## Two nodes (`--only cluster`)\n\n\
