@@ -85,16 +85,8 @@ pub(super) fn register(socket: &Arc<Socket>, state: &AppState, conn: &Arc<Conn>,
                 let (state, conn, span) = (state.clone(), conn.clone(), span.clone());
                 let task = async move {
                     let socket = ack.socket.clone();
-                    match relay::attach(&state, &conn, &socket, req).await {
-                        Ok((relayed, reply)) => {
-                            ack.send(&conn, &state, Ok(reply));
-                            relayed.go_live();
-                        }
-                        Err(e) => {
-                            conn.refused(&state, event::ATTACH_TERMINAL, &e, None);
-                            ack.send(&conn, &state, Err(e));
-                        }
-                    }
+                    let relayed = relay::attach(&state, &conn, &socket, req).await;
+                    relayed_answer(&state, &conn, ack, relayed);
                 };
                 tokio::spawn(task.instrument(span));
                 return;
@@ -169,16 +161,8 @@ fn on_start(socket: &Arc<Socket>, state: &AppState, conn: &Arc<Conn>, span: &tra
                 }
                 Ok(Some((owner, container))) => {
                     let socket = ack.socket.clone();
-                    match relay::start(&state, &conn, &socket, owner, container, req).await {
-                        Ok((relayed, reply)) => {
-                            ack.send(&conn, &state, Ok(reply));
-                            relayed.go_live();
-                        }
-                        Err(e) => {
-                            conn.refused(&state, event::START_TERMINAL, &e, None);
-                            ack.send(&conn, &state, Err(e));
-                        }
-                    }
+                    let relayed = relay::start(&state, &conn, &socket, owner, container, req).await;
+                    relayed_answer(&state, &conn, ack, relayed);
                 }
                 Err(e) => {
                     conn.refused(&state, event::START_TERMINAL, &e, None);
@@ -188,6 +172,26 @@ fn on_start(socket: &Arc<Socket>, state: &AppState, conn: &Arc<Conn>, span: &tra
         };
         tokio::spawn(task.instrument(span.clone()));
     });
+}
+
+/// Answers a request carried out through a relay; once the client has the answer, the relayed terminal's
+/// output may go to it.
+fn relayed_answer<E: ClientEvent>(
+    state: &AppState,
+    conn: &Conn,
+    ack: Ack<E>,
+    relayed: Result<(Arc<relay::Relayed>, E::Ack), ServiceError>,
+) {
+    match relayed {
+        Ok((relayed, reply)) => {
+            ack.send(conn, state, Ok(reply));
+            relayed.go_live();
+        }
+        Err(e) => {
+            conn.refused(state, E::NAME, &e, None);
+            ack.send(conn, state, Err(e));
+        }
+    }
 }
 
 /// Answers a request that opened a terminal: once the client has the answer the attachment starts, else the

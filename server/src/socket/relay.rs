@@ -121,6 +121,18 @@ pub(super) struct Relayed {
 }
 
 impl Relayed {
+    /// A terminal of `node`'s, not live yet, whose output resumes at `next`.
+    fn new(node: &str, remote: RemoteTerminal, client_flow: bool, next: u64) -> Arc<Relayed> {
+        Arc::new(Relayed {
+            node: node.to_string(),
+            remote,
+            client_flow,
+            live: AtomicBool::new(false),
+            ready: Default::default(),
+            next: AtomicU64::new(next),
+        })
+    }
+
     /// The client has the attach's answer.
     pub fn go_live(&self) {
         self.live.store(true, Ordering::SeqCst);
@@ -469,14 +481,7 @@ pub(super) async fn attach(
     state.decide_remote(&conn.caller, &owner.node, &remote, "terminal.attach", Need::See, true)?;
     let ctx = Ctx { state: state.clone(), conn: conn.clone(), socket: socket.clone() };
     let link = link(&ctx, &owner).await?;
-    let relayed = Arc::new(Relayed {
-        node: owner.node.clone(),
-        remote,
-        client_flow: req.flow_control,
-        live: AtomicBool::new(false),
-        ready: Default::default(),
-        next: AtomicU64::new(req.since.unwrap_or(0)),
-    });
+    let relayed = Relayed::new(&owner.node, remote, req.flow_control, req.since.unwrap_or(0));
     conn.relays.file(req.terminal_id.clone(), relayed.clone());
     let asked = AttachTerminal { flow_control: true, ..req.clone() };
     match link.request::<event::AttachTerminal>(&asked).await {
@@ -508,28 +513,26 @@ pub(super) async fn placed(
     {
         return Ok(None);
     }
-    let here = named_host.is_none() && state.resolves_here(caller, container_ref).await;
     let bare = named_host.as_ref().map_or(container_ref, |(_, r)| r.as_str());
     let elsewhere = state.containers_elsewhere(&cluster).await;
     let mut found: Vec<_> = elsewhere
         .into_iter()
-        .filter(|c| named_host.as_ref().is_none_or(|(h, _)| &c.host == h))
-        .filter(|c| {
+        .filter(|(_, c)| named_host.as_ref().is_none_or(|(h, _)| &c.host == h))
+        .filter(|(_, c)| {
             let id = c.id.split_once('/').map_or(c.id.as_str(), |(_, id)| id);
             c.name == bare || id == bare || (bare.len() >= 4 && id.starts_with(bare))
         })
-        .filter(|c| state.may_see_container(caller, &c.id, &c.name, &c.labels))
+        .filter(|(_, c)| state.may_see_container(caller, &c.id, &c.name, &c.labels))
         .collect();
+    if found.is_empty() {
+        return Ok(None);
+    }
+    // Found elsewhere: a bare reference must not name one of this node's containers too.
+    let here = named_host.is_none() && state.resolves_here(caller, container_ref).await;
     match (here, found.len()) {
-        (_, 0) => Ok(None),
-        (false, 1) => {
-            let c = found.remove(0);
-            let peers = cluster.peers().await?;
-            let owner = peers.into_iter().find(|p| p.hosts.contains(&c.host));
-            Ok(owner.map(|o| (o, c)))
-        }
+        (false, 1) => Ok(Some(found.remove(0))),
         (_, n) => {
-            let hosts: Vec<&str> = found.iter().map(|c| c.host.as_str()).collect();
+            let hosts: Vec<&str> = found.iter().map(|(_, c)| c.host.as_str()).collect();
             Err(ServiceError::new(
                 ErrorCode::AmbiguousContainer,
                 format!(
@@ -590,14 +593,8 @@ pub(super) async fn start(
                 grace_left_ms: None,
                 exit: None,
             };
-            let relayed = Arc::new(Relayed {
-                node: owner.node.clone(),
-                remote: RemoteTerminal { info, labels: container.labels.clone() },
-                client_flow: req.flow_control,
-                live: AtomicBool::new(false),
-                ready: Default::default(),
-                next: AtomicU64::new(0),
-            });
+            let remote = RemoteTerminal { info, labels: container.labels.clone() };
+            let relayed = Relayed::new(&owner.node, remote, req.flow_control, 0);
             conn.relays.file(started.terminal_id.clone(), relayed.clone());
             state.audit(record("allowed", Some(&started.terminal_id), Some(started.command.clone())));
             // As this node names it: `HOST/ID`.

@@ -499,7 +499,7 @@ impl AppState {
         let mut list = self.containers_here().await?;
         let here = list.len();
         if let Some(cluster) = self.cluster() {
-            list.extend(self.containers_elsewhere(cluster).await);
+            list.extend(self.containers_elsewhere(cluster).await.into_iter().map(|(_, c)| c));
         }
         let policy = self.policy();
         let mut list: Vec<ContainerSummary> = list
@@ -524,9 +524,12 @@ impl AppState {
     }
 
     /// Cluster mode: the containers of the Docker hosts this node does not serve, each host listed by one live
-    /// node that serves it (ids `HOST/ID`). Nodes that do not answer within [`crate::cluster::peer::LIST_TIMEOUT`]
-    /// are left out; so is everything while the directory does not answer.
-    pub async fn containers_elsewhere(&self, cluster: &crate::cluster::Cluster) -> Vec<ContainerSummary> {
+    /// node that serves it (ids `HOST/ID`), with that node. Nodes that do not answer within
+    /// [`crate::cluster::peer::LIST_TIMEOUT`] are left out; so is everything while the directory does not answer.
+    pub async fn containers_elsewhere(
+        &self,
+        cluster: &crate::cluster::Cluster,
+    ) -> Vec<(crate::cluster::NodeRecord, ContainerSummary)> {
         let Ok(peers) = cluster.peers().await else { return Vec::new() };
         let mut covered: std::collections::BTreeSet<String> = cluster.hosts().iter().cloned().collect();
         let mut asked = Vec::new();
@@ -543,7 +546,7 @@ impl AppState {
         let mut out = Vec::new();
         for ((p, hosts), list) in asked.iter().zip(lists) {
             match list {
-                Ok(list) => out.extend(list.into_iter().filter(|c| hosts.contains(&c.host))),
+                Ok(list) => out.extend(list.into_iter().filter(|c| hosts.contains(&c.host)).map(|c| (p.clone(), c))),
                 Err(e) => tracing::warn!(peer = %p.node, error = %e.message, "a peer did not list its containers"),
             }
         }
