@@ -183,6 +183,11 @@ async fn websocket_clients_need_no_stickiness_any_node_serves_any_terminal() {
     others[1].run(id, "echo end-$((9*9))", "end-81").await;
     first.wait_for(id, "end-81").await;
     others[0].wait_for(id, "end-81").await;
+    // The prompt after it may still be on its way to some of them: wait until each has as many bytes.
+    eventually("every socket has all the output", || async {
+        others.iter().all(|o| o.bytes(id).len() == first.bytes(id).len())
+    })
+    .await;
     for o in &others {
         assert_eq!(o.bytes(id), first.bytes(id));
     }

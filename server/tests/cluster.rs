@@ -256,7 +256,8 @@ async fn a_socket_on_another_node_attaches_types_resizes_and_closes_through_a_re
     on_b.run(id, "stty size", "33 111").await;
     on_a.run(id, "echo done-$((1+1))", "done-2").await;
     on_b.wait_for(id, "done-2").await;
-    // The same bytes at the same offsets on both nodes.
+    // The same bytes at the same offsets on both nodes (once the prompt after done-2 reached both).
+    eventually("both sockets have all the output", || async { on_b.bytes(id).len() == on_a.bytes(id).len() }).await;
     assert_eq!(on_b.first_offset(id), Some(0));
     assert!(on_b.discontinuities().is_empty(), "{:?}", on_b.discontinuities());
     assert_eq!(on_b.bytes(id), on_a.bytes(id));
@@ -516,6 +517,7 @@ async fn a_relay_cut_under_load_reopens_and_its_viewer_loses_and_repeats_nothing
     assert!(on_b.discontinuities().is_empty(), "{:?}", on_b.discontinuities());
     let expected: String = (1..=LINES).map(|i| format!("line-{i}\r\n")).collect();
     assert_eq!(String::from_utf8_lossy(&on_b.bytes(id)), expected);
+    on_a.wait_exit(id).await;
     assert_eq!(on_b.bytes(id), on_a.bytes(id));
     a.shutdown(Duration::from_secs(10)).await.unwrap();
     b.shutdown(Duration::from_secs(10)).await.unwrap();
