@@ -1,6 +1,7 @@
 // Three Porthole nodes (cluster mode, a redis-server of this spec's own) behind nginx configured as
 // docs/deploy.md says: the page's socket is on a node that does not own its terminal, that node is killed,
-// and the screen keeps going, every line once.
+// and the screen keeps going, every line once; and a recording made on one node is searched and played
+// through another.
 import { test, expect } from '@playwright/test';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { connect } from 'node:net';
@@ -152,4 +153,46 @@ test('the node the page is on dies; the page goes on through another, every line
   await type(page, 'echo $MARK-$((3+4))');
   await expectScreen(page, 0, /^owned-by-n1-7$/m);
   await page.screenshot({ path: info.outputPath('after-node-loss.png') });
+});
+
+test('a recording made on one node is found, searched and played through another', async ({ page, context }) => {
+  const name = startContainer('cluster-rec');
+  // Recorded on the first node, which owns the terminal.
+  await pinTo(context, NODES[0]);
+  await page.goto(`${origin}/?token=${TOKEN}`);
+  await expect(page.getByTestId('connection')).toHaveText('connected');
+  await picker(page, name).click();
+  await expectScreen(page, 0, /[#$]$/m);
+  await type(page, 'echo recorded-on-n1-$((6*7)); sleep 1; echo after-$((2+3)); exit');
+  await expectScreen(page, 0, /^recorded-on-n1-42$/m);
+
+  // From here on every request goes to the third node.
+  await pinTo(context, NODES[2]);
+  let id = '';
+  await expect
+    .poll(async () => {
+      const list = await (await page.request.get(`${origin}/api/v1/recordings?container=${name}`)).json();
+      id = list[0]?.state === 'finished' ? list[0].id : '';
+      return id === '' ? '' : list[0].node;
+    }, { message: 'the recording, finished, listed on n3' })
+    .toBe('n1');
+  const list = await context.newPage();
+  await list.goto(`${origin}/#/recordings`);
+  await list.getByTestId('recording-search').fill('recorded-on-n1-42');
+  await list.getByTestId('recording-search-go').click();
+  const item = list.locator(`[data-testid="recording"][data-id="${id}"]`);
+  await expect(item.getByTestId('recording-node')).toHaveText('n1');
+  await expect(list.getByTestId('recordings-partial')).toHaveCount(0);
+  await item.getByTestId('hit').filter({ hasText: 'recorded-on-n1-42' }).first().click();
+  await list.getByTestId('speed').selectOption('4');
+  await list.locator('[data-testid="player"] .ap-playback-button').click();
+  await expect
+    .poll(() => list.locator('[data-testid="player"] .ap-term').innerText(), { message: 'the player plays', timeout: 20_000 })
+    .toContain('after-5');
+  // The third node served it (and audited the read, naming the node that keeps the file).
+  const reads = readFileSync(join(dir, 'audit-2.log'), 'utf8')
+    .split('\n')
+    .filter((l) => l.includes('"action":"recording.read"') && l.includes(id));
+  expect(reads.length).toBeGreaterThan(0);
+  expect(reads.every((l) => l.includes('"owner_node":"n1"') && l.includes('"node":"n3"'))).toBe(true);
 });

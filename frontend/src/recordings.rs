@@ -68,9 +68,16 @@ fn encode(s: &str) -> String {
 
 /// `GET url` as JSON: the value, or the server's error message.
 async fn fetch_json<T: serde::de::DeserializeOwned>(url: &str) -> Result<T, String> {
+    fetch_json_with(url).await.map(|(v, _)| v)
+}
+
+/// [`fetch_json`], with the response's `Porthole-Unanswered` header (in cluster mode: the nodes whose recordings
+/// a list lacks).
+async fn fetch_json_with<T: serde::de::DeserializeOwned>(url: &str) -> Result<(T, Option<String>), String> {
     let window = web_sys::window().ok_or("no window")?;
     let res: web_sys::Response =
         JsFuture::from(window.fetch_with_str(url)).await.map_err(js_text)?.dyn_into().map_err(js_text)?;
+    let unanswered = res.headers().get("porthole-unanswered").ok().flatten();
     let body = JsFuture::from(res.json().map_err(js_text)?).await.map_err(js_text)?;
     if !res.ok() {
         let message = Reflect::get(&body, &"error".into())
@@ -79,7 +86,7 @@ async fn fetch_json<T: serde::de::DeserializeOwned>(url: &str) -> Result<T, Stri
             .and_then(|m| m.as_string());
         return Err(message.unwrap_or_else(|| format!("the server answered {}", res.status())));
     }
-    serde_wasm_bindgen::from_value(body).map_err(|e| e.to_string())
+    Ok((serde_wasm_bindgen::from_value(body).map_err(|e| e.to_string())?, unanswered))
 }
 
 /// Loads the player's bundle once.
@@ -163,7 +170,7 @@ fn List(q: String) -> impl IntoView {
             } else {
                 format!("{}?q={}", app::protocol::rest::RECORDINGS, encode(&q))
             };
-            fetch_json::<Vec<Recording>>(&url).await
+            fetch_json_with::<Vec<Recording>>(&url).await
         }
     });
     let input = NodeRef::<leptos::html::Input>::new();
@@ -189,16 +196,30 @@ fn List(q: String) -> impl IntoView {
         <Suspense fallback=|| view! { <p class="quiet">"Loading…"</p> }>
             {move || list.get().map(|r| match r {
                 Err(e) => view! { <p class="failure" role="alert" data-testid="recordings-error">{e}</p> }.into_any(),
-                Ok(items) if items.is_empty() => view! {
-                    <p class="empty" data-testid="recordings-empty">
-                        {if searching { "No recording matches." } else { "No recordings yet. Recording is turned on with --record or the policy's record field." }}
-                    </p>
-                }.into_any(),
-                Ok(items) => view! {
-                    <ul class="recording-list" data-testid="recordings">
-                        {items.into_iter().map(|r| view! { <Item r=r /> }).collect_view()}
-                    </ul>
-                }.into_any(),
+                Ok((items, unanswered)) => {
+                    let missing = unanswered.map(|nodes| {
+                        let text = if nodes.trim() == "*" {
+                            "The cluster directory does not answer: only this node's recordings are listed.".to_string()
+                        } else {
+                            format!("Node {nodes} does not answer: its recordings are missing from this list.")
+                        };
+                        view! { <p class="failure" role="status" data-testid="recordings-partial">{text}</p> }
+                    });
+                    let body = if items.is_empty() {
+                        view! {
+                            <p class="empty" data-testid="recordings-empty">
+                                {if searching { "No recording matches." } else { "No recordings yet. Recording is turned on with --record or the policy's record field." }}
+                            </p>
+                        }.into_any()
+                    } else {
+                        view! {
+                            <ul class="recording-list" data-testid="recordings">
+                                {items.into_iter().map(|r| view! { <Item r=r /> }).collect_view()}
+                            </ul>
+                        }.into_any()
+                    };
+                    view! { {missing} {body} }.into_any()
+                }
             })}
         </Suspense>
     }
@@ -219,6 +240,7 @@ fn Item(r: Recording) -> impl IntoView {
             <span class="meta">
                 {when(r.started_at)}" · "{clock(r.duration_ms)}" · "{size(r.bytes)}
                 {r.exit_code.map(|c| format!(" · exit {c}"))}
+                {r.node.clone().map(|n| view! { " · on " <span class="node" data-testid="recording-node">{n}</span> })}
                 <span class="badge" data-state=state>{state}</span>
             </span>
             {(!hits.is_empty()).then(|| view! {

@@ -182,6 +182,25 @@ async fn peers_act_only_on_requests_signed_with_the_cluster_secret() {
     assert_eq!(res.status(), 404);
     assert_eq!(res.json::<ErrorReply>().await.unwrap().error.code, ErrorCode::UnknownTerminal);
 
+    // The signature covers the query string: one made for one recordings filter does not pass another.
+    let get_sign =
+        |path: &str| porthole_server::cluster::peer::sign(SECRET.as_bytes(), "b", now, &axum::http::Method::GET, path);
+    let filter = |user: &str| format!(r#"{{"users":["{user}"],"limit":5}}"#).replace('"', "%22");
+    let (mine, theirs) = (
+        format!("/api/v1/peer/recordings?filter={}", filter("alice")),
+        format!("/api/v1/peer/recordings?filter={}", filter("bob")),
+    );
+    let res = raw.get(format!("{}{mine}", base_url(&a))).header("porthole-peer", get_sign(&mine)).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.json::<Vec<app::protocol::Recording>>().await.unwrap().is_empty());
+    let res =
+        raw.get(format!("{}{theirs}", base_url(&a))).header("porthole-peer", get_sign(&mine)).send().await.unwrap();
+    assert_eq!(res.status(), 401);
+    let bad = "/api/v1/peer/recordings?filter=nope";
+    let res = raw.get(format!("{}{bad}", base_url(&a))).header("porthole-peer", get_sign(bad)).send().await.unwrap();
+    assert_eq!(res.status(), 400);
+    assert_eq!(res.json::<ErrorReply>().await.unwrap().error.code, ErrorCode::InvalidPayload);
+
     // A server alone has no peer routes.
     let alone = start_server(test_config()).await;
     let res = raw
@@ -774,4 +793,215 @@ async fn container_events_of_another_nodes_host_reach_this_nodes_sockets_once() 
     for n in [a, b, c] {
         n.shutdown(Duration::from_secs(10)).await.unwrap();
     }
+}
+
+/// A node with JWT sign-in under [`common::jwt::RECORDING_POLICY`], recording into its own directory.
+async fn recording_node(id: &str, redis: &Redis) -> (RunningServer, std::path::PathBuf, std::path::PathBuf) {
+    let (jwt, _) = common::jwt::jwt_config(common::jwt::RECORDING_POLICY);
+    let dir = tempdir("cluster-recordings");
+    let recordings = dir.clone();
+    let (server, audit) = node(id, redis, move |c| {
+        c.token = None;
+        c.jwt_secret_file = jwt.jwt_secret_file;
+        c.jwt_issuer = jwt.jwt_issuer;
+        c.jwt_audience = jwt.jwt_audience;
+        c.jwt_leeway_secs = 0;
+        c.policy = jwt.policy;
+        c.max_auth_failures = 1000;
+        c.recordings_dir = Some(recordings);
+    })
+    .await;
+    (server, dir, audit)
+}
+
+fn recording_command(container: &str, script: &str) -> app::protocol::StartTerminal {
+    app::protocol::StartTerminal {
+        command: Some(vec!["bash".into(), "-c".into(), script.into()]),
+        ..shell_request(container)
+    }
+}
+
+/// `GET url` as `token`: the status, the `Porthole-Unanswered` header, and the body.
+async fn get_as(token: &str, url: String) -> (u16, Option<String>, bytes::Bytes) {
+    let res = http_as(token).get(url).send().await.unwrap();
+    let unanswered = res.headers().get("porthole-unanswered").map(|v| v.to_str().unwrap().to_string());
+    (res.status().as_u16(), unanswered, res.bytes().await.unwrap())
+}
+
+async fn listed(token: &str, server: &RunningServer, query: &str) -> Vec<app::protocol::Recording> {
+    let (status, unanswered, body) = get_as(token, format!("{}/api/v1/recordings?{query}", base_url(server))).await;
+    assert_eq!((status, unanswered), (200, None), "{query}: {}", String::from_utf8_lossy(&body));
+    serde_json::from_slice(&body).unwrap()
+}
+
+/// Waits until `server` shows recording `id` closed, and returns it.
+async fn closed_on(token: &str, server: &RunningServer, id: &app::protocol::TerminalId) -> app::protocol::Recording {
+    let url = format!("{}/api/v1/recordings/{}", base_url(server), id.0);
+    for _ in 0..200 {
+        let (status, _, body) = get_as(token, url.clone()).await;
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        let r: app::protocol::Recording = serde_json::from_slice(&body).unwrap();
+        if r.state != app::protocol::RecordingState::Recording {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("recording {id} never closed on {}", server.addr());
+}
+
+#[tokio::test]
+async fn recordings_are_listed_searched_played_and_removed_from_any_node() {
+    use common::jwt::{connect_as, outcome, token};
+    let c = TestContainer::start("cluster-recordings", &bash_image()).await;
+    let redis = Redis::start().await;
+    let (a, dir_a, _) = recording_node("a", &redis).await;
+    let (b, _, audit_b) = recording_node("b", &redis).await;
+    let (alice, bob, carol) = (token("alice", &[]), token("bob", &[]), token("carol", &[]));
+    let (alice_a, alice_b) = (connect_as(&a, &alice).await.unwrap(), connect_as(&b, &alice).await.unwrap());
+
+    // Two recordings on a, one on b, started in that order.
+    let first = alice_a.start(recording_command(&c.id, "echo first-on-a-$((6*7))")).await.unwrap();
+    alice_a.wait_exit(&first.terminal_id).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let second = alice_b.start(recording_command(&c.id, "echo second-on-b-$((6*7))")).await.unwrap();
+    alice_b.wait_exit(&second.terminal_id).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let third = alice_a.start(recording_command(&c.id, "echo third-on-a-$((6*7))")).await.unwrap();
+    alice_a.wait_exit(&third.terminal_id).await;
+    for id in [&first.terminal_id, &third.terminal_id] {
+        assert_eq!(closed_on(&alice, &b, id).await.node.as_deref(), Some("a"));
+    }
+    assert_eq!(closed_on(&alice, &a, &second.terminal_id).await.node.as_deref(), Some("b"));
+
+    // Either node lists all three, newest first, each naming its node.
+    let order = [&third.terminal_id.0, &second.terminal_id.0, &first.terminal_id.0];
+    for server in [&a, &b] {
+        let all = listed(&alice, server, "").await;
+        let got: Vec<(&str, Option<&str>)> = all.iter().map(|r| (r.id.as_str(), r.node.as_deref())).collect();
+        assert_eq!(
+            got,
+            vec![(order[0].as_str(), Some("a")), (order[1].as_str(), Some("b")), (order[2].as_str(), Some("a"))]
+        );
+        // Paged one by one, with the cursor in one node and the next recording in another.
+        let mut paged = Vec::new();
+        let mut query = "limit=1".to_string();
+        loop {
+            let page = listed(&alice, server, &query).await;
+            let Some(r) = page.first() else { break };
+            assert_eq!(page.len(), 1);
+            paged.push(r.id.clone());
+            query = format!("limit=1&before={}", r.id);
+        }
+        assert_eq!(paged, order.map(String::clone).to_vec());
+        // A search finds what was on the screen, on whichever node holds it.
+        let found = listed(&alice, server, "q=first-on-a-42").await;
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!((found[0].id.as_str(), found[0].node.as_deref()), (order[2].as_str(), Some("a")));
+        assert!(found[0].hits.as_ref().unwrap().iter().any(|h| h.line.contains("first-on-a-42")));
+        let found = listed(&alice, server, "q=second-on-b-42").await;
+        assert_eq!(found.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), vec![order[1].as_str()]);
+        assert_eq!(listed(&alice, server, &format!("container={}&limit=2", c.name)).await.len(), 2);
+    }
+
+    // The file, played through b, is the bytes a wrote; in ranges too; and its transcript.
+    let on_b = |suffix: &str| format!("{}/api/v1/recordings/{}{suffix}", base_url(&b), first.terminal_id.0);
+    let file = std::fs::read(dir_a.join(format!("{}.cast", first.terminal_id.0))).unwrap();
+    let (status, _, body) = get_as(&alice, on_b(".cast")).await;
+    assert_eq!(status, 200);
+    assert_eq!(body.as_ref(), file.as_slice());
+    let part = http_as(&alice).get(on_b(".cast")).header("Range", "bytes=0-11").send().await.unwrap();
+    assert_eq!(part.status(), 206);
+    assert_eq!(part.headers()["content-type"], "application/x-asciicast");
+    assert_eq!(part.headers()["content-range"], format!("bytes 0-11/{}", file.len()).as_str());
+    assert_eq!(part.bytes().await.unwrap().as_ref(), b"{\"version\":2");
+    let (status, _, txt) = get_as(&alice, on_b(".txt")).await;
+    assert_eq!(status, 200);
+    assert!(String::from_utf8_lossy(&txt).contains("first-on-a-42"), "{}", String::from_utf8_lossy(&txt));
+    // The read is audited once, by b, naming a as the node that keeps it.
+    let reads: Vec<_> = audit_lines(&audit_b)
+        .into_iter()
+        .filter(|r| r["action"] == "recording.read" && r["recordingId"] == first.terminal_id.0.as_str())
+        .collect();
+    assert_eq!(reads.len(), 3, "{reads:?}");
+    assert!(reads.iter().all(|r| r["owner_node"] == "a" && r["node"] == "b"), "{reads:?}");
+
+    // A live recording on a, followed through b until its terminal ends.
+    let live = alice_a.shell(&c.id).await;
+    let live_id = live.terminal_id.clone();
+    alice_a.run(&live_id, "echo before-$((1+1))", "before-2").await;
+    let follow = tokio::spawn({
+        let (alice, url) =
+            (alice.clone(), format!("{}/api/v1/recordings/{}.cast?follow=true", base_url(&b), live_id.0));
+        async move {
+            let res = http_as(&alice).get(url).send().await.unwrap();
+            assert_eq!(res.status(), 200);
+            res.text().await.unwrap()
+        }
+    });
+    alice_a.run(&live_id, "echo followed-$((1+1))", "followed-2").await;
+    // Still being written: only a user with recordings = "all" may remove it, and not yet.
+    let del = |tok: &str, id: &str| http_as(tok).delete(format!("{}/api/v1/recordings/{id}", base_url(&b))).send();
+    assert_eq!(outcome(del(&carol, &live_id.0).await.unwrap()).await, (409, "recording_in_progress".into()));
+    alice_a.input(&live_id, "exit\n").await;
+    alice_a.wait_exit(&live_id).await;
+    let followed = tokio::time::timeout(Duration::from_secs(20), follow).await.unwrap().unwrap();
+    assert!(followed.contains("before-2") && followed.contains("followed-2"), "{followed}");
+    assert!(followed.contains("exit 0 exited"), "{followed}");
+
+    // Others' recordings answer like missing ones, on every node; only "all" may remove, from any node.
+    assert!(listed(&bob, &b, "").await.is_empty());
+    assert!(listed(&bob, &b, "q=first-on-a-42").await.is_empty());
+    for suffix in ["", ".cast", ".txt"] {
+        let res = http_as(&bob).get(on_b(suffix)).send().await.unwrap();
+        assert_eq!(outcome(res).await, (404, "unknown_recording".into()), "{suffix}");
+    }
+    assert_eq!(listed(&carol, &b, "user=alice").await.len(), 4);
+    assert_eq!(outcome(del(&alice, &first.terminal_id.0).await.unwrap()).await, (403, "forbidden".into()));
+    assert_eq!(outcome(del(&bob, &first.terminal_id.0).await.unwrap()).await, (404, "unknown_recording".into()));
+    assert_eq!(del(&carol, &first.terminal_id.0).await.unwrap().status(), 204);
+    assert!(!dir_a.join(format!("{}.cast", first.terminal_id.0)).exists());
+    let removes: Vec<_> = audit_lines(&audit_b).into_iter().filter(|r| r["action"] == "recording.remove").collect();
+    assert!(removes.iter().any(|r| r["outcome"] == "allowed" && r["owner_node"] == "a"), "{removes:?}");
+    for server in [&a, &b] {
+        let url = format!("{}/api/v1/recordings/{}", base_url(server), first.terminal_id.0);
+        let res = http_as(&alice).get(url).send().await.unwrap();
+        assert_eq!(outcome(res).await, (404, "unknown_recording".into()));
+    }
+    for bad in ["t-nope", "..%2F..%2Fetc", &"x".repeat(300)] {
+        let res = http_as(&alice).get(format!("{}/api/v1/recordings/{bad}", base_url(&b))).send().await.unwrap();
+        assert_eq!(outcome(res).await, (404, "unknown_recording".into()), "{bad}");
+    }
+    let res = http_as(&alice).get(format!("{}/api/v1/recordings?before=t-nope", base_url(&b))).send().await.unwrap();
+    assert_eq!(outcome(res).await, (400, "invalid_payload".into()));
+
+    // A node whose lease is current but which does not answer: lists say whose recordings they lack, and a
+    // recording that may be there is refused with cluster_unavailable rather than called unknown.
+    let (z, _) = node("z", &redis, |c| c.advertise = Some(format!("127.0.0.1:{}", free_port()))).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let (status, unanswered, body) = loop {
+        let got = get_as(&alice, format!("{}/api/v1/recordings", base_url(&b))).await;
+        if got.1.is_some() || std::time::Instant::now() > deadline {
+            break got;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!((status, unanswered.as_deref()), (200, Some("z")));
+    assert_eq!(serde_json::from_slice::<Vec<app::protocol::Recording>>(&body).unwrap().len(), 3);
+    let res = http_as(&alice).get(format!("{}/api/v1/recordings/t-nope", base_url(&b))).send().await.unwrap();
+    assert_eq!(res.status(), 503);
+    let reply: ErrorReply = res.json().await.unwrap();
+    assert_eq!(reply.error.code, ErrorCode::ClusterUnavailable);
+    assert!(reply.error.message.contains("node z"), "{}", reply.error.message);
+    // Its own recordings are still served where they are.
+    let (status, _, _) = get_as(&alice, on_b("").replace(&first.terminal_id.0, &second.terminal_id.0)).await;
+    assert_eq!(status, 200);
+    z.shutdown(Duration::from_secs(10)).await.unwrap();
+    // With Redis gone, a node lists what it has itself, and says so.
+    drop(redis);
+    let (status, unanswered, body) = get_as(&alice, format!("{}/api/v1/recordings", base_url(&b))).await;
+    assert_eq!((status, unanswered.as_deref()), (200, Some("*")));
+    let mine: Vec<app::protocol::Recording> = serde_json::from_slice(&body).unwrap();
+    assert_eq!(mine.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), vec![second.terminal_id.0.as_str()]);
+    a.shutdown(Duration::from_secs(10)).await.unwrap();
+    b.shutdown(Duration::from_secs(10)).await.unwrap();
 }

@@ -424,22 +424,10 @@ async fn search_finds_what_the_user_saw_and_the_api_refuses_bad_queries_clearly(
     assert!(none.is_empty());
 }
 
-const POLICY: &str = r#"
-[[rule]]
-subjects = ["alice", "bob"]
-commands = "any"
-record = "output"
-
-[[rule]]
-subjects = ["carol"]
-access = "view"
-recordings = "all"
-"#;
-
 #[tokio::test]
 async fn others_recordings_answer_like_missing_ones_and_only_all_may_delete() {
     let c = TestContainer::start("rec-access", &bash_image()).await;
-    let (mut config, _audit) = jwt_config(POLICY);
+    let (mut config, _audit) = jwt_config(RECORDING_POLICY);
     let config_dir = tempdir("rec-access");
     config.recordings_dir = Some(config_dir.clone());
     let server = start_server(config).await;

@@ -118,6 +118,9 @@ pub struct Recording {
     /// With `q`: the matching transcript lines.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hits: Option<Vec<RecordingHit>>,
+    /// In cluster mode: the node that wrote it and keeps its file (absent on a single node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// `GET /api/v1/recordings` query parameters.

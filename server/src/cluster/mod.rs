@@ -15,6 +15,7 @@
 
 pub mod directory;
 pub mod peer;
+pub mod recordings;
 pub mod relay;
 
 use std::collections::BTreeMap;

@@ -1,7 +1,8 @@
 //! Requests between nodes, signed with the cluster secret: no node acts on an unsigned one.
 //!
 //! A request carries `Porthole-Peer: node=ID, ts=UNIX_SECONDS, sig=BASE64URL` where `sig` is
-//! HMAC-SHA256(secret, `porthole-peer-v1\nID\nTS\nMETHOD\nPATH`). The receiver checks the signature, that `ID`
+//! HMAC-SHA256(secret, `porthole-peer-v1\nID\nTS\nMETHOD\nPATH`), where PATH includes the query string, if
+//! any. The receiver checks the signature, that `ID`
 //! is a valid node id other than its own, and that `TS` is within [`MAX_CLOCK_SKEW`] of its clock. The caller's
 //! node has already made the policy decision and written the audit record; the owner only carries it out.
 
@@ -101,7 +102,7 @@ pub async fn require_peer(State(state): State<AppState>, req: Request, next: Nex
     let Some(cluster) = state.cluster() else {
         return ServiceError::new(ErrorCode::NotFound, "not in cluster mode: no peer routes").into_response();
     };
-    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    let (method, path) = (req.method().clone(), req.uri().path_and_query().map_or("/", |p| p.as_str()).to_string());
     match verify(&cluster.settings().secret, cluster.node(), req.headers(), &method, &path) {
         Ok(_) => next.run(req).await,
         Err(why) => {
@@ -133,37 +134,39 @@ pub fn routes(state: AppState) -> axum::Router<AppState> {
     axum::Router::new()
         .route(&format!("{PREFIX}containers"), axum::routing::get(containers))
         .route(&format!("{PREFIX}terminals/{{id}}"), axum::routing::delete(close_terminal))
+        .merge(crate::http::recordings::peer_routes())
         .route_layer(axum::middleware::from_fn_with_state(state, require_peer))
 }
 
 /// Why a request to a peer failed, for the user.
-fn peer_unreachable(node: &NodeRecord, e: &reqwest::Error) -> ServiceError {
+pub fn peer_unreachable(node: &NodeRecord, e: &reqwest::Error) -> ServiceError {
     tracing::warn!(peer = %node.node, error = %e, "a peer node does not answer");
-    ServiceError::new(
-        ErrorCode::ClusterUnavailable,
-        format!("node {} (which holds this terminal) does not answer; retry in a moment", node.node),
-    )
+    ServiceError::new(ErrorCode::ClusterUnavailable, format!("node {} does not answer; retry in a moment", node.node))
 }
 
-/// Asks `node` to end its terminal `id`.
-pub async fn close(cluster: &Cluster, node: &NodeRecord, id: &TerminalId) -> Result<(), ServiceError> {
-    let path = format!("{PREFIX}terminals/{}", id.0);
-    let header = sign(&cluster.settings().secret, cluster.node(), unix_now(), &Method::DELETE, &path);
-    let res = cluster
-        .http()
-        .delete(format!("{}{path}", node.base_url()))
-        .header(HEADER, header)
-        .send()
-        .await
-        .map_err(|e| peer_unreachable(node, &e))?;
-    if res.status().is_success() {
-        return Ok(());
+/// A request to `node`, signed by this node: `path` is the path and query string.
+pub fn signed(cluster: &Cluster, node: &NodeRecord, method: Method, path: &str) -> reqwest::RequestBuilder {
+    let header = sign(&cluster.settings().secret, cluster.node(), unix_now(), &method, path);
+    cluster.http().request(method, format!("{}{path}", node.base_url())).header(HEADER, header)
+}
+
+/// A peer's answer: `res` when it succeeded, else the error it gave (its code and message, for the user).
+pub async fn answered(node: &NodeRecord, res: reqwest::Response) -> Result<reqwest::Response, ServiceError> {
+    if res.status().is_success() || res.status().is_redirection() || res.status() == StatusCode::RANGE_NOT_SATISFIABLE {
+        return Ok(res);
     }
     let status = res.status();
     match res.json::<ErrorReply>().await {
         Ok(reply) => Err(ServiceError::new(reply.error.code, reply.error.message)),
         Err(_) => Err(ServiceError::new(ErrorCode::Internal, format!("node {} answered {status}", node.node))),
     }
+}
+
+/// Asks `node` to end its terminal `id`.
+pub async fn close(cluster: &Cluster, node: &NodeRecord, id: &TerminalId) -> Result<(), ServiceError> {
+    let path = format!("{PREFIX}terminals/{}", id.0);
+    let res = signed(cluster, node, Method::DELETE, &path).send().await.map_err(|e| peer_unreachable(node, &e))?;
+    answered(node, res).await.map(drop)
 }
 
 /// How long a node waits for a peer's container list.
@@ -174,12 +177,7 @@ pub async fn containers_of(
     cluster: &Cluster,
     node: &NodeRecord,
 ) -> Result<Vec<app::protocol::ContainerSummary>, ServiceError> {
-    let path = format!("{PREFIX}containers");
-    let header = sign(&cluster.settings().secret, cluster.node(), unix_now(), &Method::GET, &path);
-    let res = cluster
-        .http()
-        .get(format!("{}{path}", node.base_url()))
-        .header(HEADER, header)
+    let res = signed(cluster, node, Method::GET, &format!("{PREFIX}containers"))
         .timeout(LIST_TIMEOUT)
         .send()
         .await

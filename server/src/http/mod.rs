@@ -5,7 +5,7 @@
 pub mod csp;
 
 pub mod conn;
-mod recordings;
+pub(crate) mod recordings;
 mod sandboxes;
 mod tracked;
 

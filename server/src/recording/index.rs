@@ -66,8 +66,8 @@ const LINES_PER_BATCH: usize = 2000;
 #[error("the recordings index failed: {0}")]
 pub struct IndexError(#[from] rusqlite::Error);
 
-/// What a list asks for (already checked).
-#[derive(Debug, Clone, Default)]
+/// What a list asks for (already checked). In cluster mode the user's node sends it to its peers as it is.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Filter {
     /// Only this user's (the caller's own, when they may see only theirs; or the `user` filter).
     pub users: Vec<String>,
@@ -124,6 +124,7 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Recording> {
         missed_bytes: u(14)?,
         audit_ids: Vec::new(),
         hits: None,
+        node: None,
     })
 }
 
@@ -456,6 +457,7 @@ mod tests {
             missed_bytes: 0,
             audit_ids: Vec::new(),
             hits: None,
+            node: None,
         }
     }
 

@@ -338,6 +338,7 @@ impl Recordings {
             missed_bytes: 0,
             audit_ids: Vec::new(),
             hits: None,
+            node: None,
         };
         let created = self.create_file(&id, &header);
         let live = watch::channel(Progress::default()).0;

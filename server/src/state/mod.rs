@@ -6,6 +6,7 @@
 //! sign-in, the policy and the containers; [`terminals`] the terminal operations.
 
 mod recordings;
+pub use recordings::{CastSource, Page};
 mod sandboxes;
 mod terminals;
 
@@ -157,6 +158,11 @@ impl AppState {
     }
 
     /// Cluster mode's directory, when on.
+    /// This node's recordings, unfiltered (for the peer routes; users go through the checked operations).
+    pub fn recordings_store(&self) -> &Arc<crate::recording::Recordings> {
+        &self.recordings
+    }
+
     pub fn cluster(&self) -> Option<&Arc<crate::cluster::Cluster>> {
         self.cluster.as_ref().map(|(c, _)| c)
     }

@@ -46,6 +46,20 @@ pub fn token(sub: &str, groups: &[&str]) -> String {
 }
 
 /// A JWT (HS256, issuer and audience checked) server with `policy`; the audit log goes to the returned file.
+/// alice and bob work in any container, recorded (output); carol only views, and sees everyone's recordings
+/// (and only she may remove them).
+pub const RECORDING_POLICY: &str = r#"
+[[rule]]
+subjects = ["alice", "bob"]
+commands = "any"
+record = "output"
+
+[[rule]]
+subjects = ["carol"]
+access = "view"
+recordings = "all"
+"#;
+
 pub fn jwt_config(policy: &str) -> (Config, PathBuf) {
     let mut c = test_config();
     c.token = None;
