@@ -795,12 +795,15 @@ async fn container_events_of_another_nodes_host_reach_this_nodes_sockets_once() 
     }
 }
 
-/// A node with JWT sign-in under [`common::jwt::RECORDING_POLICY`], recording into its own directory.
-async fn recording_node(id: &str, redis: &Redis) -> (RunningServer, std::path::PathBuf, std::path::PathBuf) {
-    let (jwt, _) = common::jwt::jwt_config(common::jwt::RECORDING_POLICY);
-    let dir = tempdir("cluster-recordings");
-    let recordings = dir.clone();
-    let (server, audit) = node(id, redis, move |c| {
+/// A node with JWT sign-in under `policy`, and its audit log.
+async fn jwt_node(
+    id: &str,
+    redis: &Redis,
+    policy: &str,
+    tweak: impl FnOnce(&mut porthole_server::config::Config),
+) -> (RunningServer, std::path::PathBuf) {
+    let (jwt, _) = common::jwt::jwt_config(policy);
+    node(id, redis, move |c| {
         c.token = None;
         c.jwt_secret_file = jwt.jwt_secret_file;
         c.jwt_issuer = jwt.jwt_issuer;
@@ -808,9 +811,17 @@ async fn recording_node(id: &str, redis: &Redis) -> (RunningServer, std::path::P
         c.jwt_leeway_secs = 0;
         c.policy = jwt.policy;
         c.max_auth_failures = 1000;
-        c.recordings_dir = Some(recordings);
+        tweak(c);
     })
-    .await;
+    .await
+}
+
+/// A node with JWT sign-in under [`common::jwt::RECORDING_POLICY`], recording into its own directory.
+async fn recording_node(id: &str, redis: &Redis) -> (RunningServer, std::path::PathBuf, std::path::PathBuf) {
+    let dir = tempdir("cluster-recordings");
+    let recordings = dir.clone();
+    let (server, audit) =
+        jwt_node(id, redis, common::jwt::RECORDING_POLICY, move |c| c.recordings_dir = Some(recordings)).await;
     (server, dir, audit)
 }
 
@@ -1002,6 +1013,83 @@ async fn recordings_are_listed_searched_played_and_removed_from_any_node() {
     assert_eq!((status, unanswered.as_deref()), (200, Some("*")));
     let mine: Vec<app::protocol::Recording> = serde_json::from_slice(&body).unwrap();
     assert_eq!(mine.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), vec![second.terminal_id.0.as_str()]);
+    a.shutdown(Duration::from_secs(10)).await.unwrap();
+    b.shutdown(Duration::from_secs(10)).await.unwrap();
+}
+
+#[tokio::test]
+async fn another_nodes_sandbox_is_its_owners_on_every_node_opened_and_removed_by_the_node_that_made_it() {
+    use common::jwt::{connect_as, token};
+    use common::sandbox::*;
+    // Rules that cover every container: only the sandbox rules keep alice's sandbox from bob, and the warm
+    // pool from both, on the node that did not make them.
+    const POLICY: &str = r#"
+[[rule]]
+subjects = ["alice", "bob"]
+containers = ["*"]
+commands = "any"
+sandboxes = "any"
+"#;
+    let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    let (id_a, id_b) = (format!("sbx-a-{suffix}"), format!("sbx-b-{suffix}"));
+    let _guards = (InstanceGuard(id_a.clone()), InstanceGuard(id_b.clone()));
+    let redis = Redis::start().await;
+    let profiles = profiles_file("[profile.warm]\nimage = \"IMAGE\"\npids = 64\npool = 1\n");
+    let tweak = |c: &mut porthole_server::config::Config| {
+        c.sandboxes = Some(profiles.clone());
+        c.cluster_lease_ttl = 3;
+    };
+    let (a, _) = jwt_node(&id_a, &redis, POLICY, tweak).await;
+    let (b, audit_b) = jwt_node(&id_b, &redis, POLICY, tweak).await;
+    let (alice, bob) = (token("alice", &[]), token("bob", &[]));
+    let rest = |server: &RunningServer, tok: &str| Rest { base: base_url(server), http: http_as(tok) };
+    eventually("a's warm container", || async { containers_of(&id_a).len() == 1 }).await;
+    let made = rest(&a, &alice).sandbox("warm").await;
+    assert_eq!(made.node.as_deref(), Some(id_a.as_str()));
+    eventually("a's pool refilled", || async { containers_of(&id_a).len() == 2 }).await;
+    let pooled_a: Vec<String> = containers_of(&id_a).into_iter().filter(|id| id != &made.id).collect();
+
+    // b lists it to alice, as a's, within a heartbeat (1 s here).
+    eventually("b lists alice's sandbox", || async {
+        rest(&b, &alice).list().await.iter().any(|s| s.id == made.id && s.node.as_deref() == Some(id_a.as_str()))
+    })
+    .await;
+    assert!(rest(&b, &bob).list().await.is_empty());
+    let on_b_alice = rest(&b, &alice).containers().await;
+    let mine = on_b_alice.iter().find(|c| c.id == made.id).expect("alice's sandbox in b's picker");
+    assert_eq!(mine.sandbox.as_ref().and_then(|s| s.node.as_deref()), Some(id_a.as_str()));
+    assert!(mine.rights.remove);
+    let on_b_bob = rest(&b, &bob).containers().await;
+    assert!(!on_b_bob.iter().any(|c| c.id == made.id), "bob sees alice's sandbox on b");
+    for list in [&on_b_alice, &on_b_bob] {
+        assert!(!list.iter().any(|c| pooled_a.contains(&c.id)), "a's warm pool is listed on b");
+    }
+
+    // A terminal in it, asked for on b, runs on a (which made it), as the profile's user.
+    let alice_b = connect_as(&b, &alice).await.unwrap();
+    let t = alice_b.start(shell_request(&made.id)).await.unwrap();
+    alice_b.run(&t.terminal_id, "echo uid-$(id -u)", "uid-65534").await;
+    let res = http_as(&alice).get(format!("{}/api/v1/terminals/{}", base_url(&b), t.terminal_id)).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.json::<TerminalInfo>().await.unwrap().node, id_a);
+    let bob_b = connect_as(&b, &bob).await.unwrap();
+    assert_eq!(bob_b.start(shell_request(&made.id)).await.unwrap_err().code, ErrorCode::ContainerNotFound);
+    assert_eq!(bob_b.start(shell_request(&pooled_a[0])).await.unwrap_err().code, ErrorCode::ContainerNotFound);
+
+    // Removed through b: bob may not (it is hidden from him); alice may, and a removes it.
+    assert_eq!(rest(&b, &bob).remove(&made.id).await, (404, "container_not_found".into()));
+    assert_eq!(rest(&b, &bob).remove(&pooled_a[0]).await, (404, "container_not_found".into()));
+    assert_eq!(rest(&b, &alice).remove(&made.id).await, (204, String::new()));
+    let exit = alice_b.wait_exit(&t.terminal_id).await;
+    assert_eq!(exit.reason, ExitReason::SandboxRemoved);
+    eventually("the sandbox is gone", || async { inspect(&made.id).is_none() }).await;
+    let removes: Vec<_> = audit_lines(&audit_b).into_iter().filter(|r| r["action"] == "sandbox.remove").collect();
+    assert!(
+        removes
+            .iter()
+            .any(|r| r["outcome"] == "allowed" && r["owner_node"] == id_a.as_str() && r["node"] == id_b.as_str()),
+        "{removes:?}"
+    );
     a.shutdown(Duration::from_secs(10)).await.unwrap();
     b.shutdown(Duration::from_secs(10)).await.unwrap();
 }

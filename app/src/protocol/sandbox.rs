@@ -33,6 +33,9 @@ pub struct Sandbox {
     pub created_at: u64,
     /// When `max_lifetime` ends it, ms since the Unix epoch.
     pub expires_at: u64,
+    /// In cluster mode: the node that made it, and keeps it (absent on a single node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// `POST /api/v1/sandboxes` body.

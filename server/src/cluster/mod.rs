@@ -17,6 +17,7 @@ pub mod directory;
 pub mod peer;
 pub mod recordings;
 pub mod relay;
+pub mod sandboxes;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -69,6 +70,10 @@ fn sessions_key() -> String {
 /// Sessions signed out on any node (member: token id, score: when it would have expired).
 fn signed_out_key() -> String {
     format!("{PREFIX}signed-out")
+}
+
+fn sandboxes_key(node: &str) -> String {
+    format!("{PREFIX}node:{node}:sandboxes")
 }
 
 fn users_key(node: &str) -> String {
@@ -235,6 +240,8 @@ pub struct Cluster {
     events: tokio::sync::mpsc::Sender<ClusterEvent>,
     /// The receiving end of `events`, taken by [`Cluster::publish_events`].
     outbox: parking_lot::Mutex<Option<tokio::sync::mpsc::Receiver<ClusterEvent>>>,
+    /// The other live nodes' sandbox containers by bare Docker id, as last read (each heartbeat).
+    peer_sandboxes: parking_lot::RwLock<std::collections::HashMap<String, app::protocol::Sandbox>>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -278,6 +285,7 @@ impl Cluster {
             http,
             events,
             outbox: parking_lot::Mutex::new(Some(outbox)),
+            peer_sandboxes: parking_lot::RwLock::default(),
         })
     }
 
@@ -355,7 +363,12 @@ impl Cluster {
     pub async fn leave(&self) {
         let me = self.node();
         let mut pipe = redis::pipe();
-        pipe.atomic().del(lease_key(me)).del(terminals_key(me)).del(users_key(me)).srem(nodes_key(), me);
+        pipe.atomic()
+            .del(lease_key(me))
+            .del(terminals_key(me))
+            .del(users_key(me))
+            .del(sandboxes_key(me))
+            .srem(nodes_key(), me);
         let r: redis::RedisResult<()> = pipe.query_async(&mut self.conn()).await;
         if let Err(e) = r {
             tracing::warn!(error = %e, "could not take this node out of the cluster directory");
@@ -613,6 +626,46 @@ impl Cluster {
             }
         }
         Ok(None)
+    }
+
+    /// Writes this node's sandbox containers for its peers (kept for one lease). `owner` is empty for a warm pool
+    /// container or one being made.
+    pub async fn publish_sandboxes(&self, mine: &[app::protocol::Sandbox]) -> Result<(), ServiceError> {
+        let json = serde_json::to_string(mine).map_err(|e| ServiceError::new(ErrorCode::Internal, e.to_string()))?;
+        let ttl = self.settings.lease_ttl.as_secs();
+        let r: redis::RedisResult<()> = self.conn().set_ex(sandboxes_key(self.node()), json, ttl).await;
+        self.saw(r).map_err(|_| unavailable("publishing this node's sandboxes"))
+    }
+
+    /// Reads the other live nodes' sandbox containers into [`Cluster::peer_sandbox`]'s cache. While the directory
+    /// does not answer, the cache keeps what it had.
+    pub async fn learn_peer_sandboxes(&self) -> Result<(), ServiceError> {
+        let peers = self.peers().await?;
+        let mut conn = self.conn();
+        let mut all = std::collections::HashMap::new();
+        for node in peers {
+            let list: redis::RedisResult<Option<String>> = conn.get(sandboxes_key(&node.node)).await;
+            let list = self.saw(list).map_err(|_| unavailable("reading the other nodes' sandboxes"))?;
+            let Some(list) = list.and_then(|j| serde_json::from_str::<Vec<app::protocol::Sandbox>>(&j).ok()) else {
+                continue;
+            };
+            for mut sb in list.into_iter().take(sandboxes::MAX_PER_NODE) {
+                sb.node = Some(node.node.clone());
+                all.insert(sandboxes::bare_id(&sb.id).to_string(), sb);
+            }
+        }
+        *self.peer_sandboxes.write() = all;
+        Ok(())
+    }
+
+    /// Another live node's sandbox container with Docker id `id` (bare or `HOST/ID`), as last read.
+    pub fn peer_sandbox(&self, id: &str) -> Option<app::protocol::Sandbox> {
+        self.peer_sandboxes.read().get(sandboxes::bare_id(id)).cloned()
+    }
+
+    /// Every other live node's sandbox container, as last read.
+    pub fn peer_sandboxes(&self) -> Vec<app::protocol::Sandbox> {
+        self.peer_sandboxes.read().values().cloned().collect()
     }
 
     /// The client for signed requests to peers.

@@ -120,6 +120,14 @@ pub async fn close_terminal(State(state): State<AppState>, Path(id): Path<String
     }
 }
 
+/// `DELETE /api/v1/peer/sandboxes/{id}`: removes one of this node's sandboxes for a user another node admitted.
+pub async fn remove_sandbox(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    match state.remove_sandbox_for_peer(&id).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
 /// `GET /api/v1/peer/containers`: every container on this node's Docker hosts, unfiltered (the asking node
 /// applies the policy for its user), ids as this node names them.
 pub async fn containers(State(state): State<AppState>) -> Response {
@@ -134,6 +142,7 @@ pub fn routes(state: AppState) -> axum::Router<AppState> {
     axum::Router::new()
         .route(&format!("{PREFIX}containers"), axum::routing::get(containers))
         .route(&format!("{PREFIX}terminals/{{id}}"), axum::routing::delete(close_terminal))
+        .route(&format!("{PREFIX}sandboxes/{{id}}"), axum::routing::delete(remove_sandbox))
         .merge(crate::http::recordings::peer_routes())
         .route_layer(axum::middleware::from_fn_with_state(state, require_peer))
 }

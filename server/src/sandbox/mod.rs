@@ -284,6 +284,11 @@ impl Sandboxes {
         Some(if row.kind == Kind::Owned { Known::Sandbox(row.clone()) } else { Known::Hidden })
     }
 
+    /// Every container in the store: users' sandboxes, pool containers, and ones being made.
+    pub fn rows(&self) -> Vec<Row> {
+        self.lock().rows.values().cloned().collect()
+    }
+
     /// Every user's sandbox.
     pub fn owned(&self) -> Vec<Row> {
         let mut v: Vec<Row> = self.lock().rows.values().filter(|r| r.kind == Kind::Owned).cloned().collect();
@@ -804,6 +809,7 @@ impl Sandboxes {
             state: state.to_string(),
             created_at: row.created_at_ms,
             expires_at: row.expires_at_ms,
+            node: None,
         }
     }
 }

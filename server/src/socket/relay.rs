@@ -500,7 +500,8 @@ pub(super) async fn attach(
 /// Where `start-terminal` for `container_ref` goes in cluster mode: `None` for this node (its own hosts, or
 /// nothing that matches elsewhere: the local lookup then answers), else the live node serving the container's
 /// host and the container as it lists it. A bare id or name must be unique in the cluster
-/// (`ambiguous_container`). Containers the caller may not see do not count.
+/// (`ambiguous_container`). Containers the caller may not see do not count. Another node's sandbox opens on
+/// the node that made it, whoever serves its host.
 pub(super) async fn placed(
     state: &AppState,
     caller: &crate::state::Caller,
@@ -508,6 +509,34 @@ pub(super) async fn placed(
 ) -> Result<Option<(NodeRecord, app::protocol::ContainerSummary)>, ServiceError> {
     let Some(cluster) = state.cluster().cloned() else { return Ok(None) };
     let named_host = container_ref.split_once('/').map(|(h, r)| (h.to_string(), r.to_string()));
+    if named_host.as_ref().is_none_or(|(h, _)| cluster.hosts().contains(h))
+        && let Some(t) = state.target_here(container_ref).await
+        && let Some(maker) = state.sandbox_maker(&t.id)
+    {
+        // Hidden from the caller: the local lookup answers container_not_found.
+        if !state.may_see_container(caller, &t.id, &t.name, &t.labels) {
+            return Ok(None);
+        }
+        let summary = app::protocol::ContainerSummary {
+            id: if t.id.contains('/') || t.host.is_empty() { t.id.clone() } else { format!("{}/{}", t.host, t.id) },
+            host: t.host.clone(),
+            name: t.name.clone(),
+            image: String::new(),
+            state: t.state.clone(),
+            status: String::new(),
+            created: 0,
+            labels: t.labels.clone(),
+            sandbox: None,
+            rights: Default::default(),
+        };
+        return match cluster.peers().await?.into_iter().find(|p| p.node == maker) {
+            Some(node) => Ok(Some((node, summary))),
+            None => Err(ServiceError::new(
+                ErrorCode::ClusterUnavailable,
+                format!("sandbox {} is node {maker}'s, which does not answer; retry in a moment", t.name),
+            )),
+        };
+    }
     if let Some((host, _)) = &named_host
         && cluster.hosts().contains(host)
     {
@@ -530,7 +559,21 @@ pub(super) async fn placed(
     // Found elsewhere: a bare reference must not name one of this node's containers too.
     let here = named_host.is_none() && state.resolves_here(caller, container_ref).await;
     match (here, found.len()) {
-        (false, 1) => Ok(Some(found.remove(0))),
+        (false, 1) => {
+            let (lister, c) = found.remove(0);
+            // Another node's sandbox on that host: opened by the node that made it.
+            let maker = state.sandbox_maker(&c.id).filter(|m| m != &lister.node);
+            let node = match maker {
+                Some(m) => cluster.peers().await?.into_iter().find(|p| p.node == m).ok_or_else(|| {
+                    ServiceError::new(
+                        ErrorCode::ClusterUnavailable,
+                        format!("sandbox {} is node {m}'s, which does not answer; retry in a moment", c.name),
+                    )
+                })?,
+                None => lister,
+            };
+            Ok(Some((node, c)))
+        }
         (_, n) => {
             let hosts: Vec<&str> = found.iter().map(|(_, c)| c.host.as_str()).collect();
             Err(ServiceError::new(

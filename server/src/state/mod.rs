@@ -182,6 +182,10 @@ impl AppState {
                     _ = tick.tick() => {}
                 }
                 self.learn_sign_outs(cluster).await;
+                let mine = self.published_sandboxes().await;
+                if cluster.publish_sandboxes(&mine).await.is_ok() {
+                    let _ = cluster.learn_peer_sandboxes().await;
+                }
                 let Ok(lost) = cluster.lost_nodes().await else { continue };
                 for node in lost {
                     if cluster.claim_reap(&node).await {
@@ -513,10 +517,27 @@ impl AppState {
             .enumerate()
             .filter_map(|(i, mut c)| {
                 let grant = self.container_grant(&policy, caller, &c.id, &c.name, &c.labels)?;
-                c.sandbox = self.sandbox_of(&c.id).map(|row| crate::sandbox::Sandboxes::describe(&row, &c.state));
+                c.sandbox = self.sandbox_of(&c.id).map(|row| {
+                    let mut sb = crate::sandbox::Sandboxes::describe(&row, &c.state);
+                    sb.node = self.cluster().map(|cl| cl.node().to_string());
+                    sb
+                });
+                // Another node's sandbox (its maker removes it, for whoever this node lets).
+                let elsewhere = match (&c.sandbox, self.cluster()) {
+                    (None, Some(cluster)) => cluster.peer_sandbox(&c.id).filter(|sb| !sb.owner.is_empty()),
+                    _ => None,
+                };
+                let removable_elsewhere = elsewhere.is_some() && grant.manage;
+                if let Some(mut sb) = elsewhere {
+                    sb.state = c.state.clone();
+                    c.sandbox = Some(sb);
+                }
                 // Start, stop and restart act on this node's hosts only.
                 let manage = grant.manage && i < here;
-                c.rights = app::protocol::ContainerRights { manage, remove: c.sandbox.is_some() && manage };
+                c.rights = app::protocol::ContainerRights {
+                    manage,
+                    remove: removable_elsewhere || (c.sandbox.is_some() && manage),
+                };
                 Some(c)
             })
             .collect();
@@ -557,6 +578,11 @@ impl AppState {
             }
         }
         out
+    }
+
+    /// The container `container_ref` names on this node's hosts, if any.
+    pub async fn target_here(&self, container_ref: &str) -> Option<crate::docker::ContainerTarget> {
+        self.sessions.runtime().resolve(container_ref).await.ok()
     }
 
     /// Whether `container_ref` names a container on this node's hosts that `caller` may see.

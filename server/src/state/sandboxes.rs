@@ -66,7 +66,7 @@ impl AppState {
         labels: &std::collections::BTreeMap<String, String>,
     ) -> Option<Grant> {
         let by_rules = policy.grant(&caller.principal, name, labels);
-        match self.sandboxes.known(id) {
+        match self.sandboxes.known(id).or_else(|| self.known_elsewhere(id, labels)) {
             None => by_rules,
             Some(Known::Hidden) => None,
             Some(Known::Sandbox(row)) if row.owner == caller.principal.subject => {
@@ -92,6 +92,58 @@ impl AppState {
                 Some(g)
             }),
         }
+    }
+
+    /// Cluster mode: what another node's sandbox container is (its owner's, or hidden: a pool container, one
+    /// being made, or one of an instance this node has not heard of). Containers another instance labelled are
+    /// never judged by the rules alone: only the node that made one knows whose it is.
+    fn known_elsewhere(&self, id: &str, labels: &std::collections::BTreeMap<String, String>) -> Option<Known> {
+        let cluster = self.cluster()?;
+        let instance = labels.get(app::protocol::LABEL_INSTANCE)?;
+        if instance == self.sandboxes.instance() {
+            // This instance's label but not in its store: a leftover the clean-up removes.
+            return Some(Known::Hidden);
+        }
+        Some(match cluster.peer_sandbox(id) {
+            Some(sb) if !sb.owner.is_empty() => Known::Sandbox(Row {
+                name: sb.name,
+                id: sb.id,
+                profile: sb.profile,
+                kind: crate::sandbox::store::Kind::Owned,
+                owner: sb.owner,
+                image: sb.image,
+                created_at_ms: sb.created_at,
+                expires_at_ms: sb.expires_at,
+            }),
+            _ => Known::Hidden,
+        })
+    }
+
+    /// Cluster mode: the node that made the sandbox container `id`, when it is another node's.
+    pub fn sandbox_maker(&self, id: &str) -> Option<String> {
+        if self.sandboxes.known(id).is_some() {
+            return None;
+        }
+        self.cluster()?.peer_sandbox(id).and_then(|sb| sb.node)
+    }
+
+    /// Cluster mode: this node's sandbox containers as its peers read them (with their states now).
+    pub(super) async fn published_sandboxes(&self) -> Vec<Sandbox> {
+        let states: HashMap<String, String> = match self.sessions.runtime().list_containers().await {
+            Ok(list) => list.into_iter().map(|c| (c.id, c.state)).collect(),
+            Err(_) => HashMap::new(),
+        };
+        self.sandboxes
+            .rows()
+            .into_iter()
+            .filter(|r| !r.id.is_empty())
+            .map(|mut r| {
+                if r.kind != crate::sandbox::store::Kind::Owned {
+                    r.owner.clear();
+                }
+                Sandboxes::describe(&r, states.get(&r.id).map_or("unknown", String::as_str))
+            })
+            .collect()
     }
 
     /// The sandbox record of `id`, when it is a sandbox.
@@ -152,7 +204,9 @@ impl AppState {
                 ]);
                 let change = app::protocol::ContainersChanged { container_id: row.id.clone(), action: "create".into() };
                 let _ = self.notices.send(crate::docker::ContainerEvent { change, name: row.name.clone(), labels });
-                Ok((Sandboxes::describe(&row, "running"), shell))
+                let mut sandbox = Sandboxes::describe(&row, "running");
+                sandbox.node = self.cluster().map(|c| c.node().to_string());
+                Ok((sandbox, shell))
             }
             Err(e) => {
                 let mut r = denied(caller, "sandbox.create", &e);
@@ -211,32 +265,68 @@ impl AppState {
             };
         let policy = self.policy();
         AppState::revoked_under(&policy, caller)?;
-        Ok(self
+        let mut list: Vec<Sandbox> = self
             .sandboxes
             .owned()
             .into_iter()
             .filter_map(|row| {
                 let c = containers.get(&row.id)?;
                 self.container_grant(&policy, caller, &row.id, &c.name, &c.labels)?;
-                Some(Sandboxes::describe(&row, &c.state))
+                let mut sb = Sandboxes::describe(&row, &c.state);
+                sb.node = self.cluster().map(|c| c.node().to_string());
+                Some(sb)
             })
-            .collect())
+            .collect();
+        if let Some(cluster) = self.cluster() {
+            // Other nodes' (their state as this node's daemon sees it when it serves their host too).
+            for mut sb in cluster.peer_sandboxes().into_iter().filter(|sb| !sb.owner.is_empty()) {
+                let labels = peer_labels(&sb);
+                if self.container_grant(&policy, caller, &sb.id, &sb.name, &labels).is_some() {
+                    if let Some(c) = containers.get(&sb.id) {
+                        sb.state = c.state.clone();
+                    }
+                    list.push(sb);
+                }
+            }
+            list.sort_by(|a, b| a.created_at.cmp(&b.created_at).then_with(|| a.name.cmp(&b.name)));
+        }
+        Ok(list)
     }
 
     /// Removes a sandbox (its owner, or someone a covering rule lets manage it). Its terminals end with
     /// `sandbox_removed`.
     pub async fn remove_sandbox(&self, caller: &Caller, id: &str) -> Result<(), ServiceError> {
         let mut seen: Option<Row> = None;
+        // Cluster mode, another node's sandbox: that node (which removes it), and this node's id.
+        let mut maker: Option<String> = None;
         let result = async {
             check_container_ref(id)?;
-            let target = self.sessions.runtime().resolve(id).await.map_err(|e| match e {
-                crate::docker::RuntimeError::NotFound(_) => no_such_container(id),
-                other => ServiceError::from_runtime(other),
-            })?;
+            let (target_id, name, labels) = match self.sessions.runtime().resolve(id).await {
+                Ok(t) => (t.id, t.name, t.labels),
+                // Another node's sandbox on a Docker host this node does not serve, by its id or name.
+                Err(crate::docker::RuntimeError::NotFound(_)) => match self.peer_sandbox_named(id) {
+                    Some(sb) => {
+                        let labels = peer_labels(&sb);
+                        (sb.id, sb.name, labels)
+                    }
+                    None => return Err(no_such_container(id)),
+                },
+                Err(other) => return Err(ServiceError::from_runtime(other)),
+            };
             let policy = self.policy();
             AppState::revoked_under(&policy, caller)?;
-            let grant = self.container_grant(&policy, caller, &target.id, &target.name, &target.labels);
-            let Some(row) = self.sandbox_of(&target.id).filter(|_| grant.is_some()) else {
+            let grant = self.container_grant(&policy, caller, &target_id, &name, &labels);
+            let row = match self.sandbox_of(&target_id) {
+                Some(row) => Some(row),
+                None => match self.known_elsewhere(&target_id, &labels) {
+                    Some(Known::Sandbox(row)) => {
+                        maker = self.sandbox_maker(&target_id);
+                        Some(row)
+                    }
+                    _ => None,
+                },
+            };
+            let Some(row) = row.filter(|_| grant.is_some()) else {
                 return Err(ServiceError::new(ErrorCode::ContainerNotFound, format!("no sandbox matches {id:?}")));
             };
             seen = Some(row.clone());
@@ -246,24 +336,71 @@ impl AppState {
                     format!("sandbox {} belongs to {}; you may not remove it", row.name, row.owner),
                 ));
             }
-            // `false`: someone else's removal of it was under way, and is done.
-            self.sandboxes.remove(&self.sessions, &row, ExitReason::SandboxRemoved).await?;
+            match (&maker, self.cluster()) {
+                (Some(node), Some(cluster)) => {
+                    let peers = cluster.peers().await?;
+                    let Some(node) = peers.iter().find(|p| &p.node == node) else {
+                        return Err(ServiceError::new(
+                            ErrorCode::ClusterUnavailable,
+                            format!("sandbox {} is node {node}'s, which does not answer; retry in a moment", row.name),
+                        ));
+                    };
+                    crate::cluster::sandboxes::remove_on(cluster, node, &row.id).await?;
+                }
+                // `false`: someone else's removal of it was under way, and is done.
+                _ => {
+                    self.sandboxes.remove(&self.sessions, &row, ExitReason::SandboxRemoved).await?;
+                }
+            }
             Ok(row)
         }
         .await;
+        let (node, owner_node) = match &maker {
+            Some(m) => (self.cluster().map(|c| c.node().to_string()), Some(m.clone())),
+            None => (None, None),
+        };
         match result {
             Ok(row) => {
-                self.audit(on_sandbox(caller.record("sandbox.remove", "allowed"), &row));
+                self.audit(Record { node, owner_node, ..on_sandbox(caller.record("sandbox.remove", "allowed"), &row) });
                 Ok(())
             }
             Err(e) => {
                 let mut r = denied(caller, "sandbox.remove", &e);
                 r.container = Some(seen.as_ref().map_or_else(|| crate::refusals::clip(id), |s| s.name.clone()));
                 r.container_id = seen.map(|s| s.id);
-                self.audit_refusal(&e, r);
+                self.audit_refusal(&e, Record { node, owner_node, ..r });
                 Err(e.audited())
             }
         }
+    }
+
+    /// Cluster mode: another node's sandbox named `reference` (its name, its id, or a prefix of 4 or more of
+    /// its id), as last read.
+    fn peer_sandbox_named(&self, reference: &str) -> Option<Sandbox> {
+        let reference = crate::cluster::sandboxes::bare_id(reference);
+        let found: Vec<_> = self
+            .cluster()?
+            .peer_sandboxes()
+            .into_iter()
+            .filter(|sb| {
+                let id = crate::cluster::sandboxes::bare_id(&sb.id);
+                sb.name == reference || id == reference || (reference.len() >= 4 && id.starts_with(reference))
+            })
+            .collect();
+        (found.len() == 1).then(|| found.into_iter().next()).flatten()
+    }
+
+    /// The peer route's removal: one of this node's sandboxes, for a user another node admitted (that node
+    /// decided and audits).
+    pub async fn remove_sandbox_for_peer(&self, id: &str) -> Result<(), ServiceError> {
+        let Some(row) = self
+            .sandbox_of(id)
+            .or_else(|| self.sandboxes.owned().into_iter().find(|r| crate::cluster::sandboxes::bare_id(&r.id) == id))
+        else {
+            return Err(ServiceError::new(ErrorCode::ContainerNotFound, format!("no sandbox {id:?} on this node")));
+        };
+        self.sandboxes.remove(&self.sessions, &row, ExitReason::SandboxRemoved).await?;
+        Ok(())
     }
 
     /// Audits a sandbox the maintenance loop removed (idle, or past its lifetime).
@@ -338,4 +475,12 @@ impl AppState {
             }
         }
     }
+}
+
+/// The labels another node's sandbox container carries that rules may match (its profile and its maker).
+fn peer_labels(sb: &Sandbox) -> std::collections::BTreeMap<String, String> {
+    std::collections::BTreeMap::from([
+        (app::protocol::LABEL_PROFILE.to_string(), sb.profile.clone()),
+        (app::protocol::LABEL_INSTANCE.to_string(), sb.node.clone().unwrap_or_default()),
+    ])
 }
