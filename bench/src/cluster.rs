@@ -176,21 +176,33 @@ async fn resume_after_nginx_restart(args: &Args, nodes: [&Server; 3], container:
                 .await?
                 .map_err(|e| anyhow::anyhow!("{}: {}", e.code, e.message))?;
             let took = t0.elapsed().as_secs_f64() * 1000.0;
-            client.disconnect().await;
-            anyhow::Ok(took)
+            anyhow::Ok((took, client, id.clone()))
         }
     }))
     .await;
     let all = t0.elapsed().as_secs_f64();
-    let (mut ms, mut failed) = (Vec::new(), 0);
+    let (mut ms, mut failed, mut open) = (Vec::new(), 0, Vec::new());
     for r in resumed {
         match r {
-            Ok(t) => ms.push(t),
+            Ok((t, client, id)) => {
+                ms.push(t);
+                open.push((client, id));
+            }
             Err(e) => {
                 failed += 1;
                 eprintln!("[bench] cluster: a client did not resume: {e:#}");
             }
         }
+    }
+    // Closed, their processes gone, before the nodes stop; 32 at a time, as they were opened.
+    for batch in open.chunks(32) {
+        let closes = futures_util::future::join_all(batch.iter().map(|(client, id)| async move {
+            let answer = close(client, id).await;
+            client.close().await;
+            answer
+        }))
+        .await;
+        closes.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
     }
     let done = ms.len();
     let p = percentiles(ms);
@@ -200,6 +212,25 @@ async fn resume_after_nginx_restart(args: &Args, nodes: [&Server; 3], container:
          failed; all within {all:.2} s; per client p50 {:.0} ms, p99 {:.0} ms.\n\n",
         p.p50, p.p99
     ))
+}
+
+/// Closes terminal `id` through `client`, waiting until its processes are gone.
+async fn close(client: &Connection, id: &TerminalId) -> anyhow::Result<()> {
+    let req = app::protocol::CloseTerminal { terminal_id: id.clone() };
+    client
+        .request::<event::CloseTerminal>(&req)
+        .await?
+        .map_err(|e| anyhow::anyhow!("close {id}: {}: {}", e.code, e.message))?;
+    Ok(())
+}
+
+/// Closes every terminal of `ids` through `client`, 32 at a time.
+async fn close_all(client: &Connection, ids: &[TerminalId]) -> anyhow::Result<()> {
+    for batch in ids.chunks(32) {
+        let closes = futures_util::future::join_all(batch.iter().map(|id| close(client, id))).await;
+        closes.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
+    }
+    Ok(())
 }
 
 pub(crate) async fn report(args: &Args, docker: &bollard::Docker) -> anyhow::Result<String> {
@@ -226,6 +257,8 @@ async fn measure(args: &Args, redis: &Redis, secret: &std::path::Path, c: &Conta
     let (direct, _) = echo_on(&a, &on_a, &id, args.samples).await?;
     let (on_b, _rx_b) = b.client().await?;
     attach(&on_b, &id, None).await?;
+    // The attach replays the terminal's recent output (the direct run's echoes): let it arrive first.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let (relayed, _) = echo_on(&b, &on_b, &id, args.samples).await?;
     let (direct, relayed) = (percentiles(direct), percentiles(relayed));
 
@@ -244,8 +277,6 @@ async fn measure(args: &Args, redis: &Redis, secret: &std::path::Path, c: &Conta
     eprintln!("[bench] cluster: {} idle terminals over three nodes", args.cluster_idle);
     let third = node(args, "c", redis, secret)?;
     let nodes = [&a, &b, &third];
-    // On a quiet cluster first, then the idle crowd.
-    let resumed = resume_after_nginx_restart(args, nodes, &c.name).await?;
     let mut spread = Vec::new();
     for (i, n) in nodes.iter().enumerate() {
         let (client, _rx) = n.client().await?;
@@ -282,7 +313,12 @@ async fn measure(args: &Args, redis: &Redis, secret: &std::path::Path, c: &Conta
             ids.len()
         );
     }
+    // Closed, their processes gone, before the resume part (on a quiet cluster); 32 at a time.
+    for (owner, ids, _) in &spread {
+        close_all(owner, ids).await?;
+    }
     drop(spread);
+    let resumed = resume_after_nginx_restart(args, nodes, &c.name).await?;
     drop((a, b, third));
     let (dt, rt) = (median(dt), median(rt));
     Ok(format!(

@@ -46,6 +46,15 @@ async fn open_once_allowed(client: &TestClient, container: &str, meanwhile: Erro
     panic!("still refused with {meanwhile} after 10 s");
 }
 
+/// Opens a tty terminal in `container` running `sh -c script`.
+async fn start_script(client: &TestClient, container: &str, script: String) -> TerminalStarted {
+    let req = app::protocol::StartTerminal {
+        command: Some(vec!["sh".into(), "-c".into(), script]),
+        ..shell_request(container)
+    };
+    client.start(req).await.unwrap()
+}
+
 fn audit_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path).unwrap_or_default().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
 }
@@ -321,13 +330,7 @@ async fn a_client_that_was_on_one_node_resumes_through_another_byte_exact() {
         "i=0; while [ $i -lt {LINES} ]; do i=$((i+1)); echo line-$i; [ $((i % 100)) -eq 0 ] && sleep 0.1; done; true"
     );
     let first = TestClient::connect_v2(&base_url(&a), "resumer").await;
-    let started = first
-        .start(app::protocol::StartTerminal {
-            command: Some(vec!["sh".into(), "-c".into(), script]),
-            ..shell_request(&c.id)
-        })
-        .await
-        .unwrap();
+    let started = start_script(&first, &c.id, script).await;
     let id = started.terminal_id.clone();
     first.wait_for(&id, "line-500\r\n").await;
     until_listed(&b, &id).await;
@@ -515,13 +518,7 @@ async fn a_relay_cut_under_load_reopens_and_its_viewer_loses_and_repeats_nothing
         "sleep 1; i=0; while [ $i -lt {LINES} ]; do i=$((i+1)); echo line-$i; [ $((i % 100)) -eq 0 ] && sleep 0.1; done"
     );
     let on_a = TestClient::connect(&a).await;
-    let started = on_a
-        .start(app::protocol::StartTerminal {
-            command: Some(vec!["sh".into(), "-c".into(), script]),
-            ..shell_request(&c.id)
-        })
-        .await
-        .unwrap();
+    let started = start_script(&on_a, &c.id, script).await;
     let id = &started.terminal_id;
     until_listed(&b, id).await;
     let on_b = TestClient::connect(&b).await;
@@ -1090,6 +1087,38 @@ sandboxes = "any"
             .any(|r| r["outcome"] == "allowed" && r["owner_node"] == id_a.as_str() && r["node"] == id_b.as_str()),
         "{removes:?}"
     );
+    a.shutdown(Duration::from_secs(10)).await.unwrap();
+    b.shutdown(Duration::from_secs(10)).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_burst_of_keys_through_a_relay_arrives_whole_and_in_order() {
+    let c = TestContainer::start("cluster-burst", &bash_image()).await;
+    let redis = Redis::start().await;
+    let (a, _) = node("a", &redis, |_| {}).await;
+    let (b, _) = node("b", &redis, |_| {}).await;
+    let on_a = TestClient::connect(&a).await;
+    // Raw mode, so every byte reaches the process as it comes; it prints them back once it has all of them.
+    const KEYS: usize = 1500;
+    let script = format!("stty raw -echo; echo ready; head -c {KEYS} > /tmp/keys; echo; echo got-$(wc -c < /tmp/keys)");
+    let started = start_script(&on_a, &c.id, script).await;
+    let id = &started.terminal_id;
+    on_a.wait_for(id, "ready").await;
+    until_listed(&b, id).await;
+    let on_b = TestClient::connect(&b).await;
+    let req = app::protocol::AttachTerminal { terminal_id: id.clone(), since: None, flow_control: false };
+    on_b.attach(&req).await.unwrap();
+    // One event per key, as fast as the socket takes them: more than one scheduling slice's worth reaches b
+    // before its relay writes any of them.
+    let keys: Vec<char> = (0..KEYS).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+    for k in &keys {
+        on_b.input(id, &k.to_string()).await;
+    }
+    on_b.wait_for(id, &format!("got-{KEYS}")).await;
+    assert!(on_b.errors().is_empty(), "{:?}", on_b.errors());
+    let (code, out) = c.exec(&["cat", "/tmp/keys"]).await;
+    assert_eq!((code, out), (0, keys.iter().collect::<String>()));
+    assert_eq!(on_a.wait_exit(id).await.exit_code, Some(0));
     a.shutdown(Duration::from_secs(10)).await.unwrap();
     b.shutdown(Duration::from_secs(10)).await.unwrap();
 }

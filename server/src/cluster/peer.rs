@@ -29,8 +29,9 @@ pub const PREFIX: &str = "/api/v1/peer/";
 pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(30);
 /// Connecting to a peer gives up after this.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// A request to a peer gives up after this (a close waits for the terminal's processes to end).
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// A request to a peer, or over a relay, gives up after this. A close waits for the terminal's processes to end,
+/// and in a burst of closes in one container the reaps queue behind each other (128 terminals per reap).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// The longest `Porthole-Peer` header read.
 const MAX_HEADER_BYTES: usize = 256;
 

@@ -8,6 +8,7 @@
 //! the same policy file, and writes no audit record: the relaying node decided and audited, naming both nodes.
 
 use std::net::IpAddr;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -86,8 +87,12 @@ pub async fn connect(
     options.token = None;
     options.auth = Some(handshake(cluster, claims));
     options.transport = porthole_client::Transport::Native;
+    // Answers may take as long as a close under load; opening the relay may not.
     options.timeout = peer::REQUEST_TIMEOUT;
-    porthole_client::Connection::connect(&options).await.map_err(|e| {
+    let opened = tokio::time::timeout(OPEN_TIMEOUT, porthole_client::Connection::connect(&options))
+        .await
+        .unwrap_or_else(|_| Err(porthole_client::Error::Timeout("opening the relay".into())));
+    opened.map_err(|e| {
         tracing::warn!(peer = %owner.node, error = %e, "cannot open a relay to a peer node");
         ServiceError::new(
             app::protocol::ErrorCode::ClusterUnavailable,
@@ -95,6 +100,9 @@ pub async fn connect(
         )
     })
 }
+
+/// Opening a relay (the WebSocket, Engine.IO's open packet and the signed CONNECT) gives up after this.
+pub const OPEN_TIMEOUT: Duration = Duration::from_secs(15);
 
 #[cfg(test)]
 mod tests {

@@ -8,7 +8,7 @@
 //! Bounds: a relay always attaches with flow control, and this node acknowledges output to the owner as the
 //! socket takes it (or passes the client's own acknowledgements on, when the client asked for flow control), so
 //! at most [`app::protocol::FLOW_HIGH_WATERMARK`] bytes per terminal are in flight on a relay; events going to
-//! the owner wait in a queue of [`RELAY_QUEUE`].
+//! the owner wait in a queue of [`RELAY_QUEUE`] events and [`RELAY_QUEUE_BYTES`] of input.
 //!
 //! A relay that drops is opened again with backoff ([`RECONNECT_MAX`] apart at most) and every terminal on it
 //! re-attached from the offset after the last byte handed to the socket. The owner is declared lost only when
@@ -37,8 +37,11 @@ use crate::error::ServiceError;
 use crate::session::{Offer, TerminalSink};
 use crate::state::{AppState, Need};
 
-/// Events waiting to be relayed to one owner node, per socket.
-pub const RELAY_QUEUE: usize = 256;
+/// Events waiting to be relayed to one owner node, per socket (a burst of keys typed into many terminals at once
+/// fits: the event rate limit admits bursts of 2000).
+pub const RELAY_QUEUE: usize = 4096;
+/// Input bytes waiting in one relay's queue (32 of the largest input events).
+pub const RELAY_QUEUE_BYTES: usize = 2 * 1024 * 1024;
 /// The longest wait between two attempts to open a dropped relay again.
 pub const RECONNECT_MAX: Duration = Duration::from_secs(2);
 /// How long output for a terminal whose attach is still being answered waits for that answer.
@@ -61,6 +64,8 @@ struct Op {
 struct Link {
     owner: NodeRecord,
     ops: mpsc::Sender<Op>,
+    /// Attachment bytes in `ops` (at most [`RELAY_QUEUE_BYTES`]).
+    queued: Arc<std::sync::atomic::AtomicUsize>,
     /// The connection now open, if any (none while it is opened again).
     current: watch::Sender<Option<Arc<Connection>>>,
 }
@@ -75,12 +80,27 @@ impl Link {
         reply: bool,
     ) -> Result<Option<Answer>, ServiceError> {
         let (tx, rx) = if reply { Some(oneshot::channel()).unzip() } else { (None, None) };
-        self.ops.try_send(Op { name, payload, attachments, reply: tx }).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => ServiceError::new(
+        let bytes: usize = attachments.iter().map(Bytes::len).sum();
+        let full = || {
+            ServiceError::new(
                 ErrorCode::RateLimited,
-                format!("more than {RELAY_QUEUE} events wait to be relayed to node {}; event dropped", self.owner.node),
-            ),
-            mpsc::error::TrySendError::Closed(_) => unreachable_owner(&self.owner.node),
+                format!(
+                    "more than {RELAY_QUEUE} events or {} KiB wait to be relayed to node {}; event dropped",
+                    RELAY_QUEUE_BYTES / 1024,
+                    self.owner.node
+                ),
+            )
+        };
+        if self.queued.fetch_add(bytes, Ordering::SeqCst) + bytes > RELAY_QUEUE_BYTES && bytes > 0 {
+            self.queued.fetch_sub(bytes, Ordering::SeqCst);
+            return Err(full());
+        }
+        self.ops.try_send(Op { name, payload, attachments, reply: tx }).map_err(|e| {
+            self.queued.fetch_sub(bytes, Ordering::SeqCst);
+            match e {
+                mpsc::error::TrySendError::Full(_) => full(),
+                mpsc::error::TrySendError::Closed(_) => unreachable_owner(&self.owner.node),
+            }
         })?;
         Ok(rx)
     }
@@ -267,10 +287,11 @@ async fn link(ctx: &Ctx, owner: &NodeRecord) -> Result<Arc<Link>, ServiceError> 
     let (connection, rx) = crate::cluster::relay::connect(&cluster, owner, &ctx.claims()).await?;
     let (ops_tx, ops_rx) = mpsc::channel(RELAY_QUEUE);
     let (current, _) = watch::channel(Some(Arc::new(connection)));
-    let link = Arc::new(Link { owner: owner.clone(), ops: ops_tx, current });
+    let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let link = Arc::new(Link { owner: owner.clone(), ops: ops_tx, queued: queued.clone(), current });
     relays.links.lock().unwrap_or_else(|e| e.into_inner()).insert(owner.node.clone(), link.clone());
     let current = link.current.subscribe();
-    tokio::spawn(write(owner.node.clone(), current, ops_rx, ctx.conn.seat.gone.clone()));
+    tokio::spawn(write(owner.node.clone(), current, ops_rx, queued, ctx.conn.seat.gone.clone()));
     tokio::spawn(supervise(ctx.clone(), link.clone(), rx));
     tracing::info!(peer = %owner.node, "relay opened");
     Ok(link)
@@ -281,6 +302,7 @@ async fn write(
     node: String,
     mut current: watch::Receiver<Option<Arc<Connection>>>,
     mut ops: mpsc::Receiver<Op>,
+    queued: Arc<std::sync::atomic::AtomicUsize>,
     gone: tokio_util::sync::CancellationToken,
 ) {
     loop {
@@ -288,6 +310,7 @@ async fn write(
             _ = gone.cancelled() => return,
             op = ops.recv() => match op { Some(op) => op, None => return },
         };
+        queued.fetch_sub(op.attachments.iter().map(Bytes::len).sum(), Ordering::SeqCst);
         let connection = loop {
             if let Some(c) = current.borrow_and_update().clone() {
                 break c;
