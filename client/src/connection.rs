@@ -496,6 +496,11 @@ impl Connection {
         Ok(None)
     }
 
+    /// Waits up to `timeout` for each later answer (instead of [`Options::timeout`], which bounds the connect).
+    pub fn set_request_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+    }
+
     /// Closes the connection, as [`Connection::disconnect`] does, through a shared reference.
     pub async fn close(&self) {
         self.link.disconnect().await;

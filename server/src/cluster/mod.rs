@@ -72,6 +72,9 @@ fn signed_out_key() -> String {
     format!("{PREFIX}signed-out")
 }
 
+/// How many leases a node's published sandboxes outlive their last write.
+pub const SANDBOXES_LEASES: u64 = 4;
+
 fn sandboxes_key(node: &str) -> String {
     format!("{PREFIX}node:{node}:sandboxes")
 }
@@ -628,11 +631,12 @@ impl Cluster {
         Ok(None)
     }
 
-    /// Writes this node's sandbox containers for its peers (kept for one lease). `owner` is empty for a warm pool
-    /// container or one being made.
+    /// Writes this node's sandbox containers for its peers. `owner` is empty for a warm pool container or one
+    /// being made. Kept for [`SANDBOXES_LEASES`] leases, so that a slow round (reaping a lost node's terminals)
+    /// does not hide them; peers read only live nodes' entries.
     pub async fn publish_sandboxes(&self, mine: &[app::protocol::Sandbox]) -> Result<(), ServiceError> {
         let json = serde_json::to_string(mine).map_err(|e| ServiceError::new(ErrorCode::Internal, e.to_string()))?;
-        let ttl = self.settings.lease_ttl.as_secs();
+        let ttl = self.settings.lease_ttl.as_secs() * SANDBOXES_LEASES;
         let r: redis::RedisResult<()> = self.conn().set_ex(sandboxes_key(self.node()), json, ttl).await;
         self.saw(r).map_err(|_| unavailable("publishing this node's sandboxes"))
     }

@@ -17,8 +17,8 @@ use crate::recording::index::Filter;
 pub const PAGE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a node waits for a peer's metadata of one recording.
 pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
-/// The longest a download through another node may take (a followed recording of a live terminal included); a
-/// player cut off by it asks again from where it got to, with a range.
+/// The longest a download through another node may take, a followed recording of a live terminal included (a
+/// follow cut off by it ends there; following it again starts from the beginning, as a follow does).
 pub const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 /// The peer path of recording `file` (`ID`, `ID.cast` or `ID.txt`).

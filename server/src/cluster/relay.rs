@@ -87,11 +87,12 @@ pub async fn connect(
     options.token = None;
     options.auth = Some(handshake(cluster, claims));
     options.transport = porthole_client::Transport::Native;
-    // Answers may take as long as a close under load; opening the relay may not.
-    options.timeout = peer::REQUEST_TIMEOUT;
-    let opened = tokio::time::timeout(OPEN_TIMEOUT, porthole_client::Connection::connect(&options))
-        .await
-        .unwrap_or_else(|_| Err(porthole_client::Error::Timeout("opening the relay".into())));
+    // Each step of opening the relay waits up to OPEN_TIMEOUT; answers, as long as a close under load takes.
+    options.timeout = OPEN_TIMEOUT;
+    let opened = porthole_client::Connection::connect(&options).await.map(|(mut connection, rx)| {
+        connection.set_request_timeout(peer::REQUEST_TIMEOUT);
+        (connection, rx)
+    });
     opened.map_err(|e| {
         tracing::warn!(peer = %owner.node, error = %e, "cannot open a relay to a peer node");
         ServiceError::new(
@@ -101,7 +102,7 @@ pub async fn connect(
     })
 }
 
-/// Opening a relay (the WebSocket, Engine.IO's open packet and the signed CONNECT) gives up after this.
+/// Each step of opening a relay (the WebSocket, Engine.IO's open packet, the signed CONNECT) gives up after this.
 pub const OPEN_TIMEOUT: Duration = Duration::from_secs(15);
 
 #[cfg(test)]

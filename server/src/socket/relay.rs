@@ -40,7 +40,7 @@ use crate::state::{AppState, Need};
 /// Events waiting to be relayed to one owner node, per socket (a burst of keys typed into many terminals at once
 /// fits: the event rate limit admits bursts of 2000).
 pub const RELAY_QUEUE: usize = 4096;
-/// Input bytes waiting in one relay's queue (32 of the largest input events).
+/// Bytes waiting in one relay's queue: input, and requests' payloads (32 of the largest input events).
 pub const RELAY_QUEUE_BYTES: usize = 2 * 1024 * 1024;
 /// The longest wait between two attempts to open a dropped relay again.
 pub const RECONNECT_MAX: Duration = Duration::from_secs(2);
@@ -58,6 +58,8 @@ struct Op {
     payload: Value,
     attachments: Vec<Bytes>,
     reply: Option<oneshot::Sender<Result<Value, ServiceError>>>,
+    /// What it counts in its link's `queued`.
+    bytes: usize,
 }
 
 /// A relay to one owner node.
@@ -80,7 +82,9 @@ impl Link {
         reply: bool,
     ) -> Result<Option<Answer>, ServiceError> {
         let (tx, rx) = if reply { Some(oneshot::channel()).unzip() } else { (None, None) };
-        let bytes: usize = attachments.iter().map(Bytes::len).sum();
+        // Input's bytes, and a request's (a start's arguments can be most of a 1 MiB packet).
+        let bytes: usize = attachments.iter().map(Bytes::len).sum::<usize>()
+            + if reply { serde_json::to_string(&payload).map_or(0, |j| j.len()) } else { 0 };
         let full = || {
             ServiceError::new(
                 ErrorCode::RateLimited,
@@ -95,7 +99,7 @@ impl Link {
             self.queued.fetch_sub(bytes, Ordering::SeqCst);
             return Err(full());
         }
-        self.ops.try_send(Op { name, payload, attachments, reply: tx }).map_err(|e| {
+        self.ops.try_send(Op { name, payload, attachments, reply: tx, bytes }).map_err(|e| {
             self.queued.fetch_sub(bytes, Ordering::SeqCst);
             match e {
                 mpsc::error::TrySendError::Full(_) => full(),
@@ -310,7 +314,7 @@ async fn write(
             _ = gone.cancelled() => return,
             op = ops.recv() => match op { Some(op) => op, None => return },
         };
-        queued.fetch_sub(op.attachments.iter().map(Bytes::len).sum(), Ordering::SeqCst);
+        queued.fetch_sub(op.bytes, Ordering::SeqCst);
         let connection = loop {
             if let Some(c) = current.borrow_and_update().clone() {
                 break c;

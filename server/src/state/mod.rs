@@ -157,12 +157,12 @@ impl AppState {
         AppState { sessions, sandboxes, recordings, notices, security: Arc::new(security), edge, cluster }
     }
 
-    /// Cluster mode's directory, when on.
     /// This node's recordings, unfiltered (for the peer routes; users go through the checked operations).
     pub fn recordings_store(&self) -> &Arc<crate::recording::Recordings> {
         &self.recordings
     }
 
+    /// Cluster mode's directory, when on.
     pub fn cluster(&self) -> Option<&Arc<crate::cluster::Cluster>> {
         self.cluster.as_ref().map(|(c, _)| c)
     }
