@@ -58,6 +58,12 @@ pub struct ContainerTarget {
     pub oom_killed: bool,
 }
 
+/// Whether `reference` names the container `name` with bare Docker id `id`: its name, its id, or a prefix of 4 or
+/// more of its id.
+pub fn names(reference: &str, name: &str, id: &str) -> bool {
+    name == reference || id == reference || (reference.len() >= 4 && id.starts_with(reference))
+}
+
 impl ContainerTarget {
     /// Who may end a terminal's processes here: root, unless every capability is dropped (then root has no
     /// `CAP_KILL` over other users), where it is the container's own user, the one its terminals run as.

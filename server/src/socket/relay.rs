@@ -576,7 +576,7 @@ pub(super) async fn placed(
         .filter(|(_, c)| named_host.as_ref().is_none_or(|(h, _)| &c.host == h))
         .filter(|(_, c)| {
             let id = c.id.split_once('/').map_or(c.id.as_str(), |(_, id)| id);
-            c.name == bare || id == bare || (bare.len() >= 4 && id.starts_with(bare))
+            crate::docker::names(bare, &c.name, id)
         })
         .filter(|(_, c)| state.may_see_container(caller, &c.id, &c.name, &c.labels))
         .collect();
@@ -633,7 +633,7 @@ pub(super) async fn start(
         container_id: Some(container.id.clone()),
         container: Some(container.name.clone()),
         command,
-        node: state.cluster().map(|c| c.node().to_string()),
+        node: state.node_id(),
         owner_node: Some(owner.node.clone()),
         ..conn.caller.record("terminal.open", outcome)
     };

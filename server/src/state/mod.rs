@@ -162,6 +162,11 @@ impl AppState {
         &self.recordings
     }
 
+    /// Cluster mode: this node's id (for records and views that name their node).
+    pub fn node_id(&self) -> Option<String> {
+        self.cluster().map(|c| c.node().to_string())
+    }
+
     /// Cluster mode's directory, when on.
     pub fn cluster(&self) -> Option<&Arc<crate::cluster::Cluster>> {
         self.cluster.as_ref().map(|(c, _)| c)
@@ -519,7 +524,7 @@ impl AppState {
                 let grant = self.container_grant(&policy, caller, &c.id, &c.name, &c.labels)?;
                 c.sandbox = self.sandbox_of(&c.id).map(|row| {
                     let mut sb = crate::sandbox::Sandboxes::describe(&row, &c.state);
-                    sb.node = self.cluster().map(|cl| cl.node().to_string());
+                    sb.node = self.node_id();
                     sb
                 });
                 // Another node's sandbox (its maker removes it, for whoever this node lets).

@@ -177,11 +177,11 @@ impl AppState {
 
     /// This node's id, for the audit record of a recording another node keeps (which names both).
     fn node_if(&self, at: &Holder) -> Option<String> {
-        holder_node(at).and(self.cluster().map(|c| c.node().to_string()))
+        holder_node(at).and(self.node_id())
     }
 
     fn stamp(&self, r: &mut Recording) {
-        r.node = self.cluster().map(|c| c.node().to_string());
+        r.node = self.node_id();
     }
 
     /// Recording `id` and where it is kept: this node first, then every live peer.

@@ -205,7 +205,7 @@ impl AppState {
                 let change = app::protocol::ContainersChanged { container_id: row.id.clone(), action: "create".into() };
                 let _ = self.notices.send(crate::docker::ContainerEvent { change, name: row.name.clone(), labels });
                 let mut sandbox = Sandboxes::describe(&row, "running");
-                sandbox.node = self.cluster().map(|c| c.node().to_string());
+                sandbox.node = self.node_id();
                 Ok((sandbox, shell))
             }
             Err(e) => {
@@ -273,7 +273,7 @@ impl AppState {
                 let c = containers.get(&row.id)?;
                 self.container_grant(&policy, caller, &row.id, &c.name, &c.labels)?;
                 let mut sb = Sandboxes::describe(&row, &c.state);
-                sb.node = self.cluster().map(|c| c.node().to_string());
+                sb.node = self.node_id();
                 Some(sb)
             })
             .collect();
@@ -356,7 +356,7 @@ impl AppState {
         }
         .await;
         let (node, owner_node) = match &maker {
-            Some(m) => (self.cluster().map(|c| c.node().to_string()), Some(m.clone())),
+            Some(m) => (self.node_id(), Some(m.clone())),
             None => (None, None),
         };
         match result {
@@ -384,7 +384,7 @@ impl AppState {
             .into_iter()
             .filter(|sb| {
                 let id = crate::cluster::sandboxes::bare_id(&sb.id);
-                sb.name == reference || id == reference || (reference.len() >= 4 && id.starts_with(reference))
+                crate::docker::names(reference, &sb.name, id)
             })
             .collect();
         (found.len() == 1).then(|| found.into_iter().next()).flatten()

@@ -439,7 +439,7 @@ impl AppState {
             container_id: Some(t.info.container_id.clone()),
             container: Some(t.info.container_name.clone()),
             command: Some(t.info.command.clone()),
-            node: self.cluster().map(|c| c.node().to_string()),
+            node: self.node_id(),
             owner_node: Some(owner.to_string()),
             ..caller.record(action, outcome)
         };
